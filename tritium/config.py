@@ -1,0 +1,250 @@
+"""Frozen configuration dataclasses, one per concern, validated once on construction.
+
+`ModelConfig` is built from a Hugging Face config.json dict through `ModelConfig.from_hf()`;
+`BuildConfig` and `KvCacheConfig` are the user-facing knobs of the TensorRT-LLM API.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+# Hugging Face architecture names the Llama-family definition serves.
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype, config_dtype: Optional[str], device: torch.device) -> torch.dtype:
+    """Turn the user's `dtype` ("auto", "bfloat16", ...) into a torch dtype for `device`.
+
+    "auto" takes the checkpoint's dtype on a GPU (bfloat16 when it says float32 or nothing);
+    on a CPU it takes bfloat16 when the checkpoint is 16-bit (CPU float16 matmuls are slow),
+    float32 otherwise.
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype={dtype} is not supported; use float32, bfloat16 or float16")
+        return dtype
+    if not isinstance(dtype, str):
+        raise ValueError(f"dtype must be a string or torch.dtype, got {type(dtype).__name__}")
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not supported; use 'auto', 'bfloat16', 'float16' or 'float32'")
+        return _DTYPES[dtype]
+    cfg = _DTYPES.get(str(config_dtype).replace("torch.", "")) if config_dtype else None
+    if device.type == "cuda":
+        return cfg if cfg in (torch.bfloat16, torch.float16) else torch.bfloat16
+    return torch.bfloat16 if cfg in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def _rope_settings(hf: dict[str, Any]) -> tuple[float, Optional[dict[str, Any]]]:
+    """(rope_theta, rope_scaling) from either the classic (`rope_theta`, `rope_scaling`) or the
+    newer (`rope_parameters`) form of config.json. rope_scaling is None for plain RoPE."""
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict):
+        theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    else:
+        theta = hf.get("rope_theta", 10000.0)
+        scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else {}
+    if "type" in scaling and "rope_type" not in scaling:
+        scaling["rope_type"] = scaling.pop("type")
+    if scaling.get("rope_type", "default") == "default":
+        return float(theta), None
+    return float(theta), scaling
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and options of one Llama-family checkpoint. Built by `from_hf()`."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict[str, Any]] = None  # {"rope_type": "llama3"|"linear"|"dynamic", ...}
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
+    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
+    hidden_act: str = "silu"
+    dtype: torch.dtype = torch.float32
+    bos_token_id: Optional[int] = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"architecture {self.architecture!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"config field {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; only 'silu'")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], dtype: torch.dtype = torch.float32,
+                eos_token_ids: Optional[tuple[int, ...]] = None) -> "ModelConfig":
+        """Build from a config.json dict (classic or `rope_parameters` form).
+
+        `eos_token_ids` overrides the config's eos_token_id (generation_config.json has the
+        authoritative list)."""
+        archs = hf.get("architectures") or []
+        if not archs:
+            model_type = hf.get("model_type", "")
+            archs = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                      "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(model_type, model_type or "?")]
+        arch = archs[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in hf]
+        if missing:
+            raise ValueError(f"config.json lacks required field(s): {', '.join(missing)}")
+        theta, scaling = _rope_settings(hf)
+        num_heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
+        if eos_token_ids is None:
+            eos = hf.get("eos_token_id")
+            eos_token_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        default_bias = arch == "Qwen2ForCausalLM"
+        return cls(
+            architecture=arch,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=num_heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bool(hf.get("attention_bias", default_bias)),
+            qk_norm=arch == "Qwen3ForCausalLM",
+            hidden_act=hf.get("hidden_act", "silu"),
+            dtype=dtype,
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_ids=tuple(int(e) for e in eos_token_ids),
+        )
+
+
+@dataclass(frozen=True)
+class KvCacheConfig:
+    """Paged KV cache settings (TensorRT-LLM's names).
+
+    Capacity on a GPU: `free_gpu_memory_fraction` of the memory left after weights and
+    activations, capped by `max_tokens`. On a CPU: `max_tokens` if given, else
+    `cpu_memory_budget_gib`.
+    """
+
+    enable_block_reuse: bool = True  # prefix caching by chained block hashes
+    free_gpu_memory_fraction: float = 0.9
+    max_tokens: Optional[int] = None
+    tokens_per_block: int = 16
+    cpu_memory_budget_gib: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 < self.free_gpu_memory_fraction <= 1.0:
+            raise ValueError(f"free_gpu_memory_fraction must be in (0, 1], got {self.free_gpu_memory_fraction}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
+        if self.tokens_per_block <= 0 or self.tokens_per_block & (self.tokens_per_block - 1):
+            raise ValueError(f"tokens_per_block must be a positive power of two, got {self.tokens_per_block}")
+        if self.cpu_memory_budget_gib <= 0:
+            raise ValueError(f"cpu_memory_budget_gib must be positive, got {self.cpu_memory_budget_gib}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Engine limits (TensorRT-LLM's names). max_seq_len=None takes the model's context length."""
+
+    max_batch_size: int = 256
+    max_num_tokens: int = 8192  # tokens computed in one step, all requests together
+    max_seq_len: Optional[int] = None  # prompt + generated tokens of one request
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_num_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_seq_len is not None and (not isinstance(self.max_seq_len, int) or self.max_seq_len <= 0):
+            raise ValueError(f"max_seq_len must be a positive integer, got {self.max_seq_len!r}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """What the scheduler needs, resolved from BuildConfig and the model."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self):
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"without chunked prefill max_num_tokens ({self.max_num_batched_tokens}) must be at least "
+                f"max_seq_len ({self.max_model_len}) so that every prompt fits in one step"
+            )
+
+    @classmethod
+    def from_build(cls, build: BuildConfig, model: ModelConfig) -> "SchedulerConfig":
+        max_len = build.max_seq_len or model.max_position_embeddings
+        return cls(max_num_seqs=build.max_batch_size, max_num_batched_tokens=build.max_num_tokens,
+                   max_model_len=max_len, enable_chunked_prefill=build.enable_chunked_prefill)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The KV cache as planned: block size and how many blocks fit."""
+
+    block_size: int
+    num_blocks: int
+    enable_prefix_caching: bool = True
+    dtype: torch.dtype = field(default=torch.float32)
+
+    def __post_init__(self):
+        if self.num_blocks <= 0:
+            raise ValueError(f"the KV cache must hold at least one block, planned {self.num_blocks}")

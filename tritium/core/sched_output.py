@@ -1,0 +1,86 @@
+"""The plain, picklable contract between the scheduler and the model runner, and back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tritium.sampling_params import SamplingParams
+
+
+@dataclass
+class NewRequestData:
+    """A request the runner has no state for: first scheduling, or resumed after preemption.
+
+    token_ids holds every known token (prompt + outputs so far); the runner computes
+    token_ids[num_computed_tokens : num_computed_tokens + num_scheduled_tokens[req_id]].
+    """
+
+    req_id: str
+    token_ids: list[int]
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class CachedRequestData:
+    """A request the runner already holds: only what changed since the last step."""
+
+    req_id: str
+    new_block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled_new_reqs: list[NewRequestData]
+    scheduled_cached_reqs: list[CachedRequestData]
+    num_scheduled_tokens: dict[str, int]  # req_id -> tokens computed this step
+    total_num_scheduled_tokens: int
+    # Requests whose runner state must be dropped: finished, aborted or preempted since last step.
+    finished_req_ids: set[str] = field(default_factory=set)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass
+class TopLogprobs:
+    """Log-probabilities at one position: index 0 is the chosen token, then the top-k."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    ranks: list[int]  # 1-based rank of each token in the full distribution
+
+
+@dataclass
+class ModelRunnerOutput:
+    # Requests that sampled a token this step (their computed tokens reached num_tokens).
+    req_ids: list[str]
+    sampled_token_ids: list[int]
+    logprobs: list[Optional[TopLogprobs]]  # per sampled request; None unless it asked
+    # req_id -> one entry per prompt position computed this step (positions 1.. of the prompt).
+    prompt_logprobs: dict[str, list[TopLogprobs]] = field(default_factory=dict)
+
+    @staticmethod
+    def empty() -> "ModelRunnerOutput":
+        return ModelRunnerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
+
+
+@dataclass
+class EngineCoreOutput:
+    """What one step produced for one request; the front turns these into RequestOutput."""
+
+    req_id: str
+    new_token_ids: list[int]
+    new_logprobs: list[TopLogprobs] = field(default_factory=list)
+    new_prompt_logprobs: list[TopLogprobs] = field(default_factory=list)
+    finish_reason: Optional[str] = None  # "stop" | "length" | "abort"
+    stop_reason: Optional[int] = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

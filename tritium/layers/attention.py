@@ -1,0 +1,28 @@
+"""The attention layer models use: hands q/k/v to the step's backend with this layer's cache."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tritium.attention.backend import get_forward_context
+
+
+class Attention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.layer_idx = layer_idx
+        self.scale = head_dim ** -0.5
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: [T, num_heads * d]; k, v: [T, num_kv_heads * d] -> [T, num_heads * d]
+        ctx = get_forward_context()
+        t = q.shape[0]
+        out = ctx.backend.forward(
+            q.view(t, self.num_heads, self.head_dim),
+            k.view(t, self.num_kv_heads, self.head_dim),
+            v.view(t, self.num_kv_heads, self.head_dim),
+            ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale)
+        return out.reshape(t, self.num_heads * self.head_dim)
