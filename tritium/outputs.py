@@ -27,6 +27,9 @@ class CompletionOutput:
     cumulative_logprob: Optional[float] = None
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort"
     stop_reason: Union[int, str, None] = None  # the stop string or stop token id that ended it
+    # Streaming: what this snapshot adds to the previous one (TensorRT-LLM's names).
+    text_diff: str = ""
+    token_ids_diff: list[int] = field(default_factory=list)
 
     @property
     def length(self) -> int:

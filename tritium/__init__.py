@@ -1,0 +1,18 @@
+"""tritium: an LLM inference engine with a TensorRT-LLM-style Python API."""
+from tritium.config import BuildConfig, KvCacheConfig
+from tritium.outputs import CompletionOutput, Logprob, RequestOutput
+from tritium.sampling_params import SamplingParams
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # LLM pulls in torch models and transformers: import it lazily so `import tritium` stays fast.
+    if name == "LLM":
+        from tritium.llm.llm import LLM
+
+        return LLM
+    raise AttributeError(name)
+
+
+__all__ = ["LLM", "SamplingParams", "BuildConfig", "KvCacheConfig", "RequestOutput", "CompletionOutput", "Logprob"]

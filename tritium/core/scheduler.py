@@ -1,0 +1,198 @@
+"""Token-budget scheduler: one invariant, no phases.
+
+Each step every request may be given up to `num_tokens - num_computed_tokens` tokens, under
+max_num_batched_tokens for the whole step and max_num_seqs running requests. Prefill, chunked
+prefill, decode, prefix-cache hits and resumption after preemption are all that one rule:
+
+    running (in order)  -> allocate_slots; on failure preempt the last running request, retry
+    waiting (FCFS)      -> prefix match + allocate_slots; the first that does not fit stops admission
+
+Preemption is by recompute: blocks are freed, num_computed_tokens = 0, and the request goes back
+to the front of the waiting queue; it is resumed as a NewRequestData holding prompt + outputs.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Iterable
+
+from tritium.core.kv_cache_manager import KVCacheManager
+from tritium.core.request import Request, RequestStatus, check_stop
+from tritium.core.sched_output import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
+                                       NewRequestData, SchedulerOutput)
+
+if TYPE_CHECKING:  # tritium.config imports torch; core stays importable without it
+    from tritium.config import CacheConfig, SchedulerConfig
+
+
+class Scheduler:
+    def __init__(self, scheduler_config: "SchedulerConfig", cache_config: "CacheConfig"):
+        self.config = scheduler_config
+        self.max_num_seqs = scheduler_config.max_num_seqs
+        self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens
+        self.max_model_len = scheduler_config.max_model_len
+        self.enable_chunked_prefill = scheduler_config.enable_chunked_prefill
+        self.kv_cache_manager = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
+                                               cache_config.enable_prefix_caching)
+        self.requests: dict[str, Request] = {}  # unfinished requests by id
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # priority order: the last one is preempted first
+        # Finished, aborted or preempted since the last schedule(): the runner drops their state.
+        self.finished_req_ids: set[str] = set()
+
+    # ---- queries --------------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.get_num_unfinished_requests() > 0
+
+    # ---- requests in and out --------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in the scheduler")
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort_requests(self, req_ids: Iterable[str]) -> list[Request]:
+        aborted = []
+        for req_id in req_ids:
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = RequestStatus.FINISHED_ABORTED
+            self._release(request)
+            aborted.append(request)
+        return aborted
+
+    def _release(self, request: Request) -> None:
+        """A finished request gives back its blocks and leaves the scheduler."""
+        self.kv_cache_manager.free(request)
+        del self.requests[request.request_id]
+        self.finished_req_ids.add(request.request_id)
+
+    def _preempt(self, request: Request) -> None:
+        self.kv_cache_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.waiting.appendleft(request)
+        self.finished_req_ids.add(request.request_id)
+
+    # ---- one step -------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        num_scheduled: dict[str, int] = {}
+        cached_reqs: list[CachedRequestData] = []
+        new_reqs: list[Request] = []
+        preempted = False
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0:  # waiting for its sampled token (overlapped engines)
+                i += 1
+                continue
+            while (new_blocks := self.kv_cache_manager.allocate_slots(request, num_new)) is None:
+                victim = self.running.pop()  # lowest priority; never one scheduled before i
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+            if new_blocks is None:
+                break  # the request preempted itself: nothing after it is left to schedule
+            cached_reqs.append(CachedRequestData(request.request_id, [b.block_id for b in new_blocks],
+                                                 request.num_computed_tokens))
+            num_scheduled[request.request_id] = num_new
+            budget -= num_new
+            i += 1
+
+        # Admitting while memory is short would only preempt again next step.
+        while (self.waiting and not preempted and budget > 0
+               and len(self.running) < self.max_num_seqs):
+            request = self.waiting[0]
+            hit_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
+            num_new = request.num_tokens - num_hit_tokens
+            if not self.enable_chunked_prefill and num_new > budget:
+                break
+            num_new = min(num_new, budget)
+            if self.kv_cache_manager.allocate_slots(request, num_new, hit_blocks) is None:
+                break  # FCFS: later requests do not overtake it
+            self.waiting.popleft()
+            request.num_computed_tokens = num_hit_tokens
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_hit_tokens
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            new_reqs.append(request)
+            num_scheduled[request.request_id] = num_new
+            budget -= num_new
+
+        output = SchedulerOutput(
+            scheduled_new_reqs=[
+                NewRequestData(req_id=r.request_id, token_ids=list(r.all_token_ids),
+                               num_prompt_tokens=r.num_prompt_tokens, sampling_params=r.sampling_params,
+                               block_ids=self.kv_cache_manager.get_block_ids(r.request_id),
+                               num_computed_tokens=r.num_computed_tokens)
+                for r in new_reqs],
+            scheduled_cached_reqs=cached_reqs,
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=self.max_num_batched_tokens - budget,
+            finished_req_ids=self.finished_req_ids,
+        )
+        self.finished_req_ids = set()
+        # The tokens count as computed once scheduled (the runner computes exactly these).
+        for req_id, n in num_scheduled.items():
+            self.requests[req_id].num_computed_tokens += n
+        return output
+
+    def update_from_output(self, scheduler_output: SchedulerOutput,
+                           model_runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        mro = model_runner_output
+        outputs: list[EngineCoreOutput] = []
+        any_finished = False
+        for req_id, token_id, logprobs in zip(mro.req_ids, mro.sampled_token_ids, mro.logprobs):
+            request = self.requests.get(req_id)
+            if request is None or request.is_finished:
+                continue  # aborted while the step ran
+            if request.status == RequestStatus.RUNNING and request.num_computed_tokens != request.num_tokens:
+                raise RuntimeError(f"request {req_id} sampled a token with only {request.num_computed_tokens} "
+                                   f"of {request.num_tokens} tokens computed")
+            request.append_output_token_ids(token_id)
+            stopped = check_stop(request, self.max_model_len)
+            outputs.append(EngineCoreOutput(
+                req_id=req_id, new_token_ids=[token_id],
+                new_logprobs=[logprobs] if logprobs is not None else [],
+                new_prompt_logprobs=mro.prompt_logprobs.get(req_id, []),
+                finish_reason=request.finish_reason if stopped else None,
+                stop_reason=request.stop_reason if stopped else None,
+                num_cached_tokens=max(request.num_cached_tokens, 0)))
+            if stopped:
+                any_finished = True
+                self._release(request)
+
+        # A prefill chunk that sampled nothing may still carry prompt logprobs.
+        sampled = set(mro.req_ids)
+        for req_id, prompt_logprobs in mro.prompt_logprobs.items():
+            request = self.requests.get(req_id)
+            if req_id in sampled or request is None or not prompt_logprobs:
+                continue
+            outputs.append(EngineCoreOutput(req_id=req_id, new_token_ids=[],
+                                            new_prompt_logprobs=prompt_logprobs,
+                                            num_cached_tokens=max(request.num_cached_tokens, 0)))
+        if any_finished:
+            self.running = [r for r in self.running if not r.is_finished]
+        return outputs

@@ -1,0 +1,92 @@
+"""Runs the EngineCore step loop in a background thread.
+
+Callers add and abort requests from any thread; commands queue up and are applied between
+steps. Every step's outputs go to `handle_outputs`, which returns the request ids to abort
+(stop strings are found in the front, which sees text). A failing step fails only the requests
+it held; the loop keeps serving new ones.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable, Iterable
+
+from tritium.core.request import Request
+from tritium.core.sched_output import EngineCoreOutput
+from tritium.engine.engine_core import EngineCore
+
+logger = logging.getLogger(__name__)
+
+OutputHandler = Callable[[list[EngineCoreOutput]], Iterable[str]]
+ErrorHandler = Callable[[BaseException, list[str]], None]
+
+
+class BackgroundEngine:
+    def __init__(self, core: EngineCore, handle_outputs: OutputHandler, handle_error: ErrorHandler):
+        self.core = core
+        self._handle_outputs = handle_outputs
+        self._handle_error = handle_error
+        self._commands: queue.Queue = queue.Queue()
+        self._live: set[str] = set()  # request ids added and not yet finished
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
+        self._thread.start()
+
+    # ---- thread-safe API ------------------------------------------------------------------
+    def add_requests(self, requests: list[Request]) -> None:
+        self._commands.put(("add", requests))
+
+    def abort(self, req_ids: Iterable[str]) -> None:
+        self._commands.put(("abort", list(req_ids)))
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._commands.put(("stop", None))
+        self._thread.join(timeout)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- loop -----------------------------------------------------------------------------
+    def _apply(self, kind: str, payload) -> None:
+        if kind == "add":
+            for request in payload:
+                self.core.add_request(request)
+                self._live.add(request.request_id)
+        elif kind == "abort":
+            self._emit(self.core.abort_requests(payload))
+
+    def _emit(self, outputs: list[EngineCoreOutput]) -> None:
+        for out in outputs:
+            if out.finished:
+                self._live.discard(out.req_id)
+        to_abort = list(self._handle_outputs(outputs))
+        if to_abort:
+            aborted = self.core.abort_requests(to_abort)
+            for out in aborted:
+                self._live.discard(out.req_id)
+            self._handle_outputs(aborted)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            busy = self.core.has_unfinished_requests()
+            try:
+                kind, payload = self._commands.get(block=not busy)
+                if kind == "stop":
+                    break
+                self._apply(kind, payload)
+                continue  # drain every pending command before the next step
+            except queue.Empty:
+                pass
+            try:
+                self._emit(self.core.step())
+            except Exception as exc:  # noqa: BLE001 - fail the in-flight requests, keep serving
+                logger.exception("engine step failed; failing %d in-flight requests", len(self._live))
+                failed = sorted(self._live)
+                self.core.abort_requests(failed)
+                self._live.clear()
+                self._handle_error(exc, failed)

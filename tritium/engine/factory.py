@@ -1,0 +1,71 @@
+"""Assembles an EngineCore: source -> model config -> weights -> KV cache plan -> runner + scheduler."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from tritium.attention.torch_backend import TorchAttentionBackend
+from tritium.config import BuildConfig, CacheConfig, KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.core.scheduler import Scheduler
+from tritium.engine.engine_core import EngineCore
+from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
+from tritium.loader.source import ModelSource
+from tritium.worker.memory_plan import KvCachePlan, plan_kv_cache, profile_activation_bytes
+from tritium.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineParts:
+    core: EngineCore
+    source: ModelSource
+    model_config: ModelConfig
+    scheduler_config: SchedulerConfig
+    kv_plan: KvCachePlan
+    tokenizer: Any
+    device: torch.device
+
+
+def resolve_device(device: Optional[str | torch.device]) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available")
+    return dev
+
+
+def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
+                 kv_cache_config: KvCacheConfig, load_format: str = "auto",
+                 device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False) -> EngineParts:
+    dev = resolve_device(device)
+    source = resolve_model_source(model, load_format)
+    model_config = model_config_from_source(source, dtype=dtype, device=dev)
+    tok = None if skip_tokenizer_init else load_tokenizer(source, tokenizer)
+    if tok is not None and not model_config.eos_token_ids and tok.eos_token_id is not None:
+        model_config = dataclasses.replace(model_config, eos_token_ids=(tok.eos_token_id,))
+    nn_model = load_model(source, model_config, dev)
+
+    sched = SchedulerConfig.from_build(build_config, model_config)
+    activation = profile_activation_bytes(nn_model, model_config, sched, dev) if dev.type == "cuda" else 0
+    plan = plan_kv_cache(model_config, sched, kv_cache_config, model_config.dtype, dev, activation)
+    if plan.max_tokens < sched.max_model_len:
+        if build_config.max_seq_len is not None:
+            raise ValueError(
+                f"max_seq_len={build_config.max_seq_len} does not fit in the KV cache ({plan.max_tokens} tokens); "
+                "lower max_seq_len or give the cache more memory")
+        logger.warning("max_seq_len lowered from %d to the KV cache capacity %d", sched.max_model_len, plan.max_tokens)
+        sched = dataclasses.replace(sched, max_model_len=plan.max_tokens)
+    logger.info(plan.describe())
+
+    cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
+                        enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=model_config.dtype)
+    runner = ModelRunner(nn_model, model_config, cache, dev, TorchAttentionBackend())
+    core = EngineCore(Scheduler(sched, cache), runner)
+    return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
+                       kv_plan=plan, tokenizer=tok, device=dev)

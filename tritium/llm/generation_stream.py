@@ -1,0 +1,81 @@
+"""GenerationStream: what `LLM.generate_async` returns.
+
+Fed from the engine thread; consumed with `async for`, `await stream.aresult()` or the
+blocking `stream.result()`. Each item is a RequestOutput snapshot (cumulative text, with
+`text_diff` holding what is new); the last one has finished=True.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from typing import Callable, Optional
+
+from tritium.outputs import RequestOutput
+
+
+class GenerationStream:
+    def __init__(self, request_id: str, abort: Callable[[str], None]):
+        self.request_id = request_id
+        self._abort = abort
+        self._items: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wakeup: Optional[asyncio.Event] = None
+        self._final: Optional[RequestOutput] = None
+        self._error: Optional[BaseException] = None
+
+    # Called on the engine thread.
+    def put(self, item) -> None:
+        with self._cond:
+            self._items.append(item)
+            if isinstance(item, BaseException):
+                self._error = item
+            elif item.finished:
+                self._final = item
+            self._cond.notify_all()
+            loop, wakeup = self._loop, self._wakeup
+        if loop is not None:
+            loop.call_soon_threadsafe(wakeup.set)
+
+    @property
+    def finished(self) -> bool:
+        return self._final is not None or self._error is not None
+
+    def abort(self) -> None:
+        """Stop generating; the stream ends with finish_reason 'abort'."""
+        self._abort(self.request_id)
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        with self._cond:
+            if self._loop is None:
+                self._loop, self._wakeup = asyncio.get_running_loop(), asyncio.Event()
+        while True:
+            with self._cond:
+                item = self._items.popleft() if self._items else None
+            if item is None:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finished:
+                return
+
+    async def aresult(self) -> RequestOutput:
+        last = None
+        async for last in self:
+            pass
+        return last
+
+    def result(self, timeout: Optional[float] = None) -> RequestOutput:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.finished, timeout):
+                raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._final

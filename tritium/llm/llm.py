@@ -1,0 +1,181 @@
+"""LLM: the offline / async Python API (TensorRT-LLM's names).
+
+    llm = LLM(model="path/or.gguf", build_config=BuildConfig(max_batch_size=64))
+    for out in llm.generate(["Hello"], SamplingParams(max_tokens=32)):
+        print(out.prompt, out.outputs[0].text)
+
+The engine steps in a background thread; `generate` blocks with a progress bar,
+`generate_async` streams.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import Any, Optional, Sequence, Union
+
+from tqdm.auto import tqdm
+
+from tritium.config import BuildConfig, KvCacheConfig
+from tritium.core.request import Request
+from tritium.engine.background import BackgroundEngine
+from tritium.engine.factory import build_engine
+from tritium.llm.generation_stream import GenerationStream
+from tritium.llm.inputs import PromptInput, normalize_params, normalize_prompts, tokenize_prompt
+from tritium.llm.output_processor import OutputProcessor
+from tritium.outputs import RequestOutput
+from tritium.sampling_params import SamplingParams
+
+Messages = list[dict[str, str]]
+
+
+class LLM:
+    def __init__(self, model: Optional[str] = None, tokenizer: Optional[str] = None, dtype: str = "auto",
+                 build_config: Optional[BuildConfig] = None, kv_cache_config: Optional[KvCacheConfig] = None,
+                 tensor_parallel_size: int = 1, load_format: str = "auto", device: Optional[str] = None,
+                 skip_tokenizer_init: bool = False, **kwargs: Any):
+        if kwargs:
+            raise ValueError(f"unknown LLM argument(s): {', '.join(sorted(kwargs))}")
+        if tensor_parallel_size != 1:
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: only 1 is supported in this version")
+        if model is None:
+            from tritium.default_model import default_model_path
+
+            model = default_model_path()
+        self.model_path = model
+        self.build_config = build_config or BuildConfig()
+        self.kv_cache_config = kv_cache_config or KvCacheConfig()
+        parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
+                             load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init)
+        self.model_config = parts.model_config
+        self.scheduler_config = parts.scheduler_config
+        self.kv_cache_plan = parts.kv_plan
+        self.device = parts.device
+        self.tokenizer = parts.tokenizer
+        self._processor = OutputProcessor(self.tokenizer)
+        self._lock = threading.Lock()  # guards the output processor across the caller and engine threads
+        self._ids = itertools.count()
+        self._engine = BackgroundEngine(parts.core, self._on_outputs, self._on_error)
+
+    # ---- engine callbacks (engine thread) -----------------------------------------------------
+    def _on_outputs(self, outputs):
+        with self._lock:
+            return self._processor.process_outputs(outputs)
+
+    def _on_error(self, exc: BaseException, child_ids: list[str]) -> None:
+        with self._lock:
+            self._processor.fail(child_ids, exc)
+
+    # ---- submission ---------------------------------------------------------------------------
+    @property
+    def max_seq_len(self) -> int:
+        return self.scheduler_config.max_model_len
+
+    def _prepare(self, prompts, sampling_params):
+        items, single = normalize_prompts(prompts)
+        params = normalize_params(sampling_params, len(items))
+        # Validate everything before submitting anything.
+        tokenized = [tokenize_prompt(p, self.tokenizer, self.model_config.vocab_size, self.max_seq_len)
+                     for p in items]
+        for p in params:
+            if p.stop_strings and self.tokenizer is None:
+                raise ValueError("SamplingParams.stop needs a tokenizer; this model has none")
+        return tokenized, params, single
+
+    def _submit(self, prompt, params: SamplingParams, sink, streaming: bool) -> str:
+        request_id = str(next(self._ids))
+        if streaming and params.best_of > params.n:
+            raise ValueError("SamplingParams.best_of > n cannot be streamed: the best ones are known only at the end")
+        with self._lock:
+            child_ids = self._processor.add_request(request_id, prompt.prompt, prompt.token_ids, params, sink,
+                                                    streaming)
+        requests = []
+        for i, cid in enumerate(child_ids):
+            child_params = params.child(i) if len(child_ids) > 1 else params
+            if params.best_of > params.n and child_params.logprobs is None:
+                child_params = _with_logprobs(child_params)  # ranking needs the cumulative logprob
+            requests.append(Request(cid, prompt.token_ids, child_params, self.model_config.eos_token_ids))
+        self._engine.add_requests(requests)
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            child_ids = self._processor.child_ids(request_id)
+        self._engine.abort(child_ids)
+
+    # ---- public API -----------------------------------------------------------------------------
+    def generate(self, prompts: Union[PromptInput, Sequence[PromptInput]],
+                 sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
+                 use_tqdm: bool = True) -> Union[RequestOutput, list[RequestOutput]]:
+        """Generate for one prompt (returns one RequestOutput) or a list (returns a list, in order)."""
+        self._check_alive()
+        tokenized, params, single = self._prepare(prompts, sampling_params)
+        done: queue.Queue = queue.Queue()
+        order = {}
+        for i, (prompt, p) in enumerate(zip(tokenized, params)):
+            order[self._submit(prompt, p, done.put, streaming=False)] = i
+        results: list[Optional[RequestOutput]] = [None] * len(tokenized)
+        bar = tqdm(total=len(tokenized), desc="Generating", unit="req", disable=not use_tqdm or single)
+        error = None
+        for _ in range(len(tokenized)):
+            item = done.get()
+            if isinstance(item, BaseException):
+                error = item
+                continue
+            results[order[item.request_id]] = item
+            bar.update(1)
+        bar.close()
+        if error is not None:
+            raise error
+        return results[0] if single else results
+
+    def generate_async(self, prompt: PromptInput, sampling_params: Optional[SamplingParams] = None,
+                       streaming: bool = False) -> GenerationStream:
+        """Submit one prompt; iterate the returned stream with `async for`, or await `.aresult()`."""
+        self._check_alive()
+        tokenized, params, _ = self._prepare(prompt, sampling_params)
+        stream = GenerationStream("", self.abort)
+        stream.request_id = self._submit(tokenized[0], params[0], stream.put, streaming)
+        return stream
+
+    def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("this model has no chat template")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def chat(self, messages: Union[Messages, list[Messages]],
+             sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
+             use_tqdm: bool = True) -> Union[RequestOutput, list[RequestOutput]]:
+        """Generate replies to one conversation (a list of {"role", "content"}) or a list of them."""
+        single = bool(messages) and isinstance(messages[0], dict)
+        conversations = [messages] if single else list(messages)
+        prompts = [self.apply_chat_template(c) for c in conversations]
+        outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return outs[0] if single else outs
+
+    def _check_alive(self) -> None:
+        if not self._engine.is_alive:
+            raise RuntimeError("this LLM has been shut down")
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __del__(self):
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown(timeout=1.0)
+
+
+def _with_logprobs(params: SamplingParams) -> SamplingParams:
+    import copy
+
+    p = copy.copy(params)
+    p.logprobs = 0
+    return p

@@ -1,0 +1,105 @@
+"""How many KV cache blocks to allocate: honest memory planning, reported to the user.
+
+GPU: after the weights are loaded and a profiling forward pass of max_num_tokens has measured
+the activation peak, take `free_gpu_memory_fraction` of the memory still free.
+CPU: `cpu_memory_budget_gib`. Both are capped by `max_tokens` and by what max_batch_size
+requests of max_seq_len could ever use.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from tritium.config import KvCacheConfig, ModelConfig, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KvCachePlan:
+    num_blocks: int
+    block_size: int
+    bytes_per_block: int
+    budget_bytes: int
+    reason: str
+
+    @property
+    def max_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    def describe(self) -> str:
+        gib = self.num_blocks * self.bytes_per_block / 2**30
+        return (f"KV cache: {self.num_blocks} blocks x {self.block_size} tokens = {self.max_tokens} tokens "
+                f"({gib:.2f} GiB; {self.reason})")
+
+
+def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * model_config.num_hidden_layers * block_size * model_config.kv_size * elem
+
+
+def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCacheConfig,
+                  dtype: torch.dtype, device: torch.device, activation_bytes: int = 0) -> KvCachePlan:
+    """activation_bytes: the peak a step of max_num_tokens needs (GPU), kept free of cache."""
+    block_size = kv.tokens_per_block
+    per_block = bytes_per_block(model_config, block_size, dtype)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        free = max(free - activation_bytes, 0)
+        budget = int(free * kv.free_gpu_memory_fraction)
+        reason = (f"{kv.free_gpu_memory_fraction:.0%} of {free / 2**30:.1f} GiB free GPU memory after weights "
+                  f"and {activation_bytes / 2**30:.2f} GiB of activations")
+    else:
+        budget = int(kv.cpu_memory_budget_gib * 2**30)
+        reason = f"CPU budget {kv.cpu_memory_budget_gib:g} GiB"
+    num_blocks = budget // per_block
+    if kv.max_tokens is not None and kv.max_tokens < num_blocks * block_size:
+        num_blocks = -(-kv.max_tokens // block_size)
+        reason = f"max_tokens={kv.max_tokens}"
+    useful = sched.max_num_seqs * -(-sched.max_model_len // block_size)
+    if useful < num_blocks:
+        num_blocks = useful
+        reason = "all max_batch_size sequences at max_seq_len fit"
+    if num_blocks < 1:
+        raise ValueError(
+            f"the KV cache budget ({budget / 2**20:.1f} MiB) holds no block of {block_size} tokens "
+            f"({per_block / 2**20:.2f} MiB each): raise free_gpu_memory_fraction / cpu_memory_budget_gib or max_tokens")
+    return KvCachePlan(num_blocks=num_blocks, block_size=block_size, bytes_per_block=per_block,
+                       budget_bytes=budget, reason=reason)
+
+
+@torch.inference_mode()
+def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerConfig, device: torch.device) -> int:
+    """Peak GPU memory of one forward pass at max_num_tokens (one long prefill) plus the logits
+    of max_batch_size rows, excluding the scratch KV cache it writes into."""
+    from tritium.attention.backend import ForwardContext, forward_context
+    from tritium.attention.torch_backend import TorchAttentionBackend
+    from tritium.worker.input_batch import CachedRequestState, build_step_inputs
+    from tritium.sampling_params import SamplingParams
+
+    block_size = 16
+    num_tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
+    num_blocks = -(-num_tokens // block_size)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    shape = (2, num_blocks, block_size, model_config.num_key_value_heads, model_config.head_dim)
+    caches = [torch.empty(shape, dtype=model_config.dtype, device=device)
+              for _ in range(model_config.num_hidden_layers)]
+    scratch = sum(c.numel() * c.element_size() for c in caches)
+    state = CachedRequestState(req_id="profile", token_ids=[0] * num_tokens, num_prompt_tokens=num_tokens,
+                               sampling_params=SamplingParams(), block_ids=list(range(num_blocks)),
+                               num_computed_tokens=0)
+    inputs = build_step_inputs([state], {"profile": num_tokens}, block_size, device)
+    ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=caches, backend=TorchAttentionBackend())
+    with forward_context(ctx):
+        hidden = model(inputs.input_ids, inputs.positions)
+    rows = min(sched.max_num_seqs, num_tokens)
+    model.compute_logits(hidden[:rows])
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base - scratch
+    del caches, hidden, ctx, inputs
+    torch.cuda.empty_cache()
+    return max(int(peak), 0)
