@@ -137,7 +137,8 @@ class Sampler:
         if not meta.no_penalties:
             apply_penalties(logits, meta)
         if meta.min_tokens_rows is not None:
-            logits[meta.min_tokens_rows, meta.min_tokens_cols] = float("-inf")
+            blocked = torch.full_like(meta.min_tokens_rows, float("-inf"), dtype=logits.dtype)
+            logits.index_put_((meta.min_tokens_rows, meta.min_tokens_cols), blocked)
 
         if meta.all_greedy:
             sampled = logits.argmax(dim=-1)  # [N]

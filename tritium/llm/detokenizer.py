@@ -8,8 +8,8 @@ Two offsets into all_ids = prompt tail + outputs:
 Each push decodes all_ids[prefix_offset:] and all_ids[prefix_offset:read_offset] and emits what
 the longer one adds. Decoding from a few tokens back (not token by token) is what makes
 SentencePiece / byte-level BPE spaces and merges come out as a full decode would. Text ending in
-U+FFFD is an incomplete UTF-8 character (its bytes span tokens): it is held back, offsets unmoved,
-until a later token completes it, or until flush() at the end.
+U+FFFD is an incomplete UTF-8 character (its bytes span tokens): the trailing U+FFFD run is held
+back, offsets unmoved, until a later token completes it, or until flush() at the end.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ _REPLACEMENT_CHAR = "\ufffd"
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True):
+    def __init__(self, tokenizer, prompt_token_ids: Sequence[int],
+                 skip_special_tokens: bool = True):
         self._tokenizer = tokenizer
         self._skip_special_tokens = skip_special_tokens
         context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
@@ -29,12 +30,9 @@ class IncrementalDetokenizer:
         self._num_context = len(context)
         self._prefix_offset = 0
         self._read_offset = len(context)
-        self._chunks: list[str] = []
-
-    @property
-    def text(self) -> str:
-        """All output text emitted so far (held-back bytes excluded until completed or flushed)."""
-        return "".join(self._chunks)
+        self._num_partial = 0  # chars past decode(ids[prefix:read]) emitted while held back
+        # All output text emitted so far (held-back bytes excluded until completed or flushed).
+        self.text = ""
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -46,7 +44,7 @@ class IncrementalDetokenizer:
         return self._advance(final=False)
 
     def flush(self) -> str:
-        """At the end of the sequence: emit whatever is held back, incomplete characters included."""
+        """At the end of the sequence: emit what is held back, incomplete characters included."""
         return self._advance(final=True)
 
     def _advance(self, final: bool) -> str:
@@ -54,13 +52,18 @@ class IncrementalDetokenizer:
             return ""
         prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
         new_text = self._decode(self._ids[self._prefix_offset:])
-        if len(new_text) <= len(prefix_text) or (new_text.endswith(_REPLACEMENT_CHAR) and not final):
-            # Nothing new yet (special tokens skipped, or bytes of a character still to come).
-            return ""
-        delta = new_text[len(prefix_text):]
-        self._prefix_offset = self._read_offset
-        self._read_offset = len(self._ids)
-        self._chunks.append(delta)
+        complete = final or not new_text.endswith(_REPLACEMENT_CHAR)
+        # Complete characters before an unfinished one are already final (UTF-8 self-syncs).
+        stable = new_text if complete else new_text.rstrip(_REPLACEMENT_CHAR)
+        delta = stable[len(prefix_text) + self._num_partial:]
+        if complete and len(new_text) > len(prefix_text):
+            self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+            self._num_partial = 0
+        else:
+            # Offsets stay (no new text yet: skipped special tokens, or a character's bytes
+            # still to come); remember what of this window was already emitted.
+            self._num_partial += len(delta)
+        self.text += delta
         return delta
 
     def _decode(self, ids: list[int]) -> str:
