@@ -38,6 +38,7 @@ class Scheduler:
         self.running: list[Request] = []  # priority order: the last one is preempted first
         # Finished, aborted or preempted since the last schedule(): the runner drops their state.
         self.finished_req_ids: set[str] = set()
+        self.num_preemptions_total = 0  # for metrics and tests
 
     # ---- queries --------------------------------------------------------------------------
     @property
@@ -63,6 +64,8 @@ class Scheduler:
         self.waiting.append(request)
 
     def abort_requests(self, req_ids: Iterable[str]) -> list[Request]:
+        if isinstance(req_ids, str):
+            req_ids = [req_ids]
         aborted = []
         for req_id in req_ids:
             request = self.requests.get(req_id)
@@ -88,6 +91,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
+        self.num_preemptions_total += 1
         self.waiting.appendleft(request)
         self.finished_req_ids.add(request.request_id)
 
