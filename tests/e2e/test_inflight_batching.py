@@ -26,10 +26,14 @@ def make_prompts(vocab_size: int, count: int = 10, seed: int = 0, shared_prefix:
 
 
 def hf_greedy(hf_model, prompt: list[int], max_tokens: int) -> list[int]:
+    """Greedy tokens from full Hugging Face forward passes (EOS is just another token here,
+    as with ignore_eos; HF generate's min_new_tokens would instead forbid it)."""
+    ids = torch.tensor([prompt])
     with torch.no_grad():
-        out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
-                                min_new_tokens=max_tokens, pad_token_id=0, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
+        for _ in range(max_tokens):
+            next_id = hf_model(ids).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    return ids[0, len(prompt):].tolist()
 
 
 @pytest.fixture(scope="module")
