@@ -1,0 +1,39 @@
+"""RMSNorm as Hugging Face computes it: statistics in float32, scaled in the input dtype."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tritium.layers.linear import check_shape
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6, prefix: str = "norm",
+                 params_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=params_dtype or torch.get_default_dtype()),
+                                   requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+        self.weight.tritium_name = f"{prefix}.weight"
+
+    @staticmethod
+    def weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        check_shape(param.tritium_name, param.shape, loaded_weight)  # replicated on every rank
+        param.data.copy_(loaded_weight)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(dtype)
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        """x: [..., hidden]. With `residual`, first adds it (in x's dtype, like HF) and returns
+        (normed, new_residual); without, returns normed."""
+        if residual is None:
+            return self._norm(x)
+        residual = x + residual
+        return self._norm(residual), residual

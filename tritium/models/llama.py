@@ -1,0 +1,128 @@
+"""One Llama-family definition for Llama 2/3/3.1, Mistral, Qwen2/2.5, Qwen3 and SmolLM2.
+
+The families differ only by configuration (ModelConfig): GQA head counts, q/k/v bias (Qwen2),
+per-head q/k RMSNorm before RoPE with an explicit head_dim (Qwen3), RoPE scaling, tied
+embeddings. Parameter names mirror Hugging Face's, with q/k/v fused into `qkv_proj` and gate/up
+into `gate_up_proj`; `load_weights` routes HF tensors onto them.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from tritium.config import ModelConfig
+from tritium.distributed.parallel_state import get_tp_world_size
+from tritium.layers.activation import SiluAndMul
+from tritium.layers.attention import Attention
+from tritium.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from tritium.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from tritium.layers.norm import RMSNorm
+from tritium.layers.rotary import RotaryEmbedding, get_rope
+from tritium.models.weights import load_named_weights
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary_emb: RotaryEmbedding, prefix: str):
+        super().__init__()
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads,
+                                          cfg.num_key_value_heads, bias=cfg.attention_bias, prefix=f"{prefix}.qkv_proj")
+        self.o_proj = RowParallelLinear(cfg.q_size, cfg.hidden_size, bias=False, prefix=f"{prefix}.o_proj")
+        nh, nkv, d = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim
+        self.q_size, self.kv_size, self.head_dim = nh * d, nkv * d, d
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, prefix=f"{prefix}.q_norm")
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, prefix=f"{prefix}.k_norm")
+        self.rotary_emb = rotary_emb  # shared by all layers
+        self.attn = Attention(nh, nkv, d, layer_idx)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:  # Qwen3: RMSNorm over each head's vector, before RoPE
+            t = hidden.shape[0]
+            q = self.q_norm(q.reshape(t, -1, self.head_dim)).view(t, self.q_size)  # [T, heads * d]
+            k = self.k_norm(k.reshape(t, -1, self.head_dim)).view(t, self.kv_size)  # [T, kv_heads * d]
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v))  # [T, hidden]
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str):
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=False,
+                                                       prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=False,
+                                           prefix=f"{prefix}.down_proj")
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))  # [T, 2I] -> [T, I] -> [T, H]
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary_emb: RotaryEmbedding, prefix: str):
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg, layer_idx, rotary_emb, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(cfg, f"{prefix}.mlp")
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, prefix=f"{prefix}.input_layernorm")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
+                                                prefix=f"{prefix}.post_attention_layernorm")
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
+        # The residual stream travels separately so each norm can fuse the add (same sums as HF).
+        if residual is None:
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, prefix: str = "model"):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
+        rotary_emb = get_rope(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, rotary_emb, f"{prefix}.layers.{i}")
+                                    for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, prefix=f"{prefix}.norm")
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden, residual = self.embed_tokens(input_ids), None  # [T, H]
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    # HF checkpoint name fragment -> (our fused parameter fragment, shard id)
+    stacked_params = {
+        ".q_proj.": (".qkv_proj.", "q"), ".k_proj.": (".qkv_proj.", "k"), ".v_proj.": (".qkv_proj.", "v"),
+        ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
+    }
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tp_size = get_tp_world_size()
+        self.model = LlamaModel(config)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        if config.tie_word_embeddings:
+            self.lm_head.tie_to(self.model.embed_tokens)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions: [T] -> hidden states [T, hidden_size]. Runs inside forward_context."""
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()  # [N, vocab]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load HF-named tensors; raises ValueError on unknown names, wrong shapes or missing
+        tensors. Returns the names of the parameters loaded."""
+        ignore = ("rotary_emb.inv_freq",) + (("lm_head.weight",) if self.config.tie_word_embeddings else ())
+        return load_named_weights(self, weights, self.stacked_params, ignore=ignore)
