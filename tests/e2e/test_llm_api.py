@@ -101,7 +101,7 @@ def test_streaming_yields_incremental_text(llm):
 
     async def collect():
         pieces, last = [], None
-        async for last in llm.generate_async("Write one sentence about the sea.", params, streaming=True):
+        async for last in llm.generate_async("Once upon a time, in a small village by the sea,", params, streaming=True):
             pieces.append(last.outputs[0].text_diff)
         return pieces, last
 
@@ -109,19 +109,25 @@ def test_streaming_yields_incremental_text(llm):
     assert final.finished and len(pieces) > 3
     assert "".join(pieces) == final.outputs[0].text
     assert all("\ufffd" not in p for p in pieces)
-    assert final.outputs[0].text == llm.generate("Write one sentence about the sea.", params).outputs[0].text
+    assert final.outputs[0].text == llm.generate("Once upon a time, in a small village by the sea,", params).outputs[0].text
 
 
 def test_streaming_never_splits_utf8(llm):
-    # Emoji and accented text are multi-byte and often span several byte-level tokens.
+    # This prompt makes the model emit emoji and CJK punctuation, several byte-level tokens each.
     ids = llm.tokenizer.encode(" café 🎉🎉 naïve 東京")
     params = SamplingParams(max_tokens=8, temperature=0.0)
 
     async def run():
         return [o async for o in llm.generate_async(ids, params, streaming=True)]
 
-    for snap in asyncio.run(run()):
-        assert "\ufffd" not in snap.outputs[0].text_diff
+    snaps = asyncio.run(run())
+    final = snaps[-1].outputs[0]
+    # Before the end no piece carries half a character; the pieces add up to the full decode
+    # (which may itself end in an unfinished character when max_tokens cuts one in half).
+    assert all("\ufffd" not in s.outputs[0].text_diff for s in snaps[:-1])
+    assert "".join(s.outputs[0].text_diff for s in snaps) == llm.tokenizer.decode(final.token_ids)
+    held_back = [s for s in snaps[:-1] if s.outputs[0].token_ids_diff and not s.outputs[0].text_diff]
+    assert held_back, "a multi-byte character spanning tokens should have been held back at least once"
 
 
 def test_seeds_reproduce_whatever_the_batch(llm):

@@ -59,12 +59,14 @@ def tokenize_prompt(prompt: PromptInput, tokenizer, vocab_size: int, max_seq_len
         text = prompt
     else:
         token_ids = list(prompt)
-        text = tokenizer.decode(token_ids) if tokenizer is not None and token_ids else None
+        text = None
     if not token_ids:
         raise ValueError("the prompt is empty: it must hold at least one token")
     bad = [t for t in token_ids if not 0 <= t < vocab_size]
     if bad:
         raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    if text is None and tokenizer is not None:
+        text = tokenizer.decode(token_ids)
     if len(token_ids) >= max_seq_len:
         raise ValueError(
             f"the prompt has {len(token_ids)} tokens; max_seq_len={max_seq_len} leaves no room to generate")
