@@ -46,7 +46,7 @@ def reference(tiny_llama, hf_tiny_llama):
 
 def test_alone_equals_hugging_face(tiny_llama, reference):
     prompts, expected = reference
-    with LLM(tiny_llama, build_config=BuildConfig(max_batch_size=1)) as llm:
+    with LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_batch_size=1)) as llm:
         for prompt, want in zip(prompts[:4], expected[:4]):
             out = llm.generate(prompt, GREEDY)
             assert out.outputs[0].token_ids == want
@@ -65,7 +65,7 @@ def test_inflight_equals_alone(tiny_llama, reference, prefix_caching, case):
         kv = KvCacheConfig(enable_block_reuse=prefix_caching, tokens_per_block=4, max_tokens=2 * longest + 8)
     elif case == "tiny_budget":
         build = BuildConfig(max_batch_size=8, max_num_tokens=7, max_seq_len=longest + 16)
-    with LLM(tiny_llama, build_config=build, kv_cache_config=kv) as llm:
+    with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv) as llm:
         outs = llm.generate(prompts, GREEDY)
         scheduler = llm._engine.core.scheduler
         assert [o.outputs[0].token_ids for o in outs] == expected
@@ -78,7 +78,7 @@ def test_inflight_equals_alone(tiny_llama, reference, prefix_caching, case):
 def test_prefix_cache_hit_is_reported_and_correct(tiny_llama, reference):
     prompts, expected = reference
     kv = KvCacheConfig(enable_block_reuse=True, tokens_per_block=4)
-    with LLM(tiny_llama, kv_cache_config=kv, build_config=BuildConfig(max_seq_len=256)) as llm:
+    with LLM(tiny_llama, dtype="float32", kv_cache_config=kv, build_config=BuildConfig(max_seq_len=256)) as llm:
         first = llm.generate(prompts[1], GREEDY)
         again = llm.generate(prompts[1], GREEDY)
     assert first.num_cached_tokens == 0
@@ -93,6 +93,6 @@ def test_qwen3_batch_matches_hugging_face(tiny_qwen3):
     hf = AutoModelForCausalLM.from_pretrained(tiny_qwen3, torch_dtype=torch.float32).eval()
     prompts = make_prompts(hf.config.vocab_size, count=6, seed=3)
     expected = [hf_greedy(hf, p, GREEDY.max_tokens) for p in prompts]
-    with LLM(tiny_qwen3, build_config=BuildConfig(max_num_tokens=16, max_seq_len=256)) as llm:
+    with LLM(tiny_qwen3, dtype="float32", build_config=BuildConfig(max_num_tokens=16, max_seq_len=256)) as llm:
         outs = llm.generate(prompts, GREEDY)
     assert [o.outputs[0].token_ids for o in outs] == expected

@@ -18,7 +18,7 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def llm():
-    with LLM(default_model_path(), build_config=BuildConfig(max_batch_size=16, max_seq_len=512)) as engine:
+    with LLM(default_model_path(), dtype="float32", build_config=BuildConfig(max_batch_size=16, max_seq_len=512)) as engine:
         yield engine
 
 
