@@ -178,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "generate":
         try:
             return run_generate(args)
-        except ValueError as e:  # bad model path, bad prompt: say what, not a traceback
+        except (ValueError, FileNotFoundError) as e:  # bad model path, bad prompt: say what, not a traceback
             print(f"error: {e}", file=sys.stderr)
             return 2
     parser.error(f"unknown command {args.command}")
