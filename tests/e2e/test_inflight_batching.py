@@ -96,3 +96,27 @@ def test_qwen3_batch_matches_hugging_face(tiny_qwen3):
     with LLM(tiny_qwen3, dtype="float32", build_config=BuildConfig(max_num_tokens=16, max_seq_len=256)) as llm:
         outs = llm.generate(prompts, GREEDY)
     assert [o.outputs[0].token_ids for o in outs] == expected
+
+
+def test_a_failing_step_fails_only_its_requests(tiny_llama, reference):
+    prompts, expected = reference
+    with LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_seq_len=256)) as llm:
+        runner = llm._engine.core.runner
+        real_execute = runner.execute_model
+        calls = {"n": 0}
+
+        def fail_once(sched_out):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("injected device fault")
+            return real_execute(sched_out)
+
+        runner.execute_model = fail_once
+        with pytest.raises(RuntimeError, match="injected device fault"):
+            llm.generate(prompts[:3], GREEDY)
+        # The engine survives: its blocks were returned and new requests are served correctly.
+        outs = llm.generate(prompts[:3], GREEDY)
+        assert [o.outputs[0].token_ids for o in outs] == expected[:3]
+        manager = llm._engine.core.scheduler.kv_cache_manager
+        manager.check_integrity()
+        assert manager.num_free_blocks == manager.block_pool.num_blocks  # every block is back in the pool
