@@ -1,0 +1,56 @@
+"""KV cache planning on the CPU: budget, max_tokens cap, usefulness cap, and clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tritium.config import KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.worker.memory_plan import bytes_per_block, plan_kv_cache
+
+CFG = ModelConfig(architecture="LlamaForCausalLM", vocab_size=100, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+CPU = torch.device("cpu")
+
+
+def sched(max_seqs=256, max_len=4096):
+    return SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=max_len)
+
+
+def test_bytes_per_block_counts_k_and_v_of_every_layer():
+    # 2 (k, v) * 2 layers * 16 tokens * 2 kv heads * 16 dims * 4 bytes
+    assert bytes_per_block(CFG, 16, torch.float32) == 2 * 2 * 16 * 2 * 16 * 4
+    assert bytes_per_block(CFG, 16, torch.bfloat16) == bytes_per_block(CFG, 16, torch.float32) // 2
+
+
+def test_cpu_budget_sets_the_block_count():
+    kv = KvCacheConfig(cpu_memory_budget_gib=1 / 1024)  # 1 MiB
+    plan = plan_kv_cache(CFG, sched(), kv, torch.float32, CPU)
+    assert plan.num_blocks == 2**20 // bytes_per_block(CFG, 16, torch.float32)
+    assert plan.max_tokens == plan.num_blocks * 16
+
+
+def test_max_tokens_caps_the_cache_rounded_up_to_whole_blocks():
+    plan = plan_kv_cache(CFG, sched(), KvCacheConfig(max_tokens=100), torch.float32, CPU)
+    assert plan.num_blocks == 7 and "max_tokens=100" in plan.describe()
+
+
+def test_no_more_blocks_than_the_batch_could_use():
+    plan = plan_kv_cache(CFG, sched(max_seqs=2, max_len=64), KvCacheConfig(), torch.float32, CPU)
+    assert plan.num_blocks == 2 * 4
+
+
+def test_a_budget_that_holds_no_block_is_a_clear_error():
+    with pytest.raises(ValueError, match="holds no block"):
+        plan_kv_cache(CFG, sched(), KvCacheConfig(cpu_memory_budget_gib=1e-9), torch.float32, CPU)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(free_gpu_memory_fraction=0.0), "free_gpu_memory_fraction"),
+    (dict(free_gpu_memory_fraction=1.5), "free_gpu_memory_fraction"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(tokens_per_block=24), "tokens_per_block"),
+    (dict(cpu_memory_budget_gib=0), "cpu_memory_budget_gib"),
+])
+def test_kv_cache_config_rejects_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        KvCacheConfig(**kwargs)
