@@ -54,7 +54,7 @@ def test_alone_equals_hugging_face(tiny_llama, reference):
 
 
 @pytest.mark.parametrize("prefix_caching", [True, False])
-@pytest.mark.parametrize("case", ["roomy", "preempting", "tiny_budget"])
+@pytest.mark.parametrize("case", ["roomy", "preempting", "tiny_budget", "unchunked"])
 def test_inflight_equals_alone(tiny_llama, reference, prefix_caching, case):
     prompts, expected = reference
     longest = max(len(p) for p in prompts) + GREEDY.max_tokens
@@ -65,6 +65,9 @@ def test_inflight_equals_alone(tiny_llama, reference, prefix_caching, case):
         kv = KvCacheConfig(enable_block_reuse=prefix_caching, tokens_per_block=4, max_tokens=2 * longest + 8)
     elif case == "tiny_budget":
         build = BuildConfig(max_batch_size=8, max_num_tokens=7, max_seq_len=longest + 16)
+    elif case == "unchunked":  # whole prompts only, so few fit in one step's budget
+        build = BuildConfig(max_batch_size=8, max_num_tokens=longest + 16, max_seq_len=longest + 16,
+                            enable_chunked_prefill=False)
     with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv) as llm:
         outs = llm.generate(prompts, GREEDY)
         scheduler = llm._engine.core.scheduler
