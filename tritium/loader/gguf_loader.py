@@ -10,6 +10,7 @@ The tokenizer and chat template also live in the file; transformers reads them
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any, Iterator, Optional
 
@@ -38,8 +39,9 @@ def _reader(path: str):
 
     try:
         return GGUFReader(path)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable GGUF file: {e}") from None
+    except Exception as e:  # gguf-py reports a cut-off file as a numpy view/reshape error: say what it means
+        raise ValueError(f"{path} is not a readable GGUF file (truncated or corrupt? {os.path.getsize(path)} "
+                         f"bytes): {e}") from None
 
 
 def _field(reader, key: str, default: Any = None) -> Any:
