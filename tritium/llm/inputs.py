@@ -55,7 +55,9 @@ def tokenize_prompt(prompt: PromptInput, tokenizer, vocab_size: int, max_seq_len
     if isinstance(prompt, str):
         if tokenizer is None:
             raise ValueError("a text prompt needs a tokenizer; this model has none, so pass token ids")
-        token_ids = tokenizer.encode(prompt)
+        # A prompt that already starts with the BOS text (chat templates write it) must not get a second one.
+        bos = getattr(tokenizer, "bos_token", None)
+        token_ids = tokenizer.encode(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))
         text = prompt
     else:
         token_ids = list(prompt)
