@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tritium.distributed.parallel_state import get_tp_rank, get_tp_world_size, tp_all_gather_last_dim, tp_all_reduce
+from tritium.layers import cpu_linear
 from tritium.layers.linear import check_shape, new_param
 
 
@@ -47,18 +48,24 @@ class VocabParallelEmbedding(nn.Module):
 
 class ParallelLMHead(VocabParallelEmbedding):
     """Projects hidden states to vocabulary logits. With tied embeddings the model points
-    `weight` at the embedding's parameter instead of loading its own."""
+    `weight` at the embedding's parameter instead of loading its own. On CPU the logits matmul
+    also gets a oneDNN-packed copy of the weight (layers/cpu_linear.py)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, prefix: str = "lm_head",
                  params_dtype: Optional[torch.dtype] = None):
         super().__init__(num_embeddings, embedding_dim, prefix, params_dtype)
+        self.weight_packed: Optional[torch.Tensor] = None
 
     def tie_to(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight
 
+    def process_weights_after_loading(self) -> None:
+        if cpu_linear.can_pack(self.weight):
+            self.weight_packed = cpu_linear.pack_weight(self.weight)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, H] -> logits [N, vocab]
-        logits = F.linear(hidden, self.weight)  # [N, vocab_per_partition]
+        logits = cpu_linear.linear(hidden, self.weight, self.weight_packed, None)  # [N, vocab_per_partition]
         if self.tp_size > 1:
             logits = tp_all_gather_last_dim(logits)
         return logits[:, : self.num_embeddings]

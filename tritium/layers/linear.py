@@ -6,7 +6,8 @@ parameter's dtype and device), so a weight is never held whole on the device. Fu
 (QKV, gate/up) take a `shard_id` naming which checkpoint tensor is arriving.
 
 The math is delegated to a `LinearMethod`: the unquantized one holds a plain weight and calls
-F.linear; quantization methods (FP8, INT8, INT4) implement the same two hooks.
+F.linear (on CPU it adds a oneDNN-packed copy once loaded: layers/cpu_linear.py);
+quantization methods (FP8, INT8, INT4) implement the same hooks.
 
 Shape convention (PyTorch's): weight [output_size_per_partition, input_size_per_partition].
 """
@@ -15,10 +16,10 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tritium.distributed.parallel_state import get_tp_rank, get_tp_world_size, tp_all_gather_last_dim, tp_all_reduce
+from tritium.layers import cpu_linear
 
 WeightLoader = Callable[..., None]
 
@@ -51,6 +52,9 @@ class LinearMethod:
         """Register the layer's weight parameter(s) for one partition ([output_size, input_size])."""
         raise NotImplementedError
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Called once by the loader after every weight is in: convert to the kernels' layout."""
+
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -58,9 +62,14 @@ class LinearMethod:
 class UnquantizedLinearMethod(LinearMethod):
     def create_weights(self, layer, input_size, output_size, params_dtype):
         layer.weight = new_param((output_size, input_size), params_dtype, layer.weight_loader, f"{layer.prefix}.weight")
+        layer.weight_packed = None  # CPU: a oneDNN-packed copy, made after loading
+
+    def process_weights_after_loading(self, layer):
+        if cpu_linear.can_pack(layer.weight):
+            layer.weight_packed = cpu_linear.pack_weight(layer.weight)
 
     def apply(self, layer, x, bias):
-        return F.linear(x, layer.weight, bias)
+        return cpu_linear.linear(x, layer.weight, layer.weight_packed, bias)
 
 
 class LinearBase(nn.Module):
@@ -87,6 +96,9 @@ class LinearBase(nn.Module):
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         raise NotImplementedError
+
+    def process_weights_after_loading(self) -> None:
+        self.linear_method.process_weights_after_loading(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_method.apply(self, x, self.bias)

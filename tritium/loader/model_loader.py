@@ -1,5 +1,6 @@
 """Build a model from a ModelSource: class from the registry, parameters created directly in
-the target dtype on the target device, weights streamed in through their weight_loaders."""
+the target dtype on the target device, weights streamed in through their weight_loaders, then
+each module's process_weights_after_loading() (kernel-specific layouts)."""
 from __future__ import annotations
 
 import contextlib
@@ -56,6 +57,9 @@ def load_model(source: ModelSource, model_config: ModelConfig, device: torch.dev
                 raise ValueError(f"{source.path}: {e}") from None
         else:
             raise ValueError(f"unknown model source format {source.format!r}")
+        for module in model.modules():  # e.g. repack linear weights for the CPU's matmul kernels
+            if hasattr(module, "process_weights_after_loading"):
+                module.process_weights_after_loading()
     return model.eval()
 
 
