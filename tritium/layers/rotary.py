@@ -45,10 +45,10 @@ def llama3_inv_freq(head_dim: int, base: float, scaling: dict[str, Any]) -> torc
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [T, heads, head_dim]; cos, sin: [T, 1, head_dim / 2] in x's dtype.
-    # Same products and sums as HF's x * cos + rotate_half(x) * sin, in the same order.
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    # x: [T, heads, head_dim]; cos = [cos | cos], sin = [-sin | sin]: [T, 1, head_dim] in x's dtype.
+    # x.roll(d/2) = [x2 | x1], so this is HF's x * cos + rotate_half(x) * sin with the same
+    # products and sums in the same order (bit-exact), in 4 ops instead of 9.
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class RotaryEmbedding(nn.Module):
@@ -71,12 +71,18 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: torch.Tensor) -> torch.Tensor:
         return self.cos_sin_cache.index_select(0, positions)  # [T, head_dim]
 
+    def prepare(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's (cos, sin) for apply_rotary, each [T, 1, head_dim] in `dtype`: computed once
+        per forward pass and shared by every layer."""
+        cos, sin = self.cos_sin(positions).unsqueeze(1).chunk(2, dim=-1)  # each [T, 1, head_dim / 2]
+        return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [T]; q: [T, num_heads * head_dim] or [T, num_heads, head_dim]; k likewise.
-        cos, sin = self.cos_sin(positions).unsqueeze(1).chunk(2, dim=-1)  # each [T, 1, head_dim / 2]
+        cos, sin = self.prepare(positions, q.dtype)
         t = positions.shape[0]
-        q_rot = apply_rotary(q.view(t, -1, self.head_dim), cos.to(q.dtype), sin.to(q.dtype))
-        k_rot = apply_rotary(k.view(t, -1, self.head_dim), cos.to(k.dtype), sin.to(k.dtype))
+        q_rot = apply_rotary(q.view(t, -1, self.head_dim), cos, sin)
+        k_rot = apply_rotary(k.view(t, -1, self.head_dim), cos, sin)
         return q_rot.view(q.shape), k_rot.view(k.shape)
 
     def extra_repr(self) -> str:

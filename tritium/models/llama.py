@@ -19,12 +19,15 @@ from tritium.layers.attention import Attention
 from tritium.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from tritium.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from tritium.layers.norm import RMSNorm
-from tritium.layers.rotary import RotaryEmbedding, get_rope
+from tritium.layers.rotary import apply_rotary, get_rope
 from tritium.models.weights import load_named_weights
 
 
+Rope = tuple[torch.Tensor, torch.Tensor]  # the step's (cos, sin), from RotaryEmbedding.prepare
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary_emb: RotaryEmbedding, prefix: str):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, prefix: str):
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads,
                                           cfg.num_key_value_heads, bias=cfg.attention_bias, prefix=f"{prefix}.qkv_proj")
@@ -35,16 +38,20 @@ class LlamaAttention(nn.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, prefix=f"{prefix}.q_norm")
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps, prefix=f"{prefix}.k_norm")
-        self.rotary_emb = rotary_emb  # shared by all layers
+        self.num_heads = nh
         self.attn = Attention(nh, nkv, d, layer_idx)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    def forward(self, rope: Rope, hidden: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)  # [T, (heads + 2 * kv_heads) * d]
+        t, d = qkv.shape[0], self.head_dim
         if self.qk_norm:  # Qwen3: RMSNorm over each head's vector, before RoPE
-            t = hidden.shape[0]
-            q = self.q_norm(q.reshape(t, -1, self.head_dim)).view(t, self.q_size)  # [T, heads * d]
-            k = self.k_norm(k.reshape(t, -1, self.head_dim)).view(t, self.kv_size)  # [T, kv_heads * d]
-        q, k = self.rotary_emb(positions, q, k)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = apply_rotary(self.q_norm(q.reshape(t, -1, d)), *rope)  # [T, heads, d]
+            k = apply_rotary(self.k_norm(k.reshape(t, -1, d)), *rope)  # [T, kv_heads, d]
+        else:  # q and k heads are adjacent in qkv: rotate them in one go
+            qk = apply_rotary(qkv[:, :self.q_size + self.kv_size].view(t, -1, d), *rope)  # [T, heads + kv_heads, d]
+            q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
+            v = qkv[:, self.q_size + self.kv_size:]  # [T, kv_heads * d]
         return self.o_proj(self.attn(q, k, v))  # [T, hidden]
 
 
@@ -62,21 +69,21 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary_emb: RotaryEmbedding, prefix: str):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, prefix: str):
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, rotary_emb, f"{prefix}.self_attn")
+        self.self_attn = LlamaAttention(cfg, layer_idx, f"{prefix}.self_attn")
         self.mlp = LlamaMLP(cfg, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, prefix=f"{prefix}.input_layernorm")
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
                                                 prefix=f"{prefix}.post_attention_layernorm")
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
+    def forward(self, rope: Rope, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
         # The residual stream travels separately so each norm can fuse the add (same sums as HF).
         if residual is None:
             hidden, residual = self.input_layernorm(hidden), hidden
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden)
+        hidden = self.self_attn(rope, hidden)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -85,15 +92,16 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig, prefix: str = "model"):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
-        rotary_emb = get_rope(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, rotary_emb, f"{prefix}.layers.{i}")
+        self.rotary_emb = get_rope(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, f"{prefix}.layers.{i}")
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, prefix=f"{prefix}.norm")
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden, residual = self.embed_tokens(input_ids), None  # [T, H]
+        rope = self.rotary_emb.prepare(positions, hidden.dtype)  # once per step, for every layer
         for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual)
+            hidden, residual = layer(rope, hidden, residual)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
