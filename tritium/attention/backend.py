@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -35,6 +35,9 @@ class AttentionMetadata:
     # Host copies for backends that loop or branch in Python.
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
+    # What a backend derives from this step's metadata once and reuses in every layer
+    # (gather indices, masks), keyed by the backend.
+    backend_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_reqs(self) -> int:

@@ -1,8 +1,10 @@
 """Reference attention over the paged KV cache in plain PyTorch (CPU and GPU).
 
-Decode-only steps are batched (gather each request's blocks, mask by length); steps with
-prefill chunks attend request by request. Correctness first: this is the test reference
-for the fast kernels.
+Decode-only steps are batched: every layer gathers the requests' blocks with one index_select
+and attends in float32 through two bmm calls (CPU bfloat16 bmm is several times slower at these
+sizes), with the gather indices and the length mask built once per step (meta.backend_cache).
+Steps with prefill chunks attend request by request. Correctness first: this is the test
+reference for the fast kernels.
 """
 from __future__ import annotations
 
@@ -35,15 +37,18 @@ class TorchAttentionBackend(AttentionBackend):
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         n = meta.num_actual_tokens
-        write_kv(kv_cache, k[:n], v[:n], meta.slot_mapping[:n])
-        out = torch.empty_like(q)
+        if n < q.shape[0]:  # padded batch: attend the first n rows; the rest stay uninitialised
+            out = torch.empty_like(q)
+            out[:n] = self.forward(q[:n], k[:n], v[:n], kv_cache, meta, scale)
+            return out
+        write_kv(kv_cache, k, v, meta.slot_mapping[:n])
         if meta.is_pure_decode:
-            out[:n] = self._decode(q[:n], kv_cache, meta, scale)
-        else:
-            for r in range(meta.num_reqs):
-                start, end = meta.query_start_loc_cpu[r], meta.query_start_loc_cpu[r + 1]
-                out[start:end] = self._prefill_one(q[start:end], kv_cache, meta.block_tables[r],
-                                                   meta.seq_lens_cpu[r], scale)
+            return self._decode(q, kv_cache, meta, scale)
+        out = torch.empty_like(q)
+        for r in range(meta.num_reqs):
+            start, end = meta.query_start_loc_cpu[r], meta.query_start_loc_cpu[r + 1]
+            out[start:end] = self._prefill_one(q[start:end], kv_cache, meta.block_tables[r],
+                                               meta.seq_lens_cpu[r], scale)
         return out
 
     @staticmethod
@@ -64,21 +69,35 @@ class TorchAttentionBackend(AttentionBackend):
         return o.transpose(0, 1)  # [q_len, num_heads, d]
 
     @staticmethod
-    def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        # q: [num_reqs, num_heads, d], one token per request.
+    def _decode_plan(kv_cache: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """Once per step: the blocks to gather, [R * B] long (B blocks cover max_seq_len), and the
+        additive length mask, [R * kv_heads, 1, max_seq_len] float32 (0, or -inf past seq_len)."""
+        plan = meta.backend_cache.get("torch_decode")
+        if plan is None:
+            block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+            num_blocks = -(-meta.max_seq_len // block_size)
+            blocks = meta.block_tables[:, :num_blocks].reshape(-1).long()  # [R * B]
+            k_pos = torch.arange(meta.max_seq_len, device=kv_cache.device)  # [S]
+            past_end = k_pos[None, :] >= meta.seq_lens[:, None]  # [R, S]
+            mask = torch.zeros(past_end.shape, device=kv_cache.device).masked_fill_(past_end, float("-inf"))
+            plan = blocks, mask.repeat_interleave(num_kv_heads, dim=0)[:, None, :]  # [R * kvh, 1, S]
+            meta.backend_cache["torch_decode"] = plan
+        return plan
+
+    @classmethod
+    def _decode(cls, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        # q: [R, num_heads, d], one token per request.
         num_reqs, num_heads, d = q.shape
-        block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
-        max_blocks = (meta.max_seq_len + block_size - 1) // block_size
-        blocks = meta.block_tables[:, :max_blocks].long()  # [R, B]
-        k = kv_cache[0, blocks].flatten(1, 2)  # [R, B*bs, kvh, d]
-        v = kv_cache[1, blocks].flatten(1, 2)
-        group = num_heads // num_kv_heads
-        qg = q.view(num_reqs, num_kv_heads, group, d)  # [R, kvh, g, d]
-        kt = k.permute(0, 2, 3, 1).to(q.dtype)  # [R, kvh, d, S]
-        scores = torch.matmul(qg, kt).float() * scale  # [R, kvh, g, S]
-        k_pos = torch.arange(k.shape[1], device=q.device)
-        valid = k_pos[None, :] < meta.seq_lens[:, None]  # [R, S]
-        scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(q.dtype)
-        o = torch.matmul(probs, v.permute(0, 2, 1, 3).to(q.dtype))  # [R, kvh, g, d]
-        return o.reshape(num_reqs, num_heads, d)
+        _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
+        group, seq = num_heads // num_kv_heads, meta.max_seq_len
+        blocks, mask = cls._decode_plan(kv_cache, meta)
+        kv = kv_cache.view(2, num_blocks, -1).index_select(1, blocks)  # [2, R * B, block_size * kvh * d]
+        kv = kv.view(2, num_reqs, -1, num_kv_heads, d)[:, :, :seq].transpose(2, 3)  # [2, R, kvh, S, d]
+        kv_f = torch.empty(kv.shape, dtype=torch.float32, device=q.device).copy_(kv)  # contiguous float32
+        k = kv_f[0].view(num_reqs * num_kv_heads, seq, d)
+        v = kv_f[1].view(num_reqs * num_kv_heads, seq, d)
+        # Query heads h * group .. (h + 1) * group - 1 share KV head h (HF's repeat_interleave order).
+        qg = q.reshape(num_reqs * num_kv_heads, group, d).float()  # [R * kvh, g, d]
+        scores = torch.baddbmm(mask, qg, k.transpose(1, 2), alpha=scale)  # [R * kvh, g, S]
+        o = torch.bmm(torch.softmax(scores, dim=-1), v)  # [R * kvh, g, d]
+        return o.view(num_reqs, num_heads, d).to(q.dtype)
