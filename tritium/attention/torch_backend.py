@@ -3,8 +3,9 @@
 Decode-only steps are batched: every layer gathers the requests' blocks with one index_select
 and attends in float32 through two bmm calls (CPU bfloat16 bmm is several times slower at these
 sizes), with the gather indices and the length mask built once per step (meta.backend_cache).
-Steps with prefill chunks attend request by request. Correctness first: this is the test
-reference for the fast kernels.
+Steps with prefill chunks run one SDPA call over all the step's queries and all its requests'
+keys under a block-diagonal causal mask while that is small (MAX_BATCHED_PAIRS), else request
+by request. Correctness first: this is the test reference for the fast kernels.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from tritium.attention.backend import AttentionBackend, AttentionMetadata
+
+# A prefill step attends in one call while (its tokens) x (its requests' keys) stays below this:
+# the batched call computes every query-key pair, most of them masked when the requests are long.
+MAX_BATCHED_PAIRS = 1 << 22
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -44,6 +49,8 @@ class TorchAttentionBackend(AttentionBackend):
         write_kv(kv_cache, k, v, meta.slot_mapping[:n])
         if meta.is_pure_decode:
             return self._decode(q, kv_cache, meta, scale)
+        if n * sum(meta.seq_lens_cpu) <= MAX_BATCHED_PAIRS:
+            return self._prefill_batched(q, kv_cache, meta, scale)
         out = torch.empty_like(q)
         for r in range(meta.num_reqs):
             start, end = meta.query_start_loc_cpu[r], meta.query_start_loc_cpu[r + 1]
@@ -67,6 +74,38 @@ class TorchAttentionBackend(AttentionBackend):
         vh = v.transpose(0, 1).repeat_interleave(group, dim=0).to(q.dtype)
         o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
         return o.transpose(0, 1)  # [q_len, num_heads, d]
+
+    @staticmethod
+    def _prefill_plan(kv_cache: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """Once per step: the cache slots of every request's keys, request after request
+        ([K] long, K = sum of seq_lens), and the mask [T, K]: a query sees its own request's keys
+        up to its own position."""
+        plan = meta.backend_cache.get("torch_prefill")
+        if plan is None:
+            dev, block_size = kv_cache.device, kv_cache.shape[2]
+            q_lens = [b - a for a, b in zip(meta.query_start_loc_cpu, meta.query_start_loc_cpu[1:])]
+            reqs = torch.arange(meta.num_reqs, device=dev)
+            q_req = reqs.repeat_interleave(torch.tensor(q_lens, device=dev))  # [T]
+            k_req = reqs.repeat_interleave(meta.seq_lens.long())  # [K]
+            k_start = torch.cumsum(meta.seq_lens.long(), 0) - meta.seq_lens  # [R] first key of each request
+            k_pos = torch.arange(k_req.shape[0], device=dev) - k_start[k_req]  # [K] position in its request
+            context = meta.seq_lens - (meta.query_start_loc[1:] - meta.query_start_loc[:-1])  # [R]
+            q_pos = torch.arange(q_req.shape[0], device=dev) - meta.query_start_loc[q_req] + context[q_req]  # [T]
+            slots = meta.block_tables[k_req, k_pos // block_size].long() * block_size + k_pos % block_size  # [K]
+            mask = (q_req[:, None] == k_req[None, :]) & (k_pos[None, :] <= q_pos[:, None])  # [T, K]
+            plan = meta.backend_cache["torch_prefill"] = (slots, mask)
+        return plan
+
+    @classmethod
+    def _prefill_batched(cls, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
+                         scale: float) -> torch.Tensor:
+        # q: [T, num_heads, d], every request's new tokens.
+        slots, mask = cls._prefill_plan(kv_cache, meta)
+        flat = kv_cache.view(2, -1, *kv_cache.shape[3:])  # [2, num_blocks * block_size, kvh, d]
+        kv = flat.index_select(1, slots).to(q.dtype).transpose(1, 2)  # [2, kvh, K, d]
+        o = F.scaled_dot_product_attention(q.transpose(0, 1), kv[0], kv[1], attn_mask=mask, scale=scale,
+                                           enable_gqa=True)  # [num_heads, T, d]
+        return o.transpose(0, 1)  # [T, num_heads, d]
 
     @staticmethod
     def _decode_plan(kv_cache: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
