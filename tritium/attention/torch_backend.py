@@ -85,12 +85,14 @@ class TorchAttentionBackend(AttentionBackend):
             dev, block_size = kv_cache.device, kv_cache.shape[2]
             q_lens = [b - a for a, b in zip(meta.query_start_loc_cpu, meta.query_start_loc_cpu[1:])]
             reqs = torch.arange(meta.num_reqs, device=dev)
-            q_req = reqs.repeat_interleave(torch.tensor(q_lens, device=dev))  # [T]
-            k_req = reqs.repeat_interleave(meta.seq_lens.long())  # [K]
+            num_keys = sum(meta.seq_lens_cpu)  # output sizes given: no device sync
+            q_req = reqs.repeat_interleave(torch.tensor(q_lens, device=dev), output_size=meta.num_actual_tokens)  # [T]
+            k_req = reqs.repeat_interleave(meta.seq_lens.long(), output_size=num_keys)  # [K]
             k_start = torch.cumsum(meta.seq_lens.long(), 0) - meta.seq_lens  # [R] first key of each request
-            k_pos = torch.arange(k_req.shape[0], device=dev) - k_start[k_req]  # [K] position in its request
+            k_pos = torch.arange(num_keys, device=dev) - k_start[k_req]  # [K] position in its request
             context = meta.seq_lens - (meta.query_start_loc[1:] - meta.query_start_loc[:-1])  # [R]
-            q_pos = torch.arange(q_req.shape[0], device=dev) - meta.query_start_loc[q_req] + context[q_req]  # [T]
+            q_first = meta.query_start_loc[:-1] - context  # [R] where position 0 would sit in the flat batch
+            q_pos = torch.arange(meta.num_actual_tokens, device=dev) - q_first[q_req]  # [T] position in its request
             slots = meta.block_tables[k_req, k_pos // block_size].long() * block_size + k_pos % block_size  # [K]
             mask = (q_req[:, None] == k_req[None, :]) & (k_pos[None, :] <= q_pos[:, None])  # [T, K]
             plan = meta.backend_cache["torch_prefill"] = (slots, mask)
