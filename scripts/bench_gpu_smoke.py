@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--input", type=int, default=128)
     ap.add_argument("--output", type=int, default=128)
+    ap.add_argument("--hf-baseline", action="store_true", help="also time transformers generate, same weights' shapes")
     args = ap.parse_args()
     folder = tempfile.mkdtemp()
     shutil.copy(args.config, os.path.join(folder, "config.json"))
@@ -34,8 +35,34 @@ def main() -> None:
         outs = llm.generate(prompts[:batch], params, use_tqdm=False)
         dt = time.perf_counter() - t
         n = sum(len(o.outputs[0].token_ids) for o in outs)
-        print(f"batch {batch:4d}: {n / dt:9.1f} output tok/s  ({dt:.2f} s for {n} tokens)")
+        print(f"tritium      batch {batch:4d}: {n / dt:9.1f} output tok/s  ({dt:.2f} s for {n} tokens)")
     llm.shutdown()
+    del llm
+    if args.hf_baseline:
+        bench_hf(folder, prompts, args.output)
+
+
+def bench_hf(folder: str, prompts: list[list[int]], output: int) -> None:
+    """transformers generate on random bf16 weights of the same config: the baseline."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.cuda.empty_cache()
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    gen = dict(max_new_tokens=output, min_new_tokens=output, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(torch.tensor(prompts[:2], device="cuda"), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        for batch in (1, len(prompts)):
+            ids = torch.tensor(prompts[:batch], device="cuda")
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = model.generate(ids, **gen)
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            n = batch * (out.shape[1] - ids.shape[1])
+            print(f"transformers batch {batch:4d}: {n / dt:9.1f} output tok/s  ({dt:.2f} s for {n} tokens)")
 
 
 if __name__ == "__main__":
