@@ -275,6 +275,17 @@ def test_max_model_len_ends_request():
     assert outs[0].finish_reason == "length"
 
 
+def test_max_model_len_ends_request_even_before_min_tokens():
+    # min_tokens holds back EOS and stop ids, never the hard length limit: past max_model_len there
+    # is no KV room and no position to compute.
+    sched, runner = make(max_len=6)
+    sched.add_request(req("a", [1, 2, 3, 4], max_tokens=None, min_tokens=5))
+    step(sched, runner)
+    _, outs = step(sched, runner)
+    assert outs[0].finish_reason == "length"
+    assert not sched.has_unfinished_requests()
+
+
 def test_prefix_hit_through_scheduler():
     sched, runner = make()
     sched.add_request(req("a", list(range(1, 10)), max_tokens=1))

@@ -93,7 +93,8 @@ def check_stop(request: Request, max_model_len: int) -> bool:
     Stop strings need text and are checked in the front (tritium.llm), which aborts.
     """
     params = request.sampling_params
-    if request.num_output_tokens < params.min_tokens:
+    # min_tokens holds back EOS and stop ids, never max_model_len: there is no room past it.
+    if request.num_output_tokens < params.min_tokens and request.num_tokens < max_model_len:
         return False
     last = request.output_token_ids[-1]
     if last in request.eos_token_ids:
