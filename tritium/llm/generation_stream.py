@@ -50,15 +50,21 @@ class GenerationStream:
         return self._iterate()
 
     async def _iterate(self):
+        # Bound to the loop iterating now: a stream may be consumed again later, in another loop.
+        wakeup = asyncio.Event()
         with self._cond:
-            if self._loop is None:
-                self._loop, self._wakeup = asyncio.get_running_loop(), asyncio.Event()
+            self._loop, self._wakeup = asyncio.get_running_loop(), wakeup
         while True:
             with self._cond:
                 item = self._items.popleft() if self._items else None
+                done = self.finished
             if item is None:
-                await self._wakeup.wait()
-                self._wakeup.clear()
+                if done:  # an earlier iteration consumed the end
+                    if self._error is not None:
+                        raise self._error
+                    return
+                await wakeup.wait()
+                wakeup.clear()
                 continue
             if isinstance(item, BaseException):
                 raise item
@@ -67,10 +73,9 @@ class GenerationStream:
                 return
 
     async def aresult(self) -> RequestOutput:
-        last = None
-        async for last in self:
+        async for _ in self:
             pass
-        return last
+        return self._final
 
     def result(self, timeout: Optional[float] = None) -> RequestOutput:
         with self._cond:
