@@ -62,3 +62,18 @@ def test_items_put_while_iterating_arrive_in_order():
 
     assert asyncio.run(asyncio.wait_for(run(), timeout=10)) == [i.outputs[0].text for i in items]
 
+
+def test_put_after_the_consuming_loop_closed_does_not_raise():
+    # The engine thread puts into the stream; a consumer that stopped early and whose event loop is
+    # gone must not make put() raise (that would fail the engine step, and every request in it).
+    stream = GenerationStream("0", lambda _: None)
+    stream.put(snap("a", False))
+
+    async def first():
+        async for o in stream:
+            return o
+
+    assert asyncio.run(first()).outputs[0].text == "a"
+    stream.put(snap("ab", False))
+    stream.put(snap("abc", True))
+    assert stream.result(timeout=1).outputs[0].text == "abc"

@@ -36,7 +36,10 @@ class GenerationStream:
             self._cond.notify_all()
             loop, wakeup = self._loop, self._wakeup
         if loop is not None:
-            loop.call_soon_threadsafe(wakeup.set)
+            try:
+                loop.call_soon_threadsafe(wakeup.set)
+            except RuntimeError:  # that loop is closed: its consumer stopped early and is gone
+                pass
 
     @property
     def finished(self) -> bool:
