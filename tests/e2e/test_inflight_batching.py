@@ -123,3 +123,23 @@ def test_a_failing_step_fails_only_its_requests(tiny_llama, reference):
         manager = llm._engine.core.scheduler.kv_cache_manager
         manager.check_integrity()
         assert manager.num_free_blocks == manager.block_pool.num_blocks  # every block is back in the pool
+
+
+def test_prompt_logprobs_under_preemption_equal_roomy(tiny_llama, reference):
+    prompts, _ = reference
+    longest = max(len(p) for p in prompts) + GREEDY.max_tokens
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, prompt_logprobs=1)
+    build = BuildConfig(max_batch_size=8, max_num_tokens=512, max_seq_len=longest + 16)
+    results = {}
+    for case, max_tokens in (("roomy", None), ("preempting", 2 * longest + 8)):
+        kv = KvCacheConfig(tokens_per_block=4, max_tokens=max_tokens)
+        with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv) as llm:
+            results[case] = llm.generate(prompts, params)
+            if case == "preempting":
+                assert llm._engine.core.scheduler.num_preemptions_total > 0
+    for roomy, preempted, prompt in zip(results["roomy"], results["preempting"], prompts):
+        assert len(preempted.prompt_logprobs) == len(prompt)
+        assert preempted.outputs[0].token_ids == roomy.outputs[0].token_ids
+        for got, want in zip(preempted.prompt_logprobs[1:], roomy.prompt_logprobs[1:]):
+            assert got.keys() == want.keys()
+            assert [g.logprob for g in got.values()] == pytest.approx([w.logprob for w in want.values()], abs=1e-4)

@@ -320,6 +320,28 @@ def test_logprobs_and_chunked_prompt_logprobs_are_forwarded():
     assert (outs[0].new_token_ids, outs[0].new_logprobs, outs[0].new_prompt_logprobs) == ([9], [lp(9)], [lp(5), lp(6)])
 
 
+def test_prompt_logprobs_are_not_sent_again_after_preemption():
+    # A resumed request recomputes its prompt (prompt logprobs never take prefix hits), and the
+    # runner reports those positions' logprobs again: each position must be sent once.
+    sched, _ = make(num_blocks=2)
+    lp = lambda t: TopLogprobs([t], [-0.5], [1])  # noqa: E731
+    sched.add_request(req("b", [5, 6, 7], max_tokens=2))
+    sched.add_request(req("a", [1, 2, 3, 4], prompt_logprobs=1))
+    so = sched.schedule()
+    assert so.num_scheduled_tokens == {"b": 3, "a": 4}
+    outs = sched.update_from_output(so, ModelRunnerOutput(["b", "a"], [11, 21], [None, None],
+                                                          prompt_logprobs={"a": [lp(2), lp(3), lp(4)]}))
+    assert {o.req_id: o.new_prompt_logprobs for o in outs}["a"] == [lp(2), lp(3), lp(4)]
+    so = sched.schedule()  # a needs a second block and, last in line, preempts itself
+    assert so.num_scheduled_tokens == {"b": 1} and sched.requests["a"].status == RequestStatus.PREEMPTED
+    sched.update_from_output(so, ModelRunnerOutput(["b"], [12], [None]))  # b ends: length
+    so = sched.schedule()
+    assert [r.req_id for r in so.scheduled_new_reqs] == ["a"] and so.num_scheduled_tokens == {"a": 5}
+    outs = sched.update_from_output(so, ModelRunnerOutput(["a"], [22], [None],
+                                                          prompt_logprobs={"a": [lp(2), lp(3), lp(4)]}))
+    assert [(o.req_id, o.new_token_ids, o.new_prompt_logprobs) for o in outs] == [("a", [22], [])]
+
+
 def test_sampling_before_prefill_done_is_an_error():
     sched, _ = make(budget=4)
     sched.add_request(req("a", [1, 2, 3, 4, 5, 6]))

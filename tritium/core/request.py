@@ -52,6 +52,9 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = -1  # prefix-cache hit at first scheduling; -1 until then
         self.num_preemptions = 0
+        # Prompt positions whose logprobs were sent; kept across preemption (a resumed request
+        # recomputes its prompt and the runner reports those positions again).
+        self.num_prompt_logprobs_sent = 0
         self.stop_reason: Union[int, str, None] = None
         # Chained hashes of the request's full blocks, filled in by the KV cache manager.
         self.block_hashes: list[int] = []

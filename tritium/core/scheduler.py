@@ -180,7 +180,7 @@ class Scheduler:
             outputs.append(EngineCoreOutput(
                 req_id=req_id, new_token_ids=[token_id],
                 new_logprobs=[logprobs] if logprobs is not None else [],
-                new_prompt_logprobs=mro.prompt_logprobs.get(req_id, []),
+                new_prompt_logprobs=self._new_prompt_logprobs(request, scheduler_output, mro),
                 finish_reason=request.finish_reason if stopped else None,
                 stop_reason=request.stop_reason if stopped else None,
                 num_cached_tokens=max(request.num_cached_tokens, 0)))
@@ -190,9 +190,12 @@ class Scheduler:
 
         # A prefill chunk that sampled nothing may still carry prompt logprobs.
         sampled = set(mro.req_ids)
-        for req_id, prompt_logprobs in mro.prompt_logprobs.items():
+        for req_id in mro.prompt_logprobs:
             request = self.requests.get(req_id)
-            if req_id in sampled or request is None or not prompt_logprobs:
+            if req_id in sampled or request is None:
+                continue
+            prompt_logprobs = self._new_prompt_logprobs(request, scheduler_output, mro)
+            if not prompt_logprobs:
                 continue
             outputs.append(EngineCoreOutput(req_id=req_id, new_token_ids=[],
                                             new_prompt_logprobs=prompt_logprobs,
@@ -200,3 +203,14 @@ class Scheduler:
         if any_finished:
             self.running = [r for r in self.running if not r.is_finished]
         return outputs
+
+    @staticmethod
+    def _new_prompt_logprobs(request: Request, so: SchedulerOutput, mro: ModelRunnerOutput) -> list:
+        """This step's prompt logprobs less the positions already sent before a preemption."""
+        entries = mro.prompt_logprobs.get(request.request_id, [])
+        if not entries:
+            return []
+        start = request.num_computed_tokens - so.num_scheduled_tokens[request.request_id]  # before the step
+        skip = max(request.num_prompt_logprobs_sent - start, 0)
+        request.num_prompt_logprobs_sent = max(request.num_prompt_logprobs_sent, start + len(entries))
+        return entries[skip:]
