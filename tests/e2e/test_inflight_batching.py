@@ -4,6 +4,7 @@ prefill at a tiny token budget."""
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import torch
@@ -143,3 +144,23 @@ def test_prompt_logprobs_under_preemption_equal_roomy(tiny_llama, reference):
         for got, want in zip(preempted.prompt_logprobs[1:], roomy.prompt_logprobs[1:]):
             assert got.keys() == want.keys()
             assert [g.logprob for g in got.values()] == pytest.approx([w.logprob for w in want.values()], abs=1e-4)
+
+
+def test_shutdown_fails_requests_still_in_flight(tiny_llama, reference):
+    prompts, _ = reference
+    llm = LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_seq_len=256))
+    release = threading.Event()
+    real_execute = llm._engine.core.runner.execute_model
+
+    def slow(sched_out):  # hold the engine in a step until shutdown has been asked for
+        release.wait(10)
+        return real_execute(sched_out)
+
+    llm._engine.core.runner.execute_model = slow
+    stream = llm.generate_async(prompts[0], SamplingParams(max_tokens=200, ignore_eos=True))
+    threading.Timer(0.2, release.set).start()
+    llm.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        stream.result(timeout=10)  # ends with an error instead of hanging
+    with pytest.raises(RuntimeError, match="shut down"):
+        llm.generate(prompts[0], GREEDY)

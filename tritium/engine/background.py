@@ -35,6 +35,8 @@ class BackgroundEngine:
 
     # ---- thread-safe API ------------------------------------------------------------------
     def add_requests(self, requests: list[Request]) -> None:
+        if self._stopped.is_set():
+            raise RuntimeError("the engine has been shut down")
         self._commands.put(("add", requests))
 
     def abort(self, req_ids: Iterable[str]) -> None:
@@ -90,3 +92,19 @@ class BackgroundEngine:
                 self.core.abort_requests(failed)
                 self._live.clear()
                 self._handle_error(exc, failed)
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """After shutdown: requests in flight or still queued end with an error, not a hang."""
+        pending = set(self._live)
+        while True:
+            try:
+                kind, payload = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "add":
+                pending.update(r.request_id for r in payload)
+        self._live.clear()
+        if pending:
+            self._handle_error(RuntimeError("the engine was shut down before the request finished"),
+                               sorted(pending))
