@@ -195,6 +195,18 @@ def test_bad_prompts_raise_and_other_requests_continue(llm, bad):
     assert ok.outputs[0].finish_reason == "length"
 
 
+@pytest.mark.parametrize("field", ["logprobs", "prompt_logprobs"])
+def test_too_many_logprobs_raise_and_other_requests_continue(llm, field):
+    vocab = llm.model_config.vocab_size
+    stream = llm.generate_async(PROMPT, SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True))
+    with pytest.raises(ValueError, match=f"SamplingParams.{field}"):
+        llm.generate(PROMPT, SamplingParams(max_tokens=2, **{field: vocab + 1}))
+    result = stream.result(timeout=120)
+    assert result.finished and len(result.outputs[0].token_ids) == 30
+    out = llm.generate(PROMPT, SamplingParams(max_tokens=2, **{field: vocab}))  # the whole vocabulary is fine
+    assert out.outputs[0].finish_reason == "length"
+
+
 def test_bad_prompt_messages_name_the_problem(llm):
     with pytest.raises(ValueError, match="empty"):
         llm.generate("", SamplingParams(max_tokens=2))

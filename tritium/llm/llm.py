@@ -77,9 +77,14 @@ class LLM:
         # Validate everything before submitting anything.
         tokenized = [tokenize_prompt(p, self.tokenizer, self.model_config.vocab_size, self.max_seq_len)
                      for p in items]
+        vocab_size = self.model_config.vocab_size
         for p in params:
             if p.stop_strings and self.tokenizer is None:
                 raise ValueError("SamplingParams.stop needs a tokenizer; this model has none")
+            for name in ("logprobs", "prompt_logprobs"):
+                k = getattr(p, name)
+                if k is not None and k > vocab_size:  # would fail the whole engine step (topk)
+                    raise ValueError(f"SamplingParams.{name}={k} exceeds the vocabulary size {vocab_size}")
         return tokenized, params, single
 
     def _submit(self, prompt, params: SamplingParams, sink, streaming: bool) -> str:
