@@ -84,6 +84,8 @@ class SamplingParams:
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
                 fail("stop", "must be a non-empty string or a list of non-empty strings")
+            if stops and not self.detokenize:
+                fail("stop", "needs detokenize=True (stop strings are found in the text)")
         if self.stop_token_ids is not None:
             if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
                     is_int(t) and t >= 0 for t in self.stop_token_ids):

@@ -35,6 +35,9 @@ def test_cross_field_rules():
         SamplingParams(max_tokens=4, min_tokens=5)
     with pytest.raises(ValueError, match="SamplingParams.best_of"):
         SamplingParams(n=3, best_of=2)
+    # Stop strings are found in the text: without detokenizing they would be silently ignored.
+    with pytest.raises(ValueError, match="SamplingParams.stop"):
+        SamplingParams(stop=["\n"], detokenize=False)
 
 
 def test_defaults_and_normalisation():
