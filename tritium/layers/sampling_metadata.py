@@ -64,14 +64,6 @@ class SamplingMetadata:
         return self.top_k is None
 
     @property
-    def no_top_p(self) -> bool:
-        return self.top_p is None
-
-    @property
-    def no_min_p(self) -> bool:
-        return self.min_p is None
-
-    @property
     def no_penalties(self) -> bool:
         return self.repetition_penalty is None
 

@@ -80,9 +80,6 @@ class OutputProcessor:
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None)
         return ids
 
-    def has_request(self, request_id: str) -> bool:
-        return request_id in self._parents
-
     def child_ids(self, request_id: str) -> list[str]:
         parent = self._parents.get(request_id)
         return list(parent.children) if parent else []
@@ -124,7 +121,7 @@ class OutputProcessor:
         for tl in out.new_logprobs:
             child.cumulative_logprob = (child.cumulative_logprob or 0.0) + tl.logprobs[0]
             if child.logprobs is not None:
-                child.logprobs.append(self._convert_logprobs(tl, parent.params.logprobs))
+                child.logprobs.append(self._convert_logprobs(tl))
         if child.detokenizer is not None and out.new_token_ids:
             new_text = child.detokenizer.push(out.new_token_ids)
             child.text += new_text
@@ -140,7 +137,7 @@ class OutputProcessor:
             child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
         return False
 
-    def _convert_logprobs(self, tl: TopLogprobs, k: Optional[int] = None) -> PositionLogprobs:
+    def _convert_logprobs(self, tl: TopLogprobs) -> PositionLogprobs:
         entries = {}
         for tid, lp, rank in zip(tl.token_ids, tl.logprobs, tl.ranks):
             if tid not in entries:
@@ -171,7 +168,7 @@ class OutputProcessor:
         text = child.text
         if child.finish_reason is None and child.stop_checker is not None:
             # Hold back a tail that may be the start of a stop string.
-            text = text[:max(child.sent_text_len, len(text) - child.stop_checker.hold_back_len)]
+            text = text[:max(child.sent_text_len, child.stop_checker.streamable_len(len(text), final=False))]
         out = CompletionOutput(
             index=index, text=text, token_ids=list(child.token_ids),
             logprobs=list(child.logprobs) if child.logprobs is not None else None,
