@@ -164,3 +164,20 @@ def test_shutdown_fails_requests_still_in_flight(tiny_llama, reference):
         stream.result(timeout=10)  # ends with an error instead of hanging
     with pytest.raises(RuntimeError, match="shut down"):
         llm.generate(prompts[0], GREEDY)
+
+
+def test_a_failing_command_fails_its_requests_and_the_loop_survives(tiny_llama, reference):
+    prompts, expected = reference
+    with LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_seq_len=256)) as llm:
+        scheduler = llm._engine.core.scheduler
+        real_add = scheduler.add_request
+
+        def refuse(request):
+            raise RuntimeError("injected add fault")
+
+        scheduler.add_request = refuse
+        with pytest.raises(RuntimeError, match="injected add fault"):
+            llm.generate(prompts[:2], GREEDY)
+        scheduler.add_request = real_add
+        outs = llm.generate(prompts[:2], GREEDY)
+        assert [o.outputs[0].token_ids for o in outs] == expected[:2]

@@ -2,8 +2,8 @@
 
 Callers add and abort requests from any thread; commands queue up and are applied between
 steps. Every step's outputs go to `handle_outputs`, which returns the request ids to abort
-(stop strings are found in the front, which sees text). A failing step fails only the requests
-it held; the loop keeps serving new ones.
+(stop strings are found in the front, which sees text). A failing step (or command) fails the
+requests in flight at that moment and returns their blocks; the loop keeps serving new ones.
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ class BackgroundEngine:
     def _apply(self, kind: str, payload) -> None:
         if kind == "add":
             for request in payload:
+                self._live.add(request.request_id)  # first, so a failing add fails this request too
                 self.core.add_request(request)
-                self._live.add(request.request_id)
         elif kind == "abort":
             self._emit(self.core.abort_requests(payload))
 
@@ -78,16 +78,17 @@ class BackgroundEngine:
             busy = self.core.has_unfinished_requests()
             try:
                 kind, payload = self._commands.get(block=not busy)
-                if kind == "stop":
-                    break
-                self._apply(kind, payload)
-                continue  # drain every pending command before the next step
             except queue.Empty:
-                pass
+                kind, payload = "step", None
+            if kind == "stop":
+                break
             try:
-                self._emit(self.core.step())
+                if kind == "step":  # only once every pending command is applied
+                    self._emit(self.core.step())
+                else:
+                    self._apply(kind, payload)
             except Exception as exc:  # noqa: BLE001 - fail the in-flight requests, keep serving
-                logger.exception("engine step failed; failing %d in-flight requests", len(self._live))
+                logger.exception("engine %s failed; failing %d in-flight requests", kind, len(self._live))
                 failed = sorted(self._live)
                 self.core.abort_requests(failed)
                 self._live.clear()
