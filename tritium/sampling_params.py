@@ -118,7 +118,9 @@ class SamplingParams:
                 or self.frequency_penalty != 0.0)
 
     def child(self, index: int) -> "SamplingParams":
-        """Params of the index-th of best_of parallel sequences: n=1, and a distinct seed."""
+        """Params of the index-th of best_of parallel sequences: n=1 and a distinct seed. Only
+        child 0 computes prompt logprobs (they are the same for all); with best_of > n every
+        child reports its sampled tokens' logprobs, which rank the sequences."""
         import copy
 
         p = copy.copy(self)
@@ -126,4 +128,8 @@ class SamplingParams:
         p.best_of = 1
         if self.seed is not None:
             p.seed = self.seed + index
+        if index > 0:
+            p.prompt_logprobs = None
+        if self.best_of > self.n and p.logprobs is None:
+            p.logprobs = 0
         return p

@@ -145,10 +145,14 @@ def test_n_and_best_of(llm):
     out = llm.generate(PROMPT, SamplingParams(max_tokens=8, temperature=1.0, n=3, seed=7))
     assert [c.index for c in out.outputs] == [0, 1, 2]
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1
+    # best_of=4, n=2 keeps the two most likely of the same four seeded sequences that n=4 returns.
+    all_four = llm.generate(PROMPT, SamplingParams(max_tokens=8, temperature=1.0, n=4, seed=7, logprobs=0))
+    ranked = sorted(all_four.outputs, key=lambda c: -c.cumulative_logprob)
     best = llm.generate(PROMPT, SamplingParams(max_tokens=8, temperature=1.0, n=2, best_of=4, seed=7))
-    assert len(best.outputs) == 2
+    assert [c.token_ids for c in best.outputs] == [c.token_ids for c in ranked[:2]]
+    assert [c.index for c in best.outputs] == [0, 1] and best.outputs[0].logprobs is None
     scores = [c.cumulative_logprob for c in best.outputs]
-    assert all(s is not None and math.isfinite(s) for s in scores) and scores[0] >= scores[1]
+    assert scores == pytest.approx([c.cumulative_logprob for c in ranked[:2]])
 
 
 def test_chat_uses_the_models_template(llm):

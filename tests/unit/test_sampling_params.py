@@ -46,3 +46,12 @@ def test_defaults_and_normalisation():
     assert not p.is_greedy and SamplingParams(temperature=0).is_greedy and SamplingParams(top_k=1).is_greedy
     child = p.child(1)
     assert child.n == 1 and child.best_of == 1 and child.seed == 6 and p.seed == 5
+
+
+def test_children_of_best_of():
+    p = SamplingParams(n=1, best_of=3, seed=10, prompt_logprobs=2)
+    kids = [p.child(i) for i in range(3)]
+    assert [k.seed for k in kids] == [10, 11, 12]
+    assert [k.prompt_logprobs for k in kids] == [2, None, None]  # computed once, by child 0
+    assert all(k.logprobs == 0 for k in kids)  # ranking needs each sequence's logprob
+    assert SamplingParams(n=2, logprobs=None).child(1).logprobs is None

@@ -97,8 +97,6 @@ class LLM:
         requests = []
         for i, cid in enumerate(child_ids):
             child_params = params.child(i) if len(child_ids) > 1 else params
-            if params.best_of > params.n and child_params.logprobs is None:
-                child_params = _with_logprobs(child_params)  # ranking needs the cumulative logprob
             requests.append(Request(cid, prompt.token_ids, child_params, self.model_config.eos_token_ids))
         self._engine.add_requests(requests)
         return request_id
@@ -177,10 +175,3 @@ class LLM:
         if engine is not None:
             engine.shutdown(timeout=1.0)
 
-
-def _with_logprobs(params: SamplingParams) -> SamplingParams:
-    import copy
-
-    p = copy.copy(params)
-    p.logprobs = 0
-    return p
