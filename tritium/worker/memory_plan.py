@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tritium.config import KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.config import CacheConfig, KvCacheConfig, ModelConfig, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ class KvCachePlan:
         gib = self.num_blocks * self.bytes_per_block / 2**30
         return (f"KV cache: {self.num_blocks} blocks x {self.block_size} tokens = {self.max_tokens} tokens "
                 f"({gib:.2f} GiB; {self.reason})")
+
+
+def allocate_kv_caches(model_config: ModelConfig, cache_config: CacheConfig, device: torch.device) -> list[torch.Tensor]:
+    """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer (k at 0, v at 1)."""
+    shape = (2, cache_config.num_blocks, cache_config.block_size,
+             model_config.num_key_value_heads, model_config.head_dim)
+    return [torch.zeros(shape, dtype=cache_config.dtype, device=device)
+            for _ in range(model_config.num_hidden_layers)]
 
 
 def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -85,9 +93,7 @@ def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerC
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    shape = (2, num_blocks, block_size, model_config.num_key_value_heads, model_config.head_dim)
-    caches = [torch.empty(shape, dtype=model_config.dtype, device=device)
-              for _ in range(model_config.num_hidden_layers)]
+    caches = allocate_kv_caches(model_config, CacheConfig(block_size, num_blocks, dtype=model_config.dtype), device)
     scratch = sum(c.numel() * c.element_size() for c in caches)
     state = CachedRequestState(req_id="profile", token_ids=[0] * num_tokens, num_prompt_tokens=num_tokens,
                                sampling_params=SamplingParams(), block_ids=list(range(num_blocks)),

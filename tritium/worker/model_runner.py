@@ -13,6 +13,7 @@ from tritium.config import CacheConfig, ModelConfig
 from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from tritium.layers.sampler import Sampler, SamplingMetadata, compute_top_logprobs
 from tritium.worker.input_batch import CachedRequestState, build_step_inputs
+from tritium.worker.memory_plan import allocate_kv_caches
 
 
 class ModelRunner:
@@ -92,9 +93,3 @@ class ModelRunner:
             targets = torch.tensor(state.token_ids[start + 1:end + 1], device=self.device)
             out.prompt_logprobs[state.req_id] = compute_top_logprobs(logits, targets, k)
 
-
-def allocate_kv_caches(model_config: ModelConfig, cache_config: CacheConfig, device: torch.device) -> list[torch.Tensor]:
-    shape = (2, cache_config.num_blocks, cache_config.block_size,
-             model_config.num_key_value_heads, model_config.head_dim)
-    return [torch.zeros(shape, dtype=cache_config.dtype, device=device)
-            for _ in range(model_config.num_hidden_layers)]
