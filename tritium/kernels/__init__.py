@@ -1,0 +1,28 @@
+"""Triton kernels, one purpose each; every one has a torch reference its test compares against.
+
+On a CUDA device they run compiled; on the CPU their tests run them in Triton's interpreter
+(TRITON_INTERPRET=1, set before this package is imported). Nothing here is imported on the
+CPU inference path.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its (CPU, numpy) interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()

@@ -1,0 +1,85 @@
+"""RoPE on q and k fused with the KV-cache write: one launch per layer instead of ~10 ops.
+
+Grid (num_tokens,): a program rotates every q head of its token in place (neox / rotate_half
+layout: out = [x1 cos - x2 sin | x2 cos + x1 sin], computed in float32) and stores its rotated
+k heads and its v heads into the cache slot slot_mapping[t] (slot < 0: a padding token, not
+stored). k is rotated in place too, so callers may read it back.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.kernels import next_pow2
+
+
+@triton.jit
+def _rope_kv_write_kernel(q_ptr, k_ptr, v_ptr, cos_sin_ptr, slot_ptr, kv_ptr,
+                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cs,
+                          stride_kv, stride_slot, stride_kvh,
+                          NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_KVH: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                          ROTATE: tl.constexpr):
+    t = tl.program_id(0)
+    j = tl.arange(0, BLOCK_HALF)
+    j_mask = j < HALF
+    cos = tl.load(cos_sin_ptr + t * stride_cs + j, mask=j_mask, other=0.0)[None, :]  # [1, BLOCK_HALF] float32
+    sin = tl.load(cos_sin_ptr + t * stride_cs + HALF + j, mask=j_mask, other=0.0)[None, :]
+
+    if ROTATE:
+        h = tl.arange(0, BLOCK_H)
+        q_mask = (h < NUM_HEADS)[:, None] & j_mask[None, :]
+        q1_ptrs = q_ptr + t * stride_qt + h[:, None] * stride_qh + j[None, :]  # [BLOCK_H, BLOCK_HALF]
+        q1 = tl.load(q1_ptrs, mask=q_mask, other=0.0).to(tl.float32)
+        q2 = tl.load(q1_ptrs + HALF, mask=q_mask, other=0.0).to(tl.float32)
+        tl.store(q1_ptrs, (q1 * cos - q2 * sin).to(q_ptr.dtype.element_ty), mask=q_mask)
+        tl.store(q1_ptrs + HALF, (q2 * cos + q1 * sin).to(q_ptr.dtype.element_ty), mask=q_mask)
+
+    kh = tl.arange(0, BLOCK_KVH)
+    k_mask = (kh < NUM_KV_HEADS)[:, None] & j_mask[None, :]
+    k1_ptrs = k_ptr + t * stride_kt + kh[:, None] * stride_kh + j[None, :]  # [BLOCK_KVH, BLOCK_HALF]
+    k1 = tl.load(k1_ptrs, mask=k_mask, other=0.0)
+    k2 = tl.load(k1_ptrs + HALF, mask=k_mask, other=0.0)
+    if ROTATE:
+        k1f = k1.to(tl.float32)
+        k2f = k2.to(tl.float32)
+        k1 = (k1f * cos - k2f * sin).to(k_ptr.dtype.element_ty)
+        k2 = (k2f * cos + k1f * sin).to(k_ptr.dtype.element_ty)
+        tl.store(k1_ptrs, k1, mask=k_mask)
+        tl.store(k1_ptrs + HALF, k2, mask=k_mask)
+    v1_ptrs = v_ptr + t * stride_vt + kh[:, None] * stride_vh + j[None, :]
+    v1 = tl.load(v1_ptrs, mask=k_mask, other=0.0)
+    v2 = tl.load(v1_ptrs + HALF, mask=k_mask, other=0.0)
+
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot >= 0:
+        dst = kv_ptr + slot * stride_slot + kh[:, None] * stride_kvh + j[None, :]  # k half of the cache
+        out_ty = kv_ptr.dtype.element_ty
+        tl.store(dst, k1.to(out_ty), mask=k_mask)
+        tl.store(dst + HALF, k2.to(out_ty), mask=k_mask)
+        tl.store(dst + stride_kv, v1.to(out_ty), mask=k_mask)
+        tl.store(dst + stride_kv + HALF, v2.to(out_ty), mask=k_mask)
+
+
+def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_sin: torch.Tensor | None,
+                      kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """In place: q [T, H, D] and k [T, KVH, D] rotated by cos_sin [T, D] float32 (cos | sin halves;
+    None: no rotation); then k and v [T, KVH, D] stored at slot_mapping [T] (flat slot =
+    block * block_size + offset) of kv_cache [2, blocks, block_size, KVH, D]. Head dims contiguous."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    assert head_dim % 2 == 0 and q.stride(2) == k.stride(2) == v.stride(2) == kv_cache.stride(4) == 1
+    assert kv_cache.stride(1) == kv_cache.shape[2] * kv_cache.stride(2), "cache blocks must be dense"
+    if num_tokens == 0:
+        return
+    rotate = cos_sin is not None
+    cs = cos_sin if rotate else q  # unused pointer when not rotating
+    half = head_dim // 2
+    _rope_kv_write_kernel[(num_tokens,)](
+        q, k, v, cs, slot_mapping, kv_cache,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        cs.stride(0), kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3),
+        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, BLOCK_H=next_pow2(num_heads),
+        BLOCK_KVH=next_pow2(num_kv_heads), HALF=half, BLOCK_HALF=next_pow2(half), ROTATE=rotate,
+        num_warps=4)
