@@ -1,4 +1,5 @@
-"""Run a tritium model on one request without the engine: paged KV cache + torch attention.
+"""Run a tritium model on one request without the engine: paged KV cache + an attention backend
+(torch reference by default).
 
     harness = SingleRequestHarness(model, model_config)
     logits = harness.step(prompt_ids)      # prefill: [len(prompt), vocab] float32
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from tritium.attention.backend import AttentionMetadata, ForwardContext, forward_context
+from tritium.attention.backend import AttentionBackend, AttentionMetadata, ForwardContext, forward_context
 from tritium.attention.torch_backend import TorchAttentionBackend
 from tritium.config import ModelConfig
 
@@ -45,13 +46,14 @@ def make_kv_caches(config: ModelConfig, num_blocks: int, block_size: int, dtype:
 
 
 class SingleRequestHarness:
-    def __init__(self, model: torch.nn.Module, config: ModelConfig, max_tokens: int = 256, block_size: int = 16):
+    def __init__(self, model: torch.nn.Module, config: ModelConfig, max_tokens: int = 256, block_size: int = 16,
+                 backend: AttentionBackend | None = None):
         self.model, self.config, self.block_size = model, config, block_size
         self.device = next(model.parameters()).device
         num_blocks = -(-max_tokens // block_size)
         self.block_table = torch.arange(num_blocks)
         self.kv_caches = make_kv_caches(config, num_blocks, block_size, config.dtype, self.device)
-        self.backend = TorchAttentionBackend()
+        self.backend = backend or TorchAttentionBackend()
         self.num_cached_tokens = 0
 
     @torch.no_grad()
@@ -68,16 +70,16 @@ class SingleRequestHarness:
 
 
 def forward_logits(model: torch.nn.Module, config: ModelConfig, token_ids: Sequence[int] | torch.Tensor,
-                   block_size: int = 16) -> torch.Tensor:
+                   block_size: int = 16, backend: AttentionBackend | None = None) -> torch.Tensor:
     """Logits [T, vocab] of one full prefill pass over token_ids."""
     ids = torch.as_tensor(token_ids).reshape(-1)
-    return SingleRequestHarness(model, config, max_tokens=len(ids), block_size=block_size).step(ids)
+    return SingleRequestHarness(model, config, max_tokens=len(ids), block_size=block_size, backend=backend).step(ids)
 
 
 def greedy_decode(model: torch.nn.Module, config: ModelConfig, prompt_ids: Sequence[int], max_new_tokens: int,
-                  max_tokens: int = 512) -> list[int]:
+                  max_tokens: int = 512, backend: AttentionBackend | None = None) -> list[int]:
     """Greedy continuation through the KV cache: one prefill, then one-token decode steps."""
-    harness = SingleRequestHarness(model, config, max_tokens=max_tokens)
+    harness = SingleRequestHarness(model, config, max_tokens=max_tokens, backend=backend)
     logits = harness.step(list(prompt_ids))
     out: list[int] = []
     for _ in range(max_new_tokens):

@@ -35,6 +35,9 @@ class AttentionMetadata:
     # Host copies for backends that loop or branch in Python.
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
+    # Decode-only steps: KV splits per sequence (None: the backend chooses from the lengths; a
+    # CUDA graph fixes it per captured batch size).
+    num_kv_splits: Optional[int] = None
     # What a backend derives from this step's metadata once and reuses in every layer
     # (gather indices, masks), keyed by the backend.
     backend_cache: dict[str, Any] = field(default_factory=dict)
@@ -52,12 +55,17 @@ class AttentionBackend(ABC):
     """Computes paged attention for one layer: stores this step's k/v, then attends."""
 
     name: str = "abstract"
+    # Whether the model should hand over q and k un-rotated with the step's cos/sin rows, for
+    # the backend to apply RoPE fused with its cache write.
+    fuses_rope: bool = False
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                meta: AttentionMetadata, scale: float, cos_sin: Optional[torch.Tensor] = None) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim];
-        kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim].
+        kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; cos_sin: None when q and
+        k are already rotated, else the tokens' RoPE rows [num_tokens, head_dim] float32
+        (cos | sin halves, neox layout) to rotate them with (q and k may be rotated in place).
         Returns [num_tokens, num_heads, head_dim]: causal attention of each token over its
         request's cached context and the request's tokens up to and including itself."""
 

@@ -35,14 +35,23 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -
     return k, v
 
 
+def rotate_neox(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, d] rotated by cos_sin [T, d] float32 (cos | sin halves), rounded once to x's dtype."""
+    cos, sin = cos_sin[:, None, :].chunk(2, dim=-1)  # each [T, 1, d / 2]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
-    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float, cos_sin=None) -> torch.Tensor:
+        if cos_sin is not None:
+            q, k = rotate_neox(q, cos_sin), rotate_neox(k, cos_sin)
         n = meta.num_actual_tokens
         if n < q.shape[0]:  # padded batch: attend the first n rows; the rest stay uninitialised
             out = torch.empty_like(q)
-            out[:n] = self.forward(q[:n], k[:n], v[:n], kv_cache, meta, scale)
+            out[:n] = self.forward(q[:n], k[:n], v[:n], kv_cache, meta, scale)  # already rotated
             return out
         write_kv(kv_cache, k, v, meta.slot_mapping[:n])
         if meta.is_pure_decode:

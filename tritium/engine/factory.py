@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from tritium.attention.backend import AttentionBackend
 from tritium.attention.torch_backend import TorchAttentionBackend
 from tritium.config import BuildConfig, CacheConfig, KvCacheConfig, ModelConfig, SchedulerConfig
 from tritium.core.scheduler import Scheduler
@@ -41,6 +42,17 @@ def resolve_device(device: Optional[str | torch.device]) -> torch.device:
     return dev
 
 
+def make_attention_backend(dev: torch.device) -> AttentionBackend:
+    """Triton kernels on a CUDA device (unless TRITIUM_TRITON=0), the torch reference elsewhere."""
+    from tritium.kernels import use_triton
+
+    if use_triton(torch.empty(0, device=dev)):
+        from tritium.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend()
+    return TorchAttentionBackend()
+
+
 def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                  kv_cache_config: KvCacheConfig, load_format: str = "auto",
                  device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False) -> EngineParts:
@@ -68,7 +80,8 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     nn_model = load_model(source, model_config, dev)
 
     sched = SchedulerConfig.from_build(build_config, model_config)
-    activation = profile_activation_bytes(nn_model, model_config, sched, dev) if dev.type == "cuda" else 0
+    backend = make_attention_backend(dev)
+    activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend) if dev.type == "cuda" else 0
     plan = plan_kv_cache(model_config, sched, kv_cache_config, model_config.dtype, dev, activation)
     if plan.max_tokens < sched.max_model_len:
         if build_config.max_seq_len is not None:
@@ -81,7 +94,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
                         enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=model_config.dtype)
-    runner = ModelRunner(nn_model, model_config, cache, dev, TorchAttentionBackend())
+    runner = ModelRunner(nn_model, model_config, cache, dev, backend)
     core = EngineCore(Scheduler(sched, cache), runner)
     return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
                        kv_plan=plan, tokenizer=tok, device=dev)

@@ -26,3 +26,9 @@ def triton_available() -> bool:
 
 def next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+def use_triton(x) -> bool:
+    """Whether layers should run their Triton kernel for tensor `x`: on CUDA, with Triton
+    installed, unless TRITIUM_TRITON=0 (the torch reference ops then run, for debugging)."""
+    return x.is_cuda and os.environ.get("TRITIUM_TRITON", "1") != "0" and triton_available()

@@ -5,9 +5,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tritium.kernels import use_triton
+
 
 class SiluAndMul(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, 2 * I] = [gate | up] -> [T, I]
+        if use_triton(x):
+            from tritium.kernels.silu_mul import silu_and_mul
+
+            return silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up

@@ -1,6 +1,8 @@
 """The attention layer models use: hands q/k/v to the step's backend with this layer's cache."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -16,13 +18,15 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.scale = head_dim ** -0.5
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q: [T, num_heads * d]; k, v: [T, num_kv_heads * d] -> [T, num_heads * d]
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                cos_sin: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # q: [T, num_heads * d]; k, v: [T, num_kv_heads * d] -> [T, num_heads * d].
+        # cos_sin: None when q and k are rotated already, else the step's RoPE rows [T, d] float32.
         ctx = get_forward_context()
         t = q.shape[0]
         out = ctx.backend.forward(
             q.view(t, self.num_heads, self.head_dim),
             k.view(t, self.num_kv_heads, self.head_dim),
             v.view(t, self.num_kv_heads, self.head_dim),
-            ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale)
+            ctx.kv_caches[self.layer_idx], ctx.attn_metadata, self.scale, cos_sin)
         return out.reshape(t, self.num_heads * self.head_dim)

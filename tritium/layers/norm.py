@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from tritium.kernels import use_triton
 from tritium.layers.linear import check_shape
 
 
@@ -35,7 +36,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
         """x: [..., hidden]. With `residual`, first adds it (in x's dtype, like HF) and returns
-        (normed, new_residual); without, returns normed."""
+        (normed, new_residual); without, returns normed. On a GPU one fused kernel does it all
+        (and updates `residual` in place)."""
+        if use_triton(x):
+            from tritium.kernels.rmsnorm import rms_norm
+
+            out = rms_norm(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, residual)
         if residual is None:
             return self._norm(x)
         residual = x + residual

@@ -15,7 +15,7 @@ an earlier, shorter call keep their old rotation; a batch shares one L (HF runs 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -42,6 +42,12 @@ def llama3_inv_freq(head_dim: int, base: float, scaling: dict[str, Any]) -> torc
     smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
     is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
     return torch.where(is_medium, smoothed, inv_freq_llama)
+
+
+class RopeTables(NamedTuple):
+    cos: Optional[torch.Tensor]  # [T, 1, head_dim] in the model dtype: [cos | cos]
+    sin: Optional[torch.Tensor]  # [T, 1, head_dim]: [-sin | sin]
+    cos_sin: Optional[torch.Tensor]  # [T, head_dim] float32: [cos | sin], for fused kernels
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -71,15 +77,19 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: torch.Tensor) -> torch.Tensor:
         return self.cos_sin_cache.index_select(0, positions)  # [T, head_dim]
 
-    def prepare(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's (cos, sin) for apply_rotary, each [T, 1, head_dim] in `dtype`: computed once
-        per forward pass and shared by every layer."""
-        cos, sin = self.cos_sin(positions).unsqueeze(1).chunk(2, dim=-1)  # each [T, 1, head_dim / 2]
-        return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
+    def prepare(self, positions: torch.Tensor, dtype: torch.dtype, fused: bool = False) -> RopeTables:
+        """The step's rotation tables, computed once per forward pass and shared by every layer:
+        for apply_rotary, (cos, sin) each [T, 1, head_dim] in `dtype`; with `fused` (the attention
+        backend rotates while writing its cache) only the float32 rows cos_sin [T, head_dim]."""
+        rows = self.cos_sin(positions)  # [T, head_dim] float32
+        if fused:
+            return RopeTables(None, None, rows)
+        cos, sin = rows.unsqueeze(1).chunk(2, dim=-1)  # each [T, 1, head_dim / 2]
+        return RopeTables(torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype), None)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [T]; q: [T, num_heads * head_dim] or [T, num_heads, head_dim]; k likewise.
-        cos, sin = self.prepare(positions, q.dtype)
+        cos, sin, _ = self.prepare(positions, q.dtype)
         t = positions.shape[0]
         q_rot = apply_rotary(q.view(t, -1, self.head_dim), cos, sin)
         k_rot = apply_rotary(k.view(t, -1, self.head_dim), cos, sin)

@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from tritium.attention.backend import get_forward_context
 from tritium.config import ModelConfig
 from tritium.distributed.parallel_state import get_tp_world_size
 from tritium.layers.activation import SiluAndMul
@@ -19,11 +20,8 @@ from tritium.layers.attention import Attention
 from tritium.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from tritium.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from tritium.layers.norm import RMSNorm
-from tritium.layers.rotary import apply_rotary, get_rope
+from tritium.layers.rotary import RopeTables, apply_rotary, get_rope
 from tritium.models.weights import load_named_weights
-
-
-Rope = tuple[torch.Tensor, torch.Tensor]  # the step's (cos, sin), from RotaryEmbedding.prepare
 
 
 class LlamaAttention(nn.Module):
@@ -41,15 +39,21 @@ class LlamaAttention(nn.Module):
         self.num_heads = nh
         self.attn = Attention(nh, nkv, d, layer_idx)
 
-    def forward(self, rope: Rope, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, rope: RopeTables, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)  # [T, (heads + 2 * kv_heads) * d]
         t, d = qkv.shape[0], self.head_dim
+        if rope.cos_sin is not None:  # the attention backend rotates q and k as it writes the cache
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            if self.qk_norm:
+                q = self.q_norm(q.reshape(t, -1, d))  # [T, heads, d]
+                k = self.k_norm(k.reshape(t, -1, d))  # [T, kv_heads, d]
+            return self.o_proj(self.attn(q, k, v, rope.cos_sin))
         if self.qk_norm:  # Qwen3: RMSNorm over each head's vector, before RoPE
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = apply_rotary(self.q_norm(q.reshape(t, -1, d)), *rope)  # [T, heads, d]
-            k = apply_rotary(self.k_norm(k.reshape(t, -1, d)), *rope)  # [T, kv_heads, d]
+            q = apply_rotary(self.q_norm(q.reshape(t, -1, d)), rope.cos, rope.sin)  # [T, heads, d]
+            k = apply_rotary(self.k_norm(k.reshape(t, -1, d)), rope.cos, rope.sin)  # [T, kv_heads, d]
         else:  # q and k heads are adjacent in qkv: rotate them in one go
-            qk = apply_rotary(qkv[:, :self.q_size + self.kv_size].view(t, -1, d), *rope)  # [T, heads + kv_heads, d]
+            qk = apply_rotary(qkv[:, :self.q_size + self.kv_size].view(t, -1, d), rope.cos, rope.sin)  # [T, heads + kv_heads, d]
             q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
             v = qkv[:, self.q_size + self.kv_size:]  # [T, kv_heads * d]
         return self.o_proj(self.attn(q, k, v))  # [T, hidden]
@@ -77,7 +81,7 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
                                                 prefix=f"{prefix}.post_attention_layernorm")
 
-    def forward(self, rope: Rope, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
+    def forward(self, rope: RopeTables, hidden: torch.Tensor, residual: Optional[torch.Tensor]):
         # The residual stream travels separately so each norm can fuse the add (same sums as HF).
         if residual is None:
             hidden, residual = self.input_layernorm(hidden), hidden
@@ -99,7 +103,8 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden, residual = self.embed_tokens(input_ids), None  # [T, H]
-        rope = self.rotary_emb.prepare(positions, hidden.dtype)  # once per step, for every layer
+        fused = get_forward_context().backend.fuses_rope
+        rope = self.rotary_emb.prepare(positions, hidden.dtype, fused)  # once per step, for every layer
         for layer in self.layers:
             hidden, residual = layer(rope, hidden, residual)
         hidden, _ = self.norm(hidden, residual)

@@ -79,7 +79,8 @@ def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCache
 
 
 @torch.inference_mode()
-def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerConfig, device: torch.device) -> int:
+def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerConfig, device: torch.device,
+                             backend=None) -> int:
     """Peak GPU memory of one forward pass at max_num_tokens (one long prefill) plus the logits
     of max_batch_size rows, excluding the scratch KV cache it writes into."""
     from tritium.attention.backend import ForwardContext, forward_context
@@ -99,7 +100,7 @@ def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerC
                                sampling_params=SamplingParams(), block_ids=list(range(num_blocks)),
                                num_computed_tokens=0)
     inputs = build_step_inputs([state], {"profile": num_tokens}, block_size, device)
-    ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=caches, backend=TorchAttentionBackend())
+    ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=caches, backend=backend or TorchAttentionBackend())
     with forward_context(ctx):
         hidden = model(inputs.input_ids, inputs.positions)
     rows = min(sched.max_num_seqs, num_tokens)
