@@ -16,6 +16,7 @@ from tritium.core.scheduler import Scheduler
 from tritium.engine.engine_core import EngineCore
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
 from tritium.loader.source import ModelSource
+from tritium.worker.cuda_graph import capture_sizes
 from tritium.worker.memory_plan import KvCachePlan, plan_kv_cache, profile_activation_bytes
 from tritium.worker.model_runner import ModelRunner
 
@@ -55,9 +56,12 @@ def make_attention_backend(dev: torch.device) -> AttentionBackend:
 
 def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                  kv_cache_config: KvCacheConfig, load_format: str = "auto",
-                 device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False) -> EngineParts:
+                 device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False,
+                 enforce_eager: bool = False) -> EngineParts:
+    """enforce_eager: no CUDA graphs (every step runs eagerly), for debugging."""
     dev = resolve_device(device)
-    args = (model, tokenizer, dtype, build_config, kv_cache_config, load_format, dev, skip_tokenizer_init)
+    args = (model, tokenizer, dtype, build_config, kv_cache_config, load_format, dev, skip_tokenizer_init,
+            enforce_eager)
     if dev.type != "cpu":
         return _build_engine(*args)
     # On CPU, build in a short-lived thread so that the caller's thread starts no OpenMP thread
@@ -71,7 +75,7 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
 
 def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                   kv_cache_config: KvCacheConfig, load_format: str, dev: torch.device,
-                  skip_tokenizer_init: bool) -> EngineParts:
+                  skip_tokenizer_init: bool, enforce_eager: bool) -> EngineParts:
     source = resolve_model_source(model, load_format)
     model_config = model_config_from_source(source, dtype=dtype, device=dev)
     tok = None if skip_tokenizer_init else load_tokenizer(source, tokenizer)
@@ -81,8 +85,14 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
 
     sched = SchedulerConfig.from_build(build_config, model_config)
     backend = make_attention_backend(dev)
-    activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend) if dev.type == "cuda" else 0
-    plan = plan_kv_cache(model_config, sched, kv_cache_config, model_config.dtype, dev, activation)
+    use_graphs = dev.type == "cuda" and not enforce_eager and backend.name == "triton"
+    activation = graph_reserve = 0
+    if dev.type == "cuda":
+        activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend)
+        if use_graphs:  # the graphs' pool holds one decode step's activations at the largest size
+            graph_reserve = profile_activation_bytes(nn_model, model_config, sched, dev, backend,
+                                                     num_tokens=capture_sizes(sched.max_num_seqs)[-1])
+    plan = plan_kv_cache(model_config, sched, kv_cache_config, model_config.dtype, dev, activation + graph_reserve)
     if plan.max_tokens < sched.max_model_len:
         if build_config.max_seq_len is not None:
             raise ValueError(
@@ -94,7 +104,11 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
                         enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=model_config.dtype)
-    runner = ModelRunner(nn_model, model_config, cache, dev, backend)
+    runner = ModelRunner(nn_model, model_config, cache, dev, backend, max_num_seqs=sched.max_num_seqs,
+                         max_model_len=sched.max_model_len, use_cuda_graphs=use_graphs)
+    if runner.graphs is not None:
+        logger.info("CUDA graph pool: %.2f GiB used of %.2f GiB reserved", runner.graphs.pool_bytes / 2**30,
+                    graph_reserve / 2**30)
     core = EngineCore(Scheduler(sched, cache), runner)
     return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
                        kv_plan=plan, tokenizer=tok, device=dev)

@@ -24,6 +24,14 @@ def triton_available() -> bool:
     return True
 
 
+def dot_precision(dtype) -> str:
+    """tl.dot input precision: exact float32 products for float32 models (Triton's default would
+    round them to tf32), the default for 16-bit inputs."""
+    import torch
+
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels import interpreting, next_pow2
+from tritium.kernels import dot_precision, interpreting, next_pow2
 
 BLOCK_N = 64  # keys per tile
 
@@ -29,7 +29,7 @@ def _decode_stage1(q_ptr, kv_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_
                    stride_os, stride_oh,
                    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                   DOT_F32: tl.constexpr):
+                   DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -62,13 +62,13 @@ def _decode_stage1(q_ptr, kv_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale_log2e  # [BLOCK_G, BLOCK_N], log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2e  # [BLOCK_G, BLOCK_N], log2 units
         s = tl.where(t_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
 
     safe_l = tl.where(l > 0, l, 1.0)
@@ -142,7 +142,8 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, DOT_F32=interpreting(),
+        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits,
+        DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype),
         num_warps=4, num_stages=2)
     if num_splits > 1:
         _decode_stage2[(num_seqs, num_heads)](

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels import interpreting, next_pow2
+from tritium.kernels import dot_precision, interpreting, next_pow2
 
 
 @triton.jit
@@ -22,7 +22,7 @@ def _prefill_kernel(q_ptr, kv_ptr, block_tables_ptr, query_start_loc_ptr, seq_le
                     stride_ot, stride_oh,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    DOT_F32: tl.constexpr):
+                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     m_block = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -59,14 +59,14 @@ def _prefill_kernel(q_ptr, kv_ptr, block_tables_ptr, query_start_loc_ptr, seq_le
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale_log2e  # [BLOCK_M, BLOCK_N], log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2e  # [BLOCK_M, BLOCK_N], log2 units
         visible = (toks[None, :] <= q_pos[:, None]) & t_mask[None, :]
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))  # finite: key 0 is visible to every row
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
 
     o = acc / l[:, None]
@@ -93,5 +93,6 @@ def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_table
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=64, DOT_F32=interpreting(), num_warps=4 if block_d <= 64 else 8, num_stages=2)
+        BLOCK_M=block_m, BLOCK_N=64, DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype),
+        num_warps=4 if block_d <= 64 else 8, num_stages=2)
     return out

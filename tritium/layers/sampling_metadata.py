@@ -71,12 +71,15 @@ class SamplingMetadata:
     def build(params: list[SamplingParams], prompt_token_ids: list[list[int]],
               output_token_ids: list[list[int]], device: torch.device, vocab_size: int,
               eos_token_ids: Union[None, Collection[int], Sequence[Collection[int]]] = None,
-              ) -> "SamplingMetadata":
+              num_output_tokens: Optional[list[int]] = None) -> "SamplingMetadata":
         """eos_token_ids: the EOS ids that min_tokens blocks besides each row's stop_token_ids
         (skipped for rows with ignore_eos): one collection for all rows (the model's EOS ids),
-        or one per row."""
+        or one per row. num_output_tokens: each row's output length when the token lists hold
+        only what penalties need (empty lists for rows without penalties); default: their lengths."""
         n = len(params)
         assert len(prompt_token_ids) == n and len(output_token_ids) == n
+        if num_output_tokens is None:
+            num_output_tokens = [len(o) for o in output_token_ids]
         device = torch.device(device)
         greedy = [p.is_greedy for p in params]
         all_greedy, all_random = all(greedy), not any(greedy)
@@ -116,7 +119,7 @@ class SamplingMetadata:
         mt_rows, mt_cols = [], []
         row_eos = _per_row_eos(eos_token_ids, n)
         for i, p in enumerate(params):
-            if len(output_token_ids[i]) < p.min_tokens:
+            if num_output_tokens[i] < p.min_tokens:
                 blocked = set(p.stop_token_ids or ())
                 if not p.ignore_eos:
                     blocked |= row_eos[i]
@@ -143,7 +146,7 @@ class SamplingMetadata:
             prompt_mask=prompt_mask, output_counts=output_counts,
             min_tokens_rows=min_tokens_rows, min_tokens_cols=min_tokens_cols,
             seeds=[p.seed for p in params],
-            num_output_tokens=[len(o) for o in output_token_ids],
+            num_output_tokens=num_output_tokens,
             num_logprobs=num_logprobs, max_num_logprobs=max(asked) if asked else None)
 
 

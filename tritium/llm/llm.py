@@ -33,7 +33,7 @@ class LLM:
     def __init__(self, model: Optional[str] = None, tokenizer: Optional[str] = None, dtype: str = "auto",
                  build_config: Optional[BuildConfig] = None, kv_cache_config: Optional[KvCacheConfig] = None,
                  tensor_parallel_size: int = 1, load_format: str = "auto", device: Optional[str] = None,
-                 skip_tokenizer_init: bool = False, **kwargs: Any):
+                 skip_tokenizer_init: bool = False, enforce_eager: bool = False, **kwargs: Any):
         if kwargs:
             raise ValueError(f"unknown LLM argument(s): {', '.join(sorted(kwargs))}")
         if tensor_parallel_size != 1:
@@ -46,7 +46,8 @@ class LLM:
         self.build_config = build_config or BuildConfig()
         self.kv_cache_config = kv_cache_config or KvCacheConfig()
         parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
-                             load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init)
+                             load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init,
+                             enforce_eager=enforce_eager)
         self.model_config = parts.model_config
         self.scheduler_config = parts.scheduler_config
         self.kv_cache_plan = parts.kv_plan

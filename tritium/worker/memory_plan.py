@@ -1,7 +1,8 @@
 """How many KV cache blocks to allocate: honest memory planning, reported to the user.
 
 GPU: after the weights are loaded and a profiling forward pass of max_num_tokens has measured
-the activation peak, take `free_gpu_memory_fraction` of the memory still free.
+the activation peak (and one at the largest CUDA-graph batch has sized the graphs' memory pool),
+take `free_gpu_memory_fraction` of the memory still free.
 CPU: `cpu_memory_budget_gib`. Both are capped by `max_tokens` and by what max_batch_size
 requests of max_seq_len could ever use.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -80,16 +82,17 @@ def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCache
 
 @torch.inference_mode()
 def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerConfig, device: torch.device,
-                             backend=None) -> int:
-    """Peak GPU memory of one forward pass at max_num_tokens (one long prefill) plus the logits
-    of max_batch_size rows, excluding the scratch KV cache it writes into."""
+                             backend=None, num_tokens: Optional[int] = None) -> int:
+    """Peak GPU memory of one forward pass of `num_tokens` tokens (default max_num_tokens; one
+    long prefill) plus the logits of up to max_batch_size rows, excluding the scratch KV cache it
+    writes into."""
     from tritium.attention.backend import ForwardContext, forward_context
     from tritium.attention.torch_backend import TorchAttentionBackend
-    from tritium.worker.input_batch import CachedRequestState, build_step_inputs
+    from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, build_step_inputs
     from tritium.sampling_params import SamplingParams
 
     block_size = 16
-    num_tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
+    num_tokens = min(num_tokens or sched.max_num_batched_tokens, sched.max_model_len)
     num_blocks = -(-num_tokens // block_size)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -99,7 +102,9 @@ def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerC
     state = CachedRequestState(req_id="profile", token_ids=[0] * num_tokens, num_prompt_tokens=num_tokens,
                                sampling_params=SamplingParams(), block_ids=list(range(num_blocks)),
                                num_computed_tokens=0)
-    inputs = build_step_inputs([state], {"profile": num_tokens}, block_size, device)
+    table = BlockTable(1, num_blocks)
+    state.row = table.add(state.block_ids)
+    inputs = build_step_inputs([state], {"profile": num_tokens}, table, block_size, StagingBuffers(device))
     ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=caches, backend=backend or TorchAttentionBackend())
     with forward_context(ctx):
         hidden = model(inputs.input_ids, inputs.positions)

@@ -1,0 +1,206 @@
+"""One GPU call: correctness of the fast path against the reference path, then speed.
+
+    python3 scripts/gpu_speed_check.py [--skip-speed] [--out DIR]
+
+1. Tiny random checkpoints of several families (made here with transformers): greedy tokens of a
+   batch of prompts through the engine with CUDA graphs == without graphs == the torch reference
+   attention (TRITIUM_TRITON=0, in a subprocess) == Hugging Face transformers generate.
+2. Kernels at real sizes (Llama-3.1-8B attention shapes) against a float64 reference, and their
+   times: decode attention at batch 1 / 64 / 256 and contexts 1k-32k, prefill attention at 1k.
+3. Llama-3.1-8B shapes with random bf16 weights: engine start-up, batch-1 and batch-64 decode
+   (128 in / 128 out), time to first token of a 1000-token prompt; CUDA graphs on and off.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+LLAMA_8B = os.path.join(ROOT, "tests", "models", "data", "llama-3.1-8b-config.json")
+
+
+def tiny_prompts(vocab: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (5, 17, 33, 64, 1, 40)]
+
+
+def engine_tokens(path: str, prompts, enforce_eager: bool, max_tokens: int = 24) -> list[list[int]]:
+    from tritium import BuildConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    llm = LLM(path, dtype="float32", enforce_eager=enforce_eager,
+              build_config=BuildConfig(max_batch_size=8, max_seq_len=256, max_num_tokens=64))
+    outs = llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True),
+                        use_tqdm=False)
+    llm.shutdown()
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def hf_tokens(path: str, prompts, max_tokens: int = 24) -> list[list[int]]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p], device="cuda")
+            gen = model.generate(ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=0)
+            out.append(gen[0, len(p):].tolist())
+    return out
+
+
+def check_tiny_families(report: dict) -> None:
+    from tests.utils.tiny_models import make_tiny_checkpoint
+
+    for family in ("llama3", "qwen2", "qwen3", "smollm", "mistral"):
+        folder = tempfile.mkdtemp()
+        path = make_tiny_checkpoint(family, folder)
+        import json as _json
+        vocab = _json.load(open(os.path.join(path, "config.json")))["vocab_size"]
+        prompts = tiny_prompts(vocab)
+        graphs = engine_tokens(path, prompts, enforce_eager=False)
+        eager = engine_tokens(path, prompts, enforce_eager=True)
+        env = dict(os.environ, TRITIUM_TRITON="0")
+        ref = json.loads(subprocess.run(
+            [sys.executable, __file__, "--reference-tokens", path], env=env, capture_output=True, text=True,
+            check=True).stdout.strip().splitlines()[-1])
+        hf = hf_tokens(path, prompts)
+        ok = graphs == eager == ref
+        agree_hf = sum(a == b for a, b in zip(graphs, hf))
+        report[f"tiny-{family}"] = dict(graphs_eq_eager=graphs == eager, graphs_eq_torch_ref=graphs == ref,
+                                        prompts_equal_to_hf=f"{agree_hf}/{len(prompts)}")
+        print(f"[tiny {family}] graphs==eager {graphs == eager}  graphs==torch-reference {graphs == ref}  "
+              f"==HF {agree_hf}/{len(prompts)}  {'OK' if ok else 'MISMATCH'}", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def bench(fn, warmup=3, iters=20) -> float:
+    """Median milliseconds of fn() timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def check_kernels_real_sizes(report: dict) -> None:
+    from tests.kernels.paged_cache import dense_kv, random_paged_cache, reference_attention
+    from tritium.kernels.decode_attention import num_kv_splits, paged_decode_attention
+    from tritium.kernels.prefill_attention import paged_prefill_attention
+
+    heads, kvh, d, bs = 32, 8, 128, 16
+    dev = torch.device("cuda")
+    for batch, ctx in ((1, 1024), (1, 4096), (1, 32768), (64, 2048), (256, 1024), (256, 2048)):
+        seq_lens = [ctx] * batch
+        cache, table = random_paged_cache(seq_lens, kvh, d, bs, torch.bfloat16, dev, seed=batch)
+        q = torch.randn(batch, heads, d, device=dev, dtype=torch.bfloat16)
+        lens = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
+        splits = num_kv_splits(batch, kvh, ctx)
+        out = paged_decode_attention(q, cache, table, lens, d ** -0.5, num_splits=splits)
+        k, v = dense_kv(cache, table[0], ctx)
+        ref = reference_attention(q[:1], k, v, d ** -0.5, torch.tensor([ctx - 1], device=dev))
+        err = ((out[:1].double() - ref).norm() / ref.norm()).item()
+        ms = bench(lambda: paged_decode_attention(q, cache, table, lens, d ** -0.5, num_splits=splits))
+        gbps = batch * ctx * kvh * d * 2 * 2 / ms / 1e6
+        report[f"decode b{batch} ctx{ctx}"] = dict(splits=splits, us=ms * 1e3, GBps=gbps, rel_err=err)
+        print(f"[decode attn] batch {batch:3d} ctx {ctx:5d} splits {splits:2d}: {ms * 1e3:7.1f} us "
+              f"({gbps:6.0f} GB/s)  rel err {err:.1e}", flush=True)
+        del cache
+    for q_len, ctx in ((1000, 0), (512, 1536)):
+        cache, table = random_paged_cache([ctx + q_len], kvh, d, bs, torch.bfloat16, dev, seed=7)
+        q = torch.randn(q_len, heads, d, device=dev, dtype=torch.bfloat16)
+        qsl = torch.tensor([0, q_len], dtype=torch.int32, device=dev)
+        lens = torch.tensor([ctx + q_len], dtype=torch.int32, device=dev)
+        out = paged_prefill_attention(q, cache, table, qsl, lens, q_len, d ** -0.5)
+        k, v = dense_kv(cache, table[0], ctx + q_len)
+        ref = reference_attention(q, k, v, d ** -0.5, torch.arange(ctx, ctx + q_len, device=dev))
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        ms = bench(lambda: paged_prefill_attention(q, cache, table, qsl, lens, q_len, d ** -0.5))
+        tflops = 4 * q_len * (ctx + q_len / 2) * d * heads / ms / 1e9
+        report[f"prefill q{q_len} ctx{ctx}"] = dict(us=ms * 1e3, TFLOPs=tflops, rel_err=err)
+        print(f"[prefill attn] q {q_len} after ctx {ctx}: {ms * 1e3:7.1f} us ({tflops:5.1f} TFLOP/s) "
+              f"rel err {err:.1e}", flush=True)
+
+
+def llama_8b_speed(report: dict, enforce_eager: bool) -> None:
+    from tritium import BuildConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    folder = tempfile.mkdtemp()
+    shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
+    tag = "eager" if enforce_eager else "graphs"
+    t0 = time.perf_counter()
+    llm = LLM(folder, load_format="dummy", enforce_eager=enforce_eager,
+              build_config=BuildConfig(max_batch_size=256, max_seq_len=4096, max_num_tokens=8192))
+    up = time.perf_counter() - t0
+    print(f"[8B {tag}] engine up in {up:.1f} s; {llm.kv_cache_plan.describe()}", flush=True)
+    report[f"8b {tag} engine_up_s"] = up
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, 32000, (128,), generator=g).tolist() for _ in range(256)]
+    params = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
+    llm.generate(prompts[:2], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    for batch in (1, 64, 256):
+        t = time.perf_counter()
+        outs = llm.generate(prompts[:batch], params, use_tqdm=False)
+        dt = time.perf_counter() - t
+        n = sum(len(o.outputs[0].token_ids) for o in outs)
+        report[f"8b {tag} batch{batch} tok_s"] = n / dt
+        print(f"[8B {tag}] batch {batch:3d}: {n / dt:8.1f} output tok/s ({dt:.2f} s, 128 in / 128 out)", flush=True)
+    long_prompt = torch.randint(10, 32000, (1000,), generator=g).tolist()
+    ttfts = []
+    for i in range(6):
+        p = [(i * 31 + 7) % 30000 + 10] + long_prompt[1:]  # distinct first token: no prefix-cache hit
+        t = time.perf_counter()
+        llm.generate([p], SamplingParams(max_tokens=1), use_tqdm=False)
+        ttfts.append((time.perf_counter() - t) * 1e3)
+    ttft = sorted(ttfts[1:])[len(ttfts[1:]) // 2]
+    report[f"8b {tag} ttft_1000_ms"] = ttft
+    print(f"[8B {tag}] time to first token, 1000-token prompt: median {ttft:.1f} ms ({[round(x, 1) for x in ttfts]})",
+          flush=True)
+    llm.shutdown()
+    del llm
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reference-tokens", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    if args.reference_tokens:  # subprocess: the torch reference path (TRITIUM_TRITON=0)
+        from tests.utils.tiny_models import make_tiny_checkpoint  # noqa: F401
+        vocab = json.load(open(os.path.join(args.reference_tokens, "config.json")))["vocab_size"]
+        print(json.dumps(engine_tokens(args.reference_tokens, tiny_prompts(vocab), enforce_eager=True)))
+        return
+    print(torch.__version__, torch.cuda.get_device_name(), flush=True)
+    report: dict = {}
+    check_tiny_families(report)
+    check_kernels_real_sizes(report)
+    if not args.skip_speed:
+        llama_8b_speed(report, enforce_eager=False)
+        llama_8b_speed(report, enforce_eager=True)
+    with open(os.path.join(args.out, "gpu_speed_check.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

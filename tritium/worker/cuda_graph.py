@@ -1,0 +1,123 @@
+"""CUDA graphs for decode steps: the whole forward pass plus the LM head, replayed in one launch.
+
+A decode step of R requests (one token each) is padded up to the next captured batch size B.
+Each size is captured once at start (largest first, all sharing one memory pool) over static
+buffers; a replay copies the step's inputs into the first R rows of those buffers and pads the
+rest with rows that write no KV (slot -1) and attend over nothing (length 0). Lengths and block
+tables are read on the device, so one graph serves every context length.
+
+Prefill and mixed steps, and batches above the largest size, run eagerly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tritium.attention.backend import AttentionBackend, AttentionMetadata, ForwardContext, forward_context
+from tritium.worker.input_batch import StepInputs
+
+logger = logging.getLogger(__name__)
+
+
+def capture_sizes(max_batch_size: int) -> list[int]:
+    """Batch sizes to capture: 1, 2, 4, 8, then every 16 up to 256, then every 32 up to 512."""
+    sizes = [1, 2, 4, 8] + list(range(16, 257, 16)) + list(range(288, 513, 32))
+    top = min(max_batch_size, 512)
+    out = [s for s in sizes if s < top] + [top]
+    return sorted(set(out))
+
+
+class DecodeGraphs:
+    def __init__(self, model: nn.Module, kv_caches: list[torch.Tensor], backend: AttentionBackend,
+                 max_batch_size: int, max_blocks_per_seq: int, max_model_len: int, device: torch.device):
+        self.model, self.kv_caches, self.backend, self.device = model, kv_caches, backend, device
+        self.sizes = capture_sizes(max_batch_size)
+        top = self.sizes[-1]
+        self.num_kv_heads = kv_caches[0].shape[3]
+        self.max_model_len = max_model_len
+        # Static inputs, [top] or [top, max_blocks]: replays read them, steps write their prefix.
+        self.input_ids = torch.zeros(top, dtype=torch.long, device=device)
+        self.positions = torch.zeros(top, dtype=torch.long, device=device)
+        self.slot_mapping = torch.full((top,), -1, dtype=torch.long, device=device)
+        self.seq_lens = torch.zeros(top, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(top + 1, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros(top, max_blocks_per_seq, dtype=torch.int32, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}  # per size: [B, vocab] float32, the graph's output
+        self.metas: dict[int, AttentionMetadata] = {}
+        self.pool_bytes = 0
+        self._rows_written = 0  # rows [0, this) may hold an earlier step's requests
+
+    def bucket(self, num_reqs: int) -> Optional[int]:
+        for size in self.sizes:
+            if size >= num_reqs:
+                return size
+        return None
+
+    def _metadata(self, size: int) -> AttentionMetadata:
+        from tritium.kernels.decode_attention import num_kv_splits  # Triton: imported on GPUs only
+
+        splits = num_kv_splits(size, self.num_kv_heads, self.max_model_len, getattr(self.backend, "num_sms", 132))
+        meta = AttentionMetadata(
+            num_actual_tokens=size, query_start_loc=self.query_start_loc[:size + 1], seq_lens=self.seq_lens[:size],
+            block_tables=self.block_tables[:size], slot_mapping=self.slot_mapping[:size], max_query_len=1,
+            max_seq_len=self.max_model_len, query_start_loc_cpu=list(range(size + 1)), seq_lens_cpu=[1] * size,
+            num_kv_splits=splits)
+        if splits > 1:  # split-KV scratch, allocated once outside the graph
+            head_dim, heads = self.kv_caches[0].shape[4], self.model.config.num_attention_heads
+            block_d = max(1 << (head_dim - 1).bit_length(), 16)
+            meta.backend_cache["decode_workspace"] = (
+                torch.empty(size, heads, splits, block_d, dtype=torch.float32, device=self.device),
+                torch.empty(size, heads, splits, dtype=torch.float32, device=self.device))
+        return meta
+
+    def _forward(self, size: int) -> torch.Tensor:
+        ctx = ForwardContext(attn_metadata=self.metas[size], kv_caches=self.kv_caches, backend=self.backend)
+        with forward_context(ctx):
+            hidden = self.model(self.input_ids[:size], self.positions[:size])  # [B, hidden]
+        return self.model.compute_logits(hidden)  # [B, vocab] float32
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        start = time.perf_counter()
+        before = torch.cuda.memory_allocated(self.device)
+        pool = torch.cuda.graph_pool_handle()
+        self.seq_lens.fill_(1)  # short lengths keep the warm-up cheap; the KV slots stay unwritten (-1)
+        for size in reversed(self.sizes):  # largest first: later graphs reuse its pool
+            self.metas[size] = self._metadata(size)
+            self._forward(size)  # warm-up: compiles every Triton specialisation outside the capture
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits[size] = self._forward(size)
+            self.graphs[size] = graph
+        self.seq_lens.zero_()
+        torch.cuda.synchronize(self.device)
+        self.pool_bytes = torch.cuda.memory_allocated(self.device) - before
+        logger.info("captured %d decode CUDA graphs (batch %d..%d) in %.1f s, %.2f GiB", len(self.sizes),
+                    self.sizes[0], self.sizes[-1], time.perf_counter() - start, self.pool_bytes / 2**30)
+
+    def run(self, inputs: StepInputs) -> torch.Tensor:
+        """Replay the graph for a pure-decode step; returns logits [R, vocab] float32 (a view of
+        the graph's output buffer, valid until the next replay)."""
+        meta = inputs.attn_metadata
+        num_reqs = meta.num_actual_tokens
+        size = self.bucket(num_reqs)
+        num_blocks = meta.block_tables.shape[1]
+        self.input_ids[:num_reqs].copy_(inputs.input_ids, non_blocking=True)
+        self.positions[:num_reqs].copy_(inputs.positions, non_blocking=True)
+        self.slot_mapping[:num_reqs].copy_(meta.slot_mapping, non_blocking=True)
+        self.seq_lens[:num_reqs].copy_(meta.seq_lens, non_blocking=True)
+        self.block_tables[:num_reqs, :num_blocks].copy_(meta.block_tables, non_blocking=True)
+        stale = min(size, self._rows_written)
+        if stale > num_reqs:  # rows an earlier step filled become padding: no KV write, nothing to attend
+            self.slot_mapping[num_reqs:stale].fill_(-1)
+            self.seq_lens[num_reqs:stale].zero_()
+        # Rows beyond this graph's size keep their old contents until a larger step pads them.
+        self._rows_written = max(num_reqs, self._rows_written if self._rows_written > size else 0)
+        self.graphs[size].replay()
+        return self.logits[size][:num_reqs]
