@@ -2,9 +2,11 @@
 
 Invariant the scheduler works by:
     all_token_ids = prompt_token_ids + output_token_ids          (len == num_tokens)
-    0 <= num_computed_tokens <= num_tokens
-Each step hands out up to `num_tokens - num_computed_tokens` tokens; when computed catches up
-with num_tokens the model samples one more token, which is appended to output_token_ids.
+    0 <= num_computed_tokens <= num_tokens + num_output_placeholders
+Each step hands out up to `num_tokens + num_output_placeholders - num_computed_tokens` tokens;
+when computed catches up the model samples one more token, which is appended to
+output_token_ids when its step's output arrives (an overlapped engine schedules the next step
+before that: the token is a placeholder meanwhile, and the runner feeds it in on the device).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ class Request:
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_computed_tokens = 0
+        # Tokens being sampled by steps still in flight (overlapped engine): scheduled as inputs
+        # of the next step before their ids are known here.
+        self.num_output_placeholders = 0
         self.num_cached_tokens = -1  # prefix-cache hit at first scheduling; -1 until then
         self.num_preemptions = 0
         # Prompt positions whose logprobs were sent; kept across preemption (a resumed request
@@ -62,6 +67,14 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids)
+
+    def length_capped(self, max_model_len: int) -> bool:
+        """Whether the tokens in flight already reach max_tokens or max_model_len: the request
+        will finish when they arrive, so it must not be scheduled again."""
+        n = self.num_output_placeholders
+        max_tokens = self.sampling_params.max_tokens
+        return n > 0 and (self.num_tokens + n >= max_model_len
+                          or (max_tokens is not None and self.num_output_tokens + n >= max_tokens))
 
     @property
     def num_prompt_tokens(self) -> int:

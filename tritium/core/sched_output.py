@@ -45,6 +45,16 @@ class SchedulerOutput:
     def is_empty(self) -> bool:
         return self.total_num_scheduled_tokens == 0
 
+    def num_computed_before(self, req_id: str) -> int:
+        """The request's num_computed_tokens when this step was scheduled."""
+        for r in self.scheduled_new_reqs:
+            if r.req_id == req_id:
+                return r.num_computed_tokens
+        for c in self.scheduled_cached_reqs:
+            if c.req_id == req_id:
+                return c.num_computed_tokens
+        raise KeyError(req_id)
+
 
 @dataclass
 class TopLogprobs:

@@ -89,7 +89,7 @@ class Scheduler:
     def _preempt(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
-        request.num_computed_tokens = 0
+        request.num_computed_tokens = 0  # a token still in flight is appended when it arrives
         request.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.appendleft(request)
@@ -106,8 +106,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if num_new <= 0:  # waiting for its sampled token (overlapped engines)
+            num_new = min(request.num_tokens + request.num_output_placeholders - request.num_computed_tokens, budget)
+            if num_new <= 0 or request.length_capped(self.max_model_len):  # nothing to do until outputs arrive
                 i += 1
                 continue
             while (new_blocks := self.kv_cache_manager.allocate_slots(request, num_new)) is None:
@@ -158,9 +158,13 @@ class Scheduler:
             finished_req_ids=self.finished_req_ids,
         )
         self.finished_req_ids = set()
-        # The tokens count as computed once scheduled (the runner computes exactly these).
+        # The tokens count as computed once scheduled (the runner computes exactly these); a
+        # request whose step reaches the end of its tokens samples one: a placeholder until then.
         for req_id, n in num_scheduled.items():
-            self.requests[req_id].num_computed_tokens += n
+            request = self.requests[req_id]
+            request.num_computed_tokens += n
+            if request.num_computed_tokens == request.num_tokens + request.num_output_placeholders:
+                request.num_output_placeholders += 1
         return output
 
     def update_from_output(self, scheduler_output: SchedulerOutput,
@@ -171,12 +175,15 @@ class Scheduler:
         for req_id, token_id, logprobs in zip(mro.req_ids, mro.sampled_token_ids, mro.logprobs):
             request = self.requests.get(req_id)
             if request is None or request.is_finished:
-                continue  # aborted while the step ran
-            if request.status == RequestStatus.RUNNING and request.num_computed_tokens != request.num_tokens:
-                raise RuntimeError(f"request {req_id} sampled a token with only {request.num_computed_tokens} "
-                                   f"of {request.num_tokens} tokens computed")
+                continue  # aborted (or finished a step earlier) while the step ran
+            if request.num_output_placeholders <= 0:
+                raise RuntimeError(f"request {req_id} received a token it was not scheduled to sample")
+            request.num_output_placeholders -= 1
             request.append_output_token_ids(token_id)
+            preempted = request.status == RequestStatus.PREEMPTED  # its in-flight token arrived after preemption
             stopped = check_stop(request, self.max_model_len)
+            if stopped and preempted:
+                self.waiting.remove(request)
             outputs.append(EngineCoreOutput(
                 req_id=req_id, new_token_ids=[token_id],
                 new_logprobs=[logprobs] if logprobs is not None else [],
@@ -210,7 +217,7 @@ class Scheduler:
         entries = mro.prompt_logprobs.get(request.request_id, [])
         if not entries:
             return []
-        start = request.num_computed_tokens - so.num_scheduled_tokens[request.request_id]  # before the step
+        start = so.num_computed_before(request.request_id)
         skip = max(request.num_prompt_logprobs_sent - start, 0)
         request.num_prompt_logprobs_sent = max(request.num_prompt_logprobs_sent, start + len(entries))
         return entries[skip:]

@@ -7,10 +7,13 @@ requests in flight at that moment and returns their blocks; the loop keeps servi
 """
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
 from typing import Callable, Iterable
+
+import torch
 
 from tritium.core.request import Request
 from tritium.core.sched_output import EngineCoreOutput
@@ -48,6 +51,11 @@ class BackgroundEngine:
         self._stopped.set()
         self._commands.put(("stop", None))
         self._thread.join(timeout)
+        if not self._thread.is_alive():  # give the model, KV cache and CUDA graphs back now
+            self.core = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     @property
     def is_alive(self) -> bool:
@@ -90,6 +98,7 @@ class BackgroundEngine:
             except Exception as exc:  # noqa: BLE001 - fail the in-flight requests, keep serving
                 logger.exception("engine %s failed; failing %d in-flight requests", kind, len(self._live))
                 failed = sorted(self._live)
+                self.core.discard_in_flight()
                 self.core.abort_requests(failed)
                 self._live.clear()
                 self._handle_error(exc, failed)

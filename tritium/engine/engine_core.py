@@ -1,18 +1,28 @@
-"""EngineCore: the synchronous step loop body, token ids only: schedule -> execute -> update."""
+"""EngineCore: the step loop body, token ids only: schedule -> execute -> update.
+
+With a runner that supports overlap (GPU), `step()` launches step N and only then waits for
+step N - 1's tokens and turns them into outputs, so the host's scheduling, input building and
+output handling run while the GPU computes:
+
+    schedule N -> launch N -> finish N-1 (wait for its tokens, update the scheduler) -> outputs of N-1
+
+A step whose requests need every token on the host first (penalties) finishes N - 1 before it
+is launched. Elsewhere (CPU) each step finishes before step() returns.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from tritium.core.request import Request
 from tritium.core.scheduler import Scheduler
-from tritium.core.sched_output import EngineCoreOutput
-from tritium.worker.model_runner import ModelRunner
+from tritium.core.sched_output import EngineCoreOutput, SchedulerOutput
 
 
 class EngineCore:
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner):
+    def __init__(self, scheduler: Scheduler, runner):
         self.scheduler = scheduler
         self.runner = runner
+        self._in_flight: Optional[tuple[SchedulerOutput, object]] = None  # (step, its runner handle)
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
@@ -24,11 +34,31 @@ class EngineCore:
                                  num_cached_tokens=max(r.num_cached_tokens, 0)) for r in aborted]
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+
+    def discard_in_flight(self) -> None:
+        """After a failure: forget the step in flight (its requests are being failed)."""
+        self._in_flight = None
 
     def step(self) -> list[EngineCoreOutput]:
+        """Schedule and launch a step; return the outputs of the step that completed."""
         sched_out = self.scheduler.schedule()
-        runner_out = self.runner.execute_model(sched_out)
+        overlap = getattr(self.runner, "supports_overlap", False) and self.runner.can_overlap(sched_out)
+        outputs = [] if overlap else self._finish_in_flight()
+        handle = self.runner.execute_model(sched_out)
+        if overlap:
+            outputs = self._finish_in_flight()
+        self._in_flight = (sched_out, handle)
+        if not overlap:
+            outputs += self._finish_in_flight()  # nothing is left in flight between steps
+        return outputs
+
+    def _finish_in_flight(self) -> list[EngineCoreOutput]:
+        if self._in_flight is None:
+            return []
+        sched_out, handle = self._in_flight
+        self._in_flight = None
+        runner_out = handle.result() if hasattr(handle, "result") else handle
         if sched_out.is_empty:
             return []
         return self.scheduler.update_from_output(sched_out, runner_out)

@@ -15,5 +15,10 @@ class SiluAndMul(nn.Module):
             from tritium.kernels.silu_mul import silu_and_mul
 
             return silu_and_mul(x)
+        return self.forward_native(x)
+
+    @staticmethod
+    def forward_native(x: torch.Tensor) -> torch.Tensor:
+        """The torch ops (CPU path, and the reference the GPU kernel is tested against)."""
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up

@@ -43,6 +43,10 @@ class RMSNorm(nn.Module):
 
             out = rms_norm(x, self.weight, self.eps, residual)
             return out if residual is None else (out, residual)
+        return self.forward_native(x, residual)
+
+    def forward_native(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        """The torch ops (CPU path, and the reference the GPU kernel is tested against)."""
         if residual is None:
             return self._norm(x)
         residual = x + residual

@@ -38,7 +38,15 @@ def row_seed(seed: int, step: int) -> int:
 @dataclass
 class SamplerOutput:
     sampled_token_ids: torch.Tensor  # [N] long, on the logits' device
-    logprobs: Optional[list[Optional[TopLogprobs]]]  # None when no row asked
+    logprobs_tensors: Optional["LogprobsTensors"] = None  # on the device; None when no row asked
+    num_logprobs: Optional[list[Optional[int]]] = None  # per row: top-k asked (None: not asked)
+
+    @property
+    def logprobs(self) -> Optional[list[Optional[TopLogprobs]]]:
+        """Per-row TopLogprobs (one host copy: a device sync); None when no row asked."""
+        if self.logprobs_tensors is None:
+            return None
+        return self.logprobs_tensors.tolists(self.num_logprobs)
 
 
 class LogprobsTensors(NamedTuple):
@@ -47,6 +55,13 @@ class LogprobsTensors(NamedTuple):
     token_ids: torch.Tensor  # [N, k + 1] long
     logprobs: torch.Tensor  # [N, k + 1] float32
     ranks: torch.Tensor  # [N, k + 1] long, 1-based
+
+    def to_host(self, non_blocking: bool = False) -> "LogprobsTensors":
+        """Copies in pinned host memory (non_blocking: complete once the stream gets there)."""
+        pin = self.token_ids.is_cuda
+        return LogprobsTensors(*(t.to("cpu", non_blocking=non_blocking) if not pin else
+                                 torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=non_blocking)
+                                 for t in self))
 
     def tolists(self, num_per_row: list[Optional[int]]) -> list[Optional[TopLogprobs]]:
         """One host copy for the whole batch; row i keeps its first num_per_row[i] top entries."""
@@ -147,11 +162,11 @@ class Sampler:
             if meta.greedy_mask is not None:
                 sampled = torch.where(meta.greedy_mask, logits.argmax(dim=-1), sampled)
 
-        logprobs = None
-        if meta.max_num_logprobs is not None:
-            logprobs = top_logprobs_tensors(raw, sampled, meta.max_num_logprobs).tolists(
-                meta.num_logprobs)
-        return SamplerOutput(sampled_token_ids=sampled, logprobs=logprobs)
+        if meta.max_num_logprobs is None:
+            return SamplerOutput(sampled_token_ids=sampled)
+        return SamplerOutput(sampled_token_ids=sampled,
+                             logprobs_tensors=top_logprobs_tensors(raw, sampled, meta.max_num_logprobs),
+                             num_logprobs=meta.num_logprobs)
 
     def _sample_random(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         logits = logits / meta.temperature.view(-1, 1)  # [N, V]

@@ -72,6 +72,11 @@ class StepInputs:
     logits_indices: torch.Tensor  # [N] long
     samples: np.ndarray  # [R] bool: does request r sample a token this step
     query_start_loc: np.ndarray  # [R + 1] host copy: request r's tokens are [qsl[r], qsl[r + 1])
+    seq_lens: np.ndarray  # [R] host copy: tokens per request once this step is done
+    # Inputs whose token is still being sampled on the device by the step before (overlapped
+    # engine): positions in input_ids [M] and the requests (indices into the step's states) [M].
+    placeholder_tokens: np.ndarray
+    placeholder_reqs: np.ndarray
 
     @property
     def is_pure_decode(self) -> bool:
@@ -80,8 +85,8 @@ class StepInputs:
 
 class StagingBuffers:
     """Reused host buffers for the step's host->device copies (pinned on CUDA, so the copies do
-    not wait for the GPU). The runner syncs once per step (the sampled tokens), so a buffer is
-    never rewritten while a copy from it is in flight."""
+    not wait for the GPU). The caller must not reuse a set while a copy from it may be in flight:
+    the runner alternates two sets and waits for step N's outputs before building step N + 2."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -120,13 +125,18 @@ def build_step_inputs(states: list[CachedRequestState], num_scheduled: dict[str,
     qsl = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=qsl[1:])
     num_tokens = int(qsl[-1])
-    if num_tokens == n:  # one token each (decode): no slicing
-        input_ids = np.fromiter((s.token_ids[s.num_computed_tokens] for s in states), np.int64, n)
-    else:
-        input_ids = np.fromiter(chain.from_iterable(s.token_ids[s.num_computed_tokens:s.num_computed_tokens + c]
-                                                    for s, c in zip(states, counts.tolist())), np.int64, num_tokens)
     token_req = np.repeat(np.arange(n), counts)  # [T] request index of each token
     positions = np.arange(num_tokens) - np.repeat(qsl[:-1] - starts, counts)  # [T]
+    # Only the last token of a request can be unknown here (a placeholder): fed in as 0 and
+    # replaced on the device.
+    if num_tokens == n:  # one token each (decode): no slicing
+        input_ids = np.fromiter((s.token_ids[p] if p < len(s.token_ids) else 0
+                                 for s, p in zip(states, starts.tolist())), np.int64, n)
+    else:
+        input_ids = np.fromiter(chain.from_iterable(_padded(s.token_ids, a, c)
+                                                    for s, a, c in zip(states, starts.tolist(), counts.tolist())),
+                                np.int64, num_tokens)
+    placeholder_tokens = np.nonzero(positions >= known[token_req])[0]  # [M]
     slots = (block_table.table[rows[token_req], positions // block_size].astype(np.int64) * block_size
              + positions % block_size)  # [T]
     # A request samples when this step's tokens reach the end of what it knows; a partial
@@ -152,4 +162,10 @@ def build_step_inputs(states: list[CachedRequestState], num_scheduled: dict[str,
         num_kv_splits=num_kv_splits,
     )
     return StepInputs(input_ids=ids_d, positions=pos_d, attn_metadata=meta, logits_indices=logits_d,
-                      samples=samples, query_start_loc=qsl)
+                      samples=samples, query_start_loc=qsl, seq_lens=ends, placeholder_tokens=placeholder_tokens,
+                      placeholder_reqs=token_req[placeholder_tokens])
+
+
+def _padded(token_ids: list[int], start: int, count: int) -> list[int]:
+    tokens = token_ids[start:start + count]
+    return tokens if len(tokens) == count else tokens + [0] * (count - len(tokens))

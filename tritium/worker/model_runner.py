@@ -3,21 +3,54 @@
 Holds only what every model needs: per-request token/block state, the batch tensors, the KV
 cache, the forward context, decode CUDA graphs and the sampler. Features live in helpers
 (input_batch, cuda_graph, sampler).
+
+On a GPU `execute_model` only launches the step and returns a StepHandle; the sampled tokens
+come back with an asynchronous copy, so the engine can schedule and launch step N + 1 while the
+GPU still runs step N. A request's token from step N is then unknown on the host when step
+N + 1 is built: it is fed in on the device from step N's sampled tensor (a placeholder).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from tritium.attention.backend import AttentionBackend, ForwardContext, forward_context
 from tritium.config import CacheConfig, ModelConfig
 from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
-from tritium.layers.sampler import Sampler, SamplingMetadata, compute_top_logprobs
+from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata, compute_top_logprobs
 from tritium.worker.cuda_graph import DecodeGraphs
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
 from tritium.worker.memory_plan import allocate_kv_caches
+
+
+@dataclass
+class StepHandle:
+    """A launched step; result() waits for its sampled tokens and records them."""
+
+    states: list[CachedRequestState] = field(default_factory=list)  # the requests that sampled
+    sampled_host: Optional[torch.Tensor] = None  # [N] long, filled by an async copy
+    done: Optional[torch.cuda.Event] = None  # recorded after the copies
+    logprobs: Optional[LogprobsTensors] = None  # host copies
+    num_logprobs: Optional[list[Optional[int]]] = None
+    prompt_logprobs: dict = field(default_factory=dict)
+
+    def result(self) -> ModelRunnerOutput:
+        if self.done is not None:
+            self.done.synchronize()
+        out = ModelRunnerOutput(req_ids=[s.req_id for s in self.states], sampled_token_ids=[], logprobs=[],
+                                prompt_logprobs=self.prompt_logprobs)
+        if not self.states:
+            return out
+        out.sampled_token_ids = self.sampled_host.tolist()
+        for state, token in zip(self.states, out.sampled_token_ids):
+            state.token_ids.append(token)
+        lists = self.logprobs.tolists(self.num_logprobs) if self.logprobs is not None else None
+        out.logprobs = lists if lists is not None else [None] * len(self.states)
+        return out
 
 
 class ModelRunner:
@@ -35,7 +68,18 @@ class ModelRunner:
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
         max_blocks = -(-max_model_len // cache_config.block_size)
         self.block_table = BlockTable(max_num_seqs, max_blocks)
-        self.staging = StagingBuffers(device)
+        # Overlap needs asynchronous devices; two staging sets alternate (see StagingBuffers).
+        self._is_async = device.type == "cuda"  # kernels run asynchronously to the host
+        self.supports_overlap = self._is_async
+        self._staging = [StagingBuffers(device), StagingBuffers(device)]
+        self._sampled_host = [torch.empty(max_num_seqs, dtype=torch.long, pin_memory=self._is_async)
+                              for _ in range(2)]
+        self._step = 0
+        # The last step's sampled tokens on the device, and the row of each request in it.
+        self._prev_sampled: Optional[torch.Tensor] = None
+        self._prev_rows: dict[str, int] = {}
+        self._sync_req_ids: set[str] = set()  # requests whose features need every token on the host
+        self.num_placeholder_tokens = 0  # inputs fed from the previous step's device tensor (a statistic)
         self.graphs: Optional[DecodeGraphs] = None
         if use_cuda_graphs:
             self.graphs = DecodeGraphs(model, self.kv_caches, backend, max_num_seqs, max_blocks, max_model_len, device)
@@ -47,6 +91,7 @@ class ModelRunner:
             state = self.requests.pop(req_id, None)
             if state is not None:
                 self.block_table.remove(state.row)
+                self._sync_req_ids.discard(req_id)
         for new in so.scheduled_new_reqs:
             state = CachedRequestState(
                 req_id=new.req_id, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
@@ -54,6 +99,8 @@ class ModelRunner:
                 num_computed_tokens=new.num_computed_tokens)
             state.row = self.block_table.add(state.block_ids)
             self.requests[new.req_id] = state
+            if needs_host_tokens(new.sampling_params):
+                self._sync_req_ids.add(new.req_id)
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.new_block_ids:
@@ -61,16 +108,28 @@ class ModelRunner:
                 self.block_table.append(state.row, cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
 
+    def can_overlap(self, so: SchedulerOutput) -> bool:
+        """Whether this step may be launched before the previous step's tokens reach the host."""
+        if not self.supports_overlap:
+            return False
+        if any(needs_host_tokens(r.sampling_params) for r in so.scheduled_new_reqs):
+            return False
+        return not (self._sync_req_ids and not self._sync_req_ids.isdisjoint(so.num_scheduled_tokens))
+
     # ---- one step -------------------------------------------------------------------------
     @torch.inference_mode()
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, so: SchedulerOutput) -> StepHandle:
         self._update_states(so)
         if so.is_empty:
-            return ModelRunnerOutput.empty()
+            return StepHandle()
         states = [self.requests[req_id] for req_id in so.num_scheduled_tokens]
+        self._step += 1
         inputs = build_step_inputs(states, so.num_scheduled_tokens, self.block_table, self.cache_config.block_size,
-                                   self.staging)
-        out = ModelRunnerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
+                                   self._staging[self._step % 2])
+        if len(inputs.placeholder_tokens):
+            self._fill_placeholders(inputs, states)
+        self._prev_sampled, self._prev_rows = None, {}
+        handle = StepHandle()
         wants_prompt_logprobs = any(s.sampling_params.prompt_logprobs is not None for s in states)
         if (self.graphs is not None and inputs.is_pure_decode and not wants_prompt_logprobs
                 and self.graphs.bucket(len(states)) is not None):
@@ -80,18 +139,32 @@ class ModelRunner:
             with forward_context(ctx):
                 hidden = self.model(inputs.input_ids, inputs.positions)  # [T, H]
             if wants_prompt_logprobs:
-                self._prompt_logprobs(states, inputs, hidden, out)
+                self._prompt_logprobs(states, inputs, hidden, handle)
             logits = self.model.compute_logits(hidden[inputs.logits_indices]) if inputs.samples.any() else None
 
-        sampling = [s for s, samples in zip(states, inputs.samples.tolist()) if samples]
+        sampling = [i for i, samples in enumerate(inputs.samples.tolist()) if samples]
         if sampling:
-            self._sample(sampling, logits, out)
+            self._sample([states[i] for i in sampling], inputs.seq_lens[sampling].tolist(), logits, handle)
         for state in states:
             state.num_computed_tokens += so.num_scheduled_tokens[state.req_id]
-        return out
+        return handle
 
-    def _sample(self, sampling: list[CachedRequestState], logits: torch.Tensor, out: ModelRunnerOutput) -> None:
-        # Token lists are copied only for rows whose penalties need them.
+    def _fill_placeholders(self, inputs: StepInputs, states: list[CachedRequestState]) -> None:
+        """Inputs still being sampled by the previous step: copy them from its device tensor."""
+        try:
+            rows = [self._prev_rows[states[r].req_id] for r in inputs.placeholder_reqs.tolist()]
+        except KeyError as e:
+            raise RuntimeError(f"request {e.args[0]} has an unknown input token that the previous step "
+                               "did not sample") from None
+        dst, src = self._staging[self._step % 2].to_device(
+            [inputs.placeholder_tokens, np.array(rows, dtype=np.int64)], torch.int64)
+        inputs.input_ids.index_copy_(0, dst, self._prev_sampled.index_select(0, src))
+        self.num_placeholder_tokens += len(rows)
+
+    def _sample(self, sampling: list[CachedRequestState], seq_lens: list[int], logits: torch.Tensor,
+                handle: StepHandle) -> None:
+        # Token lists are copied only for rows whose penalties need them (and those rows never
+        # overlap, so their lists are complete). Outputs so far = sequence length - prompt.
         penalised = [s.sampling_params.needs_penalties for s in sampling]
         meta = SamplingMetadata.build(
             [s.sampling_params for s in sampling],
@@ -99,17 +172,23 @@ class ModelRunner:
             [s.token_ids[s.num_prompt_tokens:] if p else [] for s, p in zip(sampling, penalised)],
             device=self.device, vocab_size=self.model_config.vocab_size,
             eos_token_ids=self.model_config.eos_token_ids,
-            num_output_tokens=[len(s.token_ids) - s.num_prompt_tokens for s in sampling])
+            num_output_tokens=[n - s.num_prompt_tokens for s, n in zip(sampling, seq_lens)])
         result = self.sampler(logits, meta)
-        sampled = result.sampled_token_ids.tolist()  # the step's one device -> host sync
-        for i, state in enumerate(sampling):
-            state.token_ids.append(sampled[i])
-            out.req_ids.append(state.req_id)
-            out.sampled_token_ids.append(sampled[i])
-            out.logprobs.append(result.logprobs[i] if result.logprobs else None)
+        sampled = result.sampled_token_ids  # [N] long, on the device
+        self._prev_sampled = sampled
+        self._prev_rows = {s.req_id: i for i, s in enumerate(sampling)}
+        host = self._sampled_host[self._step % 2][:len(sampling)]
+        host.copy_(sampled, non_blocking=self._is_async)
+        if result.logprobs_tensors is not None:
+            handle.logprobs = result.logprobs_tensors.to_host(non_blocking=self._is_async)
+            handle.num_logprobs = result.num_logprobs
+        if self._is_async:
+            handle.done = torch.cuda.Event()
+            handle.done.record()
+        handle.states, handle.sampled_host = sampling, host
 
     def _prompt_logprobs(self, states: list[CachedRequestState], inputs: StepInputs, hidden: torch.Tensor,
-                         out: ModelRunnerOutput) -> None:
+                         handle: StepHandle) -> None:
         """Top-k logprobs of the next prompt token at each prompt position computed this step."""
         qsl = inputs.query_start_loc.tolist()
         for r, state in enumerate(states):
@@ -122,4 +201,10 @@ class ModelRunner:
                 continue
             logits = self.model.compute_logits(hidden[qsl[r]:qsl[r] + end - start])  # [n, V]
             targets = torch.tensor(state.token_ids[start + 1:end + 1], device=self.device)
-            out.prompt_logprobs[state.req_id] = compute_top_logprobs(logits, targets, k)
+            handle.prompt_logprobs[state.req_id] = compute_top_logprobs(logits, targets, k)
+
+
+def needs_host_tokens(params) -> bool:
+    """Features that read a request's previous tokens on the host each step (penalties count
+    them): such requests run without overlap."""
+    return params.needs_penalties

@@ -1,0 +1,89 @@
+"""Overlapped scheduling (step N + 1 scheduled and launched before step N's tokens reach the
+host, its unknown input tokens fed in on the device) gives exactly what the synchronous engine
+gives. On a GPU the runner overlaps by itself; here the CPU runner is told to, which runs the
+same code paths (placeholders, one-step-late outputs, length caps, preemption, aborts)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_inflight_batching import GREEDY, hf_greedy, make_prompts
+from tritium import BuildConfig, KvCacheConfig, SamplingParams
+from tritium.llm.llm import LLM
+
+
+def overlapped(llm: LLM) -> LLM:
+    llm._engine.core.runner.supports_overlap = True
+    return llm
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_llama, hf_tiny_llama):
+    prompts = make_prompts(hf_tiny_llama.config.vocab_size, count=8, seed=3)
+    return prompts, [hf_greedy(hf_tiny_llama, p, GREEDY.max_tokens) for p in prompts]
+
+
+@pytest.mark.parametrize("case", ["roomy", "preempting", "tiny_budget"])
+def test_overlapped_equals_hugging_face(tiny_llama, expected, case):
+    prompts, want = expected
+    longest = max(len(p) for p in prompts) + GREEDY.max_tokens
+    build = BuildConfig(max_batch_size=8, max_num_tokens=512, max_seq_len=longest + 16)
+    kv = KvCacheConfig(tokens_per_block=4)
+    if case == "preempting":
+        kv = KvCacheConfig(tokens_per_block=4, max_tokens=2 * longest + 8)
+    elif case == "tiny_budget":
+        build = BuildConfig(max_batch_size=8, max_num_tokens=7, max_seq_len=longest + 16)
+    with overlapped(LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv)) as llm:
+        outs = llm.generate(prompts, GREEDY)
+        core = llm._engine.core
+        assert [o.outputs[0].token_ids for o in outs] == want
+        assert all(o.outputs[0].finish_reason == "length" for o in outs)
+        assert core.runner.num_placeholder_tokens > 0, "no step was launched before its inputs were known"
+        if case == "preempting":
+            assert core.scheduler.num_preemptions_total > 0
+        assert core.scheduler.kv_cache_manager.usage == 0.0  # every block returned
+        core.scheduler.kv_cache_manager.check_integrity()
+
+
+def test_overlap_keeps_stops_seeds_penalties_and_logprobs(tiny_llama, expected):
+    prompts, _ = expected
+    params = [
+        SamplingParams(max_tokens=10, temperature=0.0),  # stops at EOS if it comes: the extra step is dropped
+        SamplingParams(max_tokens=9, temperature=0.9, seed=7, ignore_eos=True),
+        SamplingParams(max_tokens=8, temperature=0.0, repetition_penalty=1.3, ignore_eos=True),  # runs synchronously
+        SamplingParams(max_tokens=6, temperature=0.0, logprobs=2, ignore_eos=True),
+        SamplingParams(max_tokens=7, temperature=0.0, stop_token_ids=[prompts[0][0]], min_tokens=2),
+    ]
+    build = BuildConfig(max_batch_size=8, max_seq_len=128)
+    with LLM(tiny_llama, dtype="float32", build_config=build) as llm:
+        sync = llm.generate(prompts[:5], params)
+    with overlapped(LLM(tiny_llama, dtype="float32", build_config=build)) as llm:
+        over = llm.generate(prompts[:5], params)
+    for a, b, p in zip(sync, over, params):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].finish_reason == b.outputs[0].finish_reason
+        assert len(b.outputs[0].token_ids) <= p.max_tokens  # no token of the one-step-late extra step leaks
+    assert len(over[3].outputs[0].logprobs) == 6
+    assert over[3].outputs[0].logprobs == sync[3].outputs[0].logprobs
+
+
+def test_abort_while_a_step_is_in_flight_frees_everything(tiny_llama, expected):
+    prompts, _ = expected
+    with overlapped(LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_batch_size=8, max_seq_len=256))) as llm:
+        stream = llm.generate_async(prompts[0], SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True),
+                                    streaming=True)
+        import asyncio
+
+        async def take_three():
+            got = 0
+            async for _ in stream:
+                got += 1
+                if got == 3:
+                    stream.abort()
+            return got
+
+        asyncio.run(take_three())
+        out = llm.generate(prompts[1], GREEDY)  # the engine keeps serving
+        assert len(out.outputs[0].token_ids) == GREEDY.max_tokens
+        scheduler = llm._engine.core.scheduler
+        assert scheduler.kv_cache_manager.usage == 0.0
+        scheduler.kv_cache_manager.check_integrity()
