@@ -179,10 +179,84 @@ def llama_8b_speed(report: dict, enforce_eager: bool) -> None:
     torch.cuda.empty_cache()
 
 
+def offline_throughput(report: dict, input_len: int, output_len: int, num_requests: int, max_batch: int) -> None:
+    """Offline: every request submitted at once, greedy, EOS ignored (exact output lengths)."""
+    from tritium import BuildConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    folder = tempfile.mkdtemp()
+    shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
+    llm = LLM(folder, load_format="dummy",
+              build_config=BuildConfig(max_batch_size=max_batch, max_seq_len=input_len + output_len + 16,
+                                       max_num_tokens=8192))
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(10, 120000, (input_len,), generator=g).tolist() for _ in range(num_requests)]
+    llm.generate(prompts[:8], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True, detokenize=False)
+    t = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    dt = time.perf_counter() - t
+    n = sum(len(o.outputs[0].token_ids) for o in outs)
+    key = f"offline {input_len}/{output_len} x{num_requests} bs{max_batch}"
+    report[key] = dict(output_tok_s=n / dt, seconds=dt, preemptions=llm._engine.core.scheduler.num_preemptions_total)
+    print(f"[{key}] {n / dt:9.1f} output tok/s ({dt:.1f} s, {n} tokens, "
+          f"{llm._engine.core.scheduler.num_preemptions_total} preemptions)", flush=True)
+    llm.shutdown()
+
+
+def profile_decode(report: dict, batch: int) -> None:
+    """Kernel time of decode steps (torch profiler) against their wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tritium import BuildConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    folder = tempfile.mkdtemp()
+    shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
+    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=max(batch, 8), max_seq_len=2048))
+    prompts = [[(i * 97 + j) % 30000 + 10 for j in range(128)] for i in range(batch)]
+    params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True, detokenize=False)
+    llm.generate(prompts, params, use_tqdm=False)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+    cuda_total = sum(e.self_device_time_total for e in events) / 1e3  # ms
+    print(f"[profile batch {batch}] wall {wall * 1e3:.0f} ms for 64 steps, kernels {cuda_total:.0f} ms "
+          f"({cuda_total / wall / 10:.0f}% busy)", flush=True)
+    print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60), flush=True)
+    report[f"profile b{batch}"] = dict(wall_ms=wall * 1e3, kernel_ms=cuda_total)
+    llm.shutdown()
+
+
+def cold_start(report: dict) -> None:
+    """Process start to the first token of an 8B dummy model (a fresh Python process)."""
+    code = ("import time, tempfile, shutil, os; t0 = time.time();"
+            "from tritium import LLM, SamplingParams, BuildConfig;"
+            f"d = tempfile.mkdtemp(); shutil.copy({LLAMA_8B!r}, os.path.join(d, 'config.json'));"
+            "llm = LLM(d, load_format='dummy', build_config=BuildConfig(max_seq_len=4096));"
+            "t1 = time.time(); llm.generate([[11, 12, 13]], SamplingParams(max_tokens=1), use_tqdm=False);"
+            "print('COLD', t1 - t0, time.time() - t0)")
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    total = time.time() - start
+    line = [x for x in out.stdout.splitlines() if x.startswith("COLD")]
+    if not line:
+        print(out.stderr[-3000:])
+        return
+    _, ready, first = line[0].split()
+    report["cold start"] = dict(process_s=total, engine_ready_s=float(ready), first_token_s=float(first))
+    print(f"[cold start] interpreter start to engine ready {float(ready):.1f} s, to first token {float(first):.1f} s "
+          f"(whole process incl. exit {total:.1f} s)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference-tokens", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--sections", default="tiny,kernels,speed,eager,offline,profile,cold")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     if args.reference_tokens:  # subprocess: the torch reference path (TRITIUM_TRITON=0)
@@ -192,10 +266,22 @@ def main() -> None:
         return
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     report: dict = {}
-    check_tiny_families(report)
-    check_kernels_real_sizes(report)
-    if not args.skip_speed:
+    sections = args.sections.split(",")
+    if "cold" in sections:
+        cold_start(report)
+    if "tiny" in sections:
+        check_tiny_families(report)
+    if "kernels" in sections:
+        check_kernels_real_sizes(report)
+    if "speed" in sections:
         llama_8b_speed(report, enforce_eager=False)
+    if "profile" in sections:
+        profile_decode(report, 1)
+        profile_decode(report, 64)
+    if "offline" in sections:
+        offline_throughput(report, 128, 128, 4096, 512)
+        offline_throughput(report, 1000, 1000, 1024, 512)
+    if "eager" in sections:
         llama_8b_speed(report, enforce_eager=True)
     with open(os.path.join(args.out, "gpu_speed_check.json"), "w") as f:
         json.dump(report, f, indent=1)
