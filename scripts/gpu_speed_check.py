@@ -252,6 +252,51 @@ def cold_start(report: dict) -> None:
           f"(whole process incl. exit {total:.1f} s)", flush=True)
 
 
+def diagnose_prefill(report: dict) -> None:
+    """Time to first token and batch-64 speed with overlap on and off; a profile of one prefill."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tritium import BuildConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    folder = tempfile.mkdtemp()
+    shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
+    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=256, max_seq_len=4096))
+    runner = llm._engine.core.runner
+    g = torch.Generator().manual_seed(5)
+    long_prompt = torch.randint(10, 32000, (1000,), generator=g).tolist()
+    prompts = [torch.randint(10, 32000, (128,), generator=g).tolist() for _ in range(64)]
+    llm.generate(prompts[:2], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    for overlap in (True, False):
+        runner.supports_overlap = overlap
+        ttfts = []
+        for i in range(6):
+            p = [(i * 31 + 7 + overlap * 1000) % 30000 + 10] + long_prompt[1:]
+            t = time.perf_counter()
+            llm.generate([p], SamplingParams(max_tokens=1), use_tqdm=False)
+            ttfts.append((time.perf_counter() - t) * 1e3)
+        batch = [[(7 + overlap * 3 + i) % 30000 + 10] + q[1:] for i, q in enumerate(prompts)]
+        t = time.perf_counter()
+        outs = llm.generate(batch, SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True), use_tqdm=False)
+        dt = time.perf_counter() - t
+        n = sum(len(o.outputs[0].token_ids) for o in outs)
+        key = f"diag overlap={overlap}"
+        report[key] = dict(ttft_ms=sorted(ttfts[1:])[2], batch64_tok_s=n / dt)
+        print(f"[{key}] TTFT 1000 tokens median {sorted(ttfts[1:])[2]:.1f} ms {[round(x, 1) for x in ttfts]}; "
+              f"batch 64 128/128: {n / dt:.0f} tok/s", flush=True)
+    runner.supports_overlap = True
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        llm.generate([[999] + long_prompt[1:]], SamplingParams(max_tokens=1), use_tqdm=False)
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+    cuda_total = sum(e.self_device_time_total for e in events) / 1e3
+    print(f"[profile prefill 1000] wall {wall * 1e3:.1f} ms, kernels {cuda_total:.1f} ms", flush=True)
+    print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=50), flush=True)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50), flush=True)
+    llm.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference-tokens", default=None, help=argparse.SUPPRESS)
@@ -267,6 +312,11 @@ def main() -> None:
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     report: dict = {}
     sections = args.sections.split(",")
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("tritium").setLevel(logging.INFO)
+    if "diag" in sections:
+        diagnose_prefill(report)
     if "cold" in sections:
         cold_start(report)
     if "tiny" in sections:
@@ -281,6 +331,9 @@ def main() -> None:
     if "offline" in sections:
         offline_throughput(report, 128, 128, 4096, 512)
         offline_throughput(report, 1000, 1000, 1024, 512)
+    if "offline-big" in sections:
+        offline_throughput(report, 128, 128, 8192, 1024)
+        offline_throughput(report, 128, 128, 8192, 2048)
     if "eager" in sections:
         llama_8b_speed(report, enforce_eager=True)
     with open(os.path.join(args.out, "gpu_speed_check.json"), "w") as f:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -32,6 +33,7 @@ class EngineParts:
     kv_plan: KvCachePlan
     tokenizer: Any
     device: torch.device
+    startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # phase -> wall seconds
 
 
 def resolve_device(device: Optional[str | torch.device]) -> torch.device:
@@ -76,12 +78,15 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
 def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                   kv_cache_config: KvCacheConfig, load_format: str, dev: torch.device,
                   skip_tokenizer_init: bool, enforce_eager: bool) -> EngineParts:
+    clock = _PhaseClock()
     source = resolve_model_source(model, load_format)
     model_config = model_config_from_source(source, dtype=dtype, device=dev)
     tok = None if skip_tokenizer_init else load_tokenizer(source, tokenizer)
     if tok is not None and not model_config.eos_token_ids and tok.eos_token_id is not None:
         model_config = dataclasses.replace(model_config, eos_token_ids=(tok.eos_token_id,))
+    clock.lap("config and tokenizer")
     nn_model = load_model(source, model_config, dev)
+    clock.lap("weights")
 
     sched = SchedulerConfig.from_build(build_config, model_config)
     backend = make_attention_backend(dev)
@@ -92,6 +97,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
         if use_graphs:  # the graphs' pool holds one decode step's activations at the largest size
             graph_reserve = profile_activation_bytes(nn_model, model_config, sched, dev, backend,
                                                      num_tokens=capture_sizes(sched.max_num_seqs)[-1])
+    clock.lap("memory profile")
     plan = plan_kv_cache(model_config, sched, kv_cache_config, model_config.dtype, dev, activation + graph_reserve)
     if plan.max_tokens < sched.max_model_len:
         if build_config.max_seq_len is not None:
@@ -109,6 +115,20 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     if runner.graphs is not None:
         logger.info("CUDA graph pool: %.2f GiB used of %.2f GiB reserved", runner.graphs.pool_bytes / 2**30,
                     graph_reserve / 2**30)
+    clock.lap("KV cache and CUDA graphs" if runner.graphs is not None else "KV cache")
     core = EngineCore(Scheduler(sched, cache), runner)
+    logger.info("engine ready in %.1f s (%s)", sum(clock.laps.values()),
+                ", ".join(f"{k} {v:.1f} s" for k, v in clock.laps.items()))
     return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
-                       kv_plan=plan, tokenizer=tok, device=dev)
+                       kv_plan=plan, tokenizer=tok, device=dev, startup_seconds=clock.laps)
+
+
+class _PhaseClock:
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = now - self._last
+        self._last = now
