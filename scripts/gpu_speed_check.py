@@ -139,13 +139,13 @@ def check_kernels_real_sizes(report: dict) -> None:
               f"rel err {err:.1e}", flush=True)
 
 
-def llama_8b_speed(report: dict, enforce_eager: bool) -> None:
+def llama_8b_speed(report: dict, enforce_eager: bool, tag: str = "") -> None:
     from tritium import BuildConfig, SamplingParams
     from tritium.llm.llm import LLM
 
     folder = tempfile.mkdtemp()
     shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
-    tag = "eager" if enforce_eager else "graphs"
+    tag = tag or ("eager" if enforce_eager else "graphs")
     t0 = time.perf_counter()
     llm = LLM(folder, load_format="dummy", enforce_eager=enforce_eager,
               build_config=BuildConfig(max_batch_size=256, max_seq_len=4096, max_num_tokens=8192))
@@ -261,7 +261,10 @@ def diagnose_prefill(report: dict) -> None:
 
     folder = tempfile.mkdtemp()
     shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
-    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=256, max_seq_len=4096))
+    from tritium import KvCacheConfig
+
+    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=256, max_seq_len=4096),
+              kv_cache_config=KvCacheConfig(enable_block_reuse=False))
     runner = llm._engine.core.runner
     g = torch.Generator().manual_seed(5)
     long_prompt = torch.randint(10, 32000, (1000,), generator=g).tolist()
@@ -275,15 +278,24 @@ def diagnose_prefill(report: dict) -> None:
             t = time.perf_counter()
             llm.generate([p], SamplingParams(max_tokens=1), use_tqdm=False)
             ttfts.append((time.perf_counter() - t) * 1e3)
-        batch = [[(7 + overlap * 3 + i) % 30000 + 10] + q[1:] for i, q in enumerate(prompts)]
-        t = time.perf_counter()
-        outs = llm.generate(batch, SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True), use_tqdm=False)
-        dt = time.perf_counter() - t
-        n = sum(len(o.outputs[0].token_ids) for o in outs)
+        for batch_size in (1, 64, 256):
+            prompts = [torch.randint(10, 32000, (128,), generator=torch.Generator().manual_seed(9)).tolist()
+                       for _ in range(batch_size)]
+            t = time.perf_counter()
+            outs = llm.generate(prompts, SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True),
+                                use_tqdm=False)
+            dt = time.perf_counter() - t
+            n = sum(len(o.outputs[0].token_ids) for o in outs)
+            tokens = [o.outputs[0].token_ids for o in outs]
+            key = f"diag overlap={overlap} batch {batch_size}"
+            same = tokens == report.get(f"tokens {batch_size}", tokens)
+            report[f"tokens {batch_size}"] = tokens
+            report[key] = dict(tok_s=n / dt, same_tokens_as_overlap=same)
+            print(f"[{key}] 128/128: {n / dt:.0f} tok/s; greedy tokens equal to the overlapped run: {same}", flush=True)
         key = f"diag overlap={overlap}"
-        report[key] = dict(ttft_ms=sorted(ttfts[1:])[2], batch64_tok_s=n / dt)
-        print(f"[{key}] TTFT 1000 tokens median {sorted(ttfts[1:])[2]:.1f} ms {[round(x, 1) for x in ttfts]}; "
-              f"batch 64 128/128: {n / dt:.0f} tok/s", flush=True)
+        report[key] = dict(ttft_ms=sorted(ttfts[1:])[2])
+        print(f"[{key}] TTFT 1000 tokens median {sorted(ttfts[1:])[2]:.1f} ms {[round(x, 1) for x in ttfts]}",
+              flush=True)
     runner.supports_overlap = True
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t = time.perf_counter()
@@ -293,8 +305,57 @@ def diagnose_prefill(report: dict) -> None:
     cuda_total = sum(e.self_device_time_total for e in events) / 1e3
     print(f"[profile prefill 1000] wall {wall * 1e3:.1f} ms, kernels {cuda_total:.1f} ms", flush=True)
     print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=50), flush=True)
-    print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50), flush=True)
     llm.shutdown()
+    del llm, runner, prof, events
+    import gc
+    gc.collect()
+    torch.cuda.empty_cache()
+    for k in [k for k in report if k.startswith("tokens ")]:
+        del report[k]
+
+
+def bench_skinny_gemm(report: dict) -> None:
+    """Weight-streaming Triton kernel against cuBLAS at Llama-3.1-8B shapes: 32 layers' distinct
+    weights (far more than L2) per timed graph replay, 1 / 4 / 8 rows."""
+    import torch.nn.functional as F
+
+    from tritium.kernels.skinny_gemm import skinny_gemm
+
+    shapes = {"qkv": (6144, 4096, 32), "o": (4096, 4096, 32), "gate_up": (28672, 4096, 32),
+              "down": (4096, 14336, 32), "lm_head": (128256, 4096, 4)}
+    configs = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=4)
+               for bn in (8, 16, 32) for bk in (256, 512) for nw in (4, 8)]
+
+    def graph_ms(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        return bench(g.replay, warmup=2, iters=10)
+
+    for rows in (1, 4, 8):
+        total_cublas = total_best = 0.0
+        for name, (n, k, copies) in shapes.items():
+            ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            err = (skinny_gemm(x, ws[0]).float() - F.linear(x, ws[0]).float()).abs().max().item()
+            cublas = graph_ms(lambda: [F.linear(x, w) for w in ws]) / copies * 1e3
+            results = []
+            for cfg in configs:
+                us = graph_ms(lambda: [skinny_gemm(x, w, **cfg) for w in ws]) / copies * 1e3
+                results.append((us, cfg))
+            best_us, best_cfg = min(results, key=lambda r: r[0])
+            tbps = n * k * 2 / best_us / 1e6
+            scale = 32 if name != "lm_head" else 1
+            total_cublas += cublas * scale
+            total_best += best_us * scale
+            report[f"skinny rows{rows} {name}"] = dict(cublas_us=cublas, best_us=best_us, best=best_cfg, err=err)
+            print(f"[skinny rows {rows}] {name:8s} cuBLAS {cublas:7.1f} us  triton {best_us:7.1f} us "
+                  f"({tbps:.2f} TB/s) {best_cfg}  max err {err:.2e}", flush=True)
+            del ws
+        print(f"[skinny rows {rows}] a decode step's linears: cuBLAS {total_cublas / 1e3:.2f} ms, "
+              f"best Triton {total_best / 1e3:.2f} ms", flush=True)
 
 
 def main() -> None:
@@ -315,16 +376,25 @@ def main() -> None:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("tritium").setLevel(logging.INFO)
+    if "skinny" in sections:
+        bench_skinny_gemm(report)
     if "diag" in sections:
         diagnose_prefill(report)
-    if "cold" in sections:
-        cold_start(report)
+    if "imports" in sections:
+        for mod in ("torch", "transformers", "tritium.llm.llm", "triton"):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import {mod}"], cwd=ROOT, check=True)
+            print(f"[import] {mod}: {time.perf_counter() - t:.1f} s in a fresh process", flush=True)
     if "tiny" in sections:
         check_tiny_families(report)
     if "kernels" in sections:
         check_kernels_real_sizes(report)
     if "speed" in sections:
         llama_8b_speed(report, enforce_eager=False)
+    if "speed-cublas" in sections:  # the same without the skinny Triton GEMM (cuBLAS for every shape)
+        os.environ["TRITIUM_SKINNY_GEMM_ROWS"] = "0"
+        llama_8b_speed(report, enforce_eager=False, tag="graphs, cuBLAS only")
+        del os.environ["TRITIUM_SKINNY_GEMM_ROWS"]
     if "profile" in sections:
         profile_decode(report, 1)
         profile_decode(report, 64)
@@ -336,6 +406,8 @@ def main() -> None:
         offline_throughput(report, 128, 128, 8192, 2048)
     if "eager" in sections:
         llama_8b_speed(report, enforce_eager=True)
+    if "cold" in sections:
+        cold_start(report)
     with open(os.path.join(args.out, "gpu_speed_check.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))

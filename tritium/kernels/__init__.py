@@ -40,3 +40,20 @@ def use_triton(x) -> bool:
     """Whether layers should run their Triton kernel for tensor `x`: on CUDA, with Triton
     installed, unless TRITIUM_TRITON=0 (the torch reference ops then run, for debugging)."""
     return x.is_cuda and os.environ.get("TRITIUM_TRITON", "1") != "0" and triton_available()
+
+
+def skinny_gemm_rows() -> int:
+    """Linears with at most this many rows use the weight-streaming Triton kernel on a GPU
+    (TRITIUM_SKINNY_GEMM_ROWS; 0 turns it off: cuBLAS for every shape)."""
+    return int(os.environ.get("TRITIUM_SKINNY_GEMM_ROWS", "8"))
+
+
+def gpu_linear(x, weight, bias):
+    """y = x W^T + b on a GPU: the skinny kernel for a few rows, cuBLAS otherwise."""
+    import torch.nn.functional as F
+
+    if x.dim() == 2 and x.shape[0] <= skinny_gemm_rows() and use_triton(x) and weight.stride(-1) == 1:
+        from tritium.kernels.skinny_gemm import skinny_gemm
+
+        return skinny_gemm(x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tritium.distributed.parallel_state import get_tp_rank, get_tp_world_size, tp_all_gather_last_dim, tp_all_reduce
+from tritium.kernels import gpu_linear
 from tritium.layers import cpu_linear
 from tritium.layers.linear import check_shape, new_param
 
@@ -65,7 +66,10 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, H] -> logits [N, vocab]
-        logits = cpu_linear.linear(hidden, self.weight, self.weight_packed, None)  # [N, vocab_per_partition]
+        if hidden.is_cuda:
+            logits = gpu_linear(hidden, self.weight, None)  # [N, vocab_per_partition]
+        else:
+            logits = cpu_linear.linear(hidden, self.weight, self.weight_packed, None)
         if self.tp_size > 1:
             logits = tp_all_gather_last_dim(logits)
         return logits[:, : self.num_embeddings]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tritium.distributed.parallel_state import get_tp_rank, get_tp_world_size, tp_all_gather_last_dim, tp_all_reduce
+from tritium.kernels import gpu_linear
 from tritium.layers import cpu_linear
 
 WeightLoader = Callable[..., None]
@@ -69,6 +70,8 @@ class UnquantizedLinearMethod(LinearMethod):
             layer.weight_packed = cpu_linear.pack_weight(layer.weight)
 
     def apply(self, layer, x, bias):
+        if x.is_cuda:
+            return gpu_linear(x, layer.weight, bias)
         return cpu_linear.linear(x, layer.weight, layer.weight_packed, bias)
 
 

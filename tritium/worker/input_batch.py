@@ -90,16 +90,18 @@ class StagingBuffers:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._buffers: dict[tuple[torch.dtype, str], torch.Tensor] = {}
 
-    def to_device(self, arrays: list[np.ndarray], dtype: torch.dtype) -> list[torch.Tensor]:
-        """Copy 1-D or 2-D arrays to the device in one transfer; returns device views of each."""
+    def to_device(self, arrays: list[np.ndarray], dtype: torch.dtype, purpose: str = "inputs") -> list[torch.Tensor]:
+        """Copy 1-D or 2-D arrays to the device in one transfer; returns device views of each.
+        Each (dtype, purpose) has its own buffer: a second transfer in the same step must not
+        overwrite the host data of a first one that may still be queued."""
         sizes = [a.size for a in arrays]
         total = sum(sizes)
-        buf = self._buffers.get(dtype)
+        buf = self._buffers.get((dtype, purpose))
         if buf is None or buf.numel() < total:
             buf = torch.empty(max(total, 1024) * 2, dtype=dtype, pin_memory=self.device.type == "cuda")
-            self._buffers[dtype] = buf
+            self._buffers[(dtype, purpose)] = buf
         host = buf.numpy()
         offset = 0
         for a, n in zip(arrays, sizes):

@@ -147,6 +147,9 @@ class ModelRunner:
             self._sample([states[i] for i in sampling], inputs.seq_lens[sampling].tolist(), logits, handle)
         for state in states:
             state.num_computed_tokens += so.num_scheduled_tokens[state.req_id]
+        if self._is_async:  # also marks this step's staging buffers free for reuse
+            handle.done = torch.cuda.Event()
+            handle.done.record()
         return handle
 
     def _fill_placeholders(self, inputs: StepInputs, states: list[CachedRequestState]) -> None:
@@ -157,7 +160,7 @@ class ModelRunner:
             raise RuntimeError(f"request {e.args[0]} has an unknown input token that the previous step "
                                "did not sample") from None
         dst, src = self._staging[self._step % 2].to_device(
-            [inputs.placeholder_tokens, np.array(rows, dtype=np.int64)], torch.int64)
+            [inputs.placeholder_tokens, np.array(rows, dtype=np.int64)], torch.int64, purpose="placeholders")
         inputs.input_ids.index_copy_(0, dst, self._prev_sampled.index_select(0, src))
         self.num_placeholder_tokens += len(rows)
 
@@ -182,9 +185,6 @@ class ModelRunner:
         if result.logprobs_tensors is not None:
             handle.logprobs = result.logprobs_tensors.to_host(non_blocking=self._is_async)
             handle.num_logprobs = result.num_logprobs
-        if self._is_async:
-            handle.done = torch.cuda.Event()
-            handle.done.record()
         handle.states, handle.sampled_host = sampling, host
 
     def _prompt_logprobs(self, states: list[CachedRequestState], inputs: StepInputs, hidden: torch.Tensor,
