@@ -44,8 +44,10 @@ def use_triton(x) -> bool:
 
 def skinny_gemm_rows() -> int:
     """Linears with at most this many rows use the weight-streaming Triton kernel on a GPU
-    (TRITIUM_SKINNY_GEMM_ROWS; 0 turns it off: cuBLAS for every shape)."""
-    return int(os.environ.get("TRITIUM_SKINNY_GEMM_ROWS", "8"))
+    (TRITIUM_SKINNY_GEMM_ROWS). Off by default: on an H200 it streams Llama-3.1-8B's decode
+    weights no faster than cuBLAS (4.01 vs 3.97 ms a step) and batch-1 decode measured 174 vs
+    207 tok/s (BENCHMARKS.md); it is the base for the quantized weight-only kernels."""
+    return int(os.environ.get("TRITIUM_SKINNY_GEMM_ROWS", "0"))
 
 
 def gpu_linear(x, weight, bias):
