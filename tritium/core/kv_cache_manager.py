@@ -75,9 +75,15 @@ class KVCacheManager:
         sets it after success). Returns the newly allocated blocks (possibly []), or None if the
         pool cannot supply them, in which case nothing changed.
         """
-        new_computed_blocks = new_computed_blocks or []
         req_id = request.request_id
         req_blocks = self.req_to_blocks.get(req_id, [])
+        if not new_computed_blocks and req_blocks:  # fast path: a running request (decode)
+            num_known = request.num_computed_tokens + num_new_tokens
+            if num_known <= len(req_blocks) * self.block_size:  # fits in the blocks it holds
+                if self.enable_caching:
+                    self._cache_full_blocks(request, min(num_known, request.num_tokens))
+                return []
+        new_computed_blocks = new_computed_blocks or []
         if new_computed_blocks and (req_blocks or request.num_computed_tokens):
             raise ValueError(f"request {req_id}: prefix-hit blocks given for a request that already "
                              f"holds {len(req_blocks)} blocks / {request.num_computed_tokens} computed tokens")

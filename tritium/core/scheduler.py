@@ -107,8 +107,8 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_tokens + request.num_output_placeholders - request.num_computed_tokens, budget)
-            if num_new <= 0 or request.length_capped(self.max_model_len):  # nothing to do until outputs arrive
-                i += 1
+            if num_new <= 0 or (request.num_output_placeholders and request.length_capped(self.max_model_len)):
+                i += 1  # nothing to do until its outputs arrive
                 continue
             while (new_blocks := self.kv_cache_manager.allocate_slots(request, num_new)) is None:
                 victim = self.running.pop()  # lowest priority; never one scheduled before i
@@ -187,7 +187,8 @@ class Scheduler:
             outputs.append(EngineCoreOutput(
                 req_id=req_id, new_token_ids=[token_id],
                 new_logprobs=[logprobs] if logprobs is not None else [],
-                new_prompt_logprobs=self._new_prompt_logprobs(request, scheduler_output, mro),
+                new_prompt_logprobs=(self._new_prompt_logprobs(request, scheduler_output, mro)
+                                     if mro.prompt_logprobs else []),
                 finish_reason=request.finish_reason if stopped else None,
                 stop_reason=request.stop_reason if stopped else None,
                 num_cached_tokens=max(request.num_cached_tokens, 0)))
