@@ -47,7 +47,9 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(top + 1, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(top, max_blocks_per_seq, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # per size: [B, vocab] float32, the graph's output
+        # Every graph writes its logits into the first rows of one buffer, so the pool holds one
+        # graph's temporaries (they are reused across graphs), not every size's outputs.
+        self.logits = torch.empty(top, model.config.vocab_size, dtype=torch.float32, device=device)
         self.metas: dict[int, AttentionMetadata] = {}
         self.pool_bytes = 0
         self._rows_written = 0  # rows [0, this) may hold an earlier step's requests
@@ -75,16 +77,16 @@ class DecodeGraphs:
                 torch.empty(size, heads, splits, dtype=torch.float32, device=self.device))
         return meta
 
-    def _forward(self, size: int) -> torch.Tensor:
+    def _forward(self, size: int) -> None:
         ctx = ForwardContext(attn_metadata=self.metas[size], kv_caches=self.kv_caches, backend=self.backend)
         with forward_context(ctx):
             hidden = self.model(self.input_ids[:size], self.positions[:size])  # [B, hidden]
-        return self.model.compute_logits(hidden)  # [B, vocab] float32
+        self.model.compute_logits(hidden, out=self.logits[:size])  # [B, vocab] float32
 
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
-        before = torch.cuda.memory_allocated(self.device)
+        before = torch.cuda.memory_allocated(self.device) - self.logits.numel() * self.logits.element_size()
         pool = torch.cuda.graph_pool_handle()
         self.seq_lens.fill_(1)  # short lengths keep the warm-up cheap; the KV slots stay unwritten (-1)
         for size in reversed(self.sizes):  # largest first: later graphs reuse its pool
@@ -93,7 +95,7 @@ class DecodeGraphs:
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.logits[size] = self._forward(size)
+                self._forward(size)
             self.graphs[size] = graph
         self.seq_lens.zero_()
         torch.cuda.synchronize(self.device)
@@ -120,4 +122,4 @@ class DecodeGraphs:
         # Rows beyond this graph's size keep their old contents until a larger step pads them.
         self._rows_written = max(num_reqs, self._rows_written if self._rows_written > size else 0)
         self.graphs[size].replay()
-        return self.logits[size][:num_reqs]
+        return self.logits[:num_reqs]
