@@ -18,7 +18,7 @@ from tritium.engine.engine_core import EngineCore
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
 from tritium.loader.source import ModelSource
 from tritium.worker.cuda_graph import capture_sizes
-from tritium.worker.memory_plan import KvCachePlan, plan_kv_cache, profile_activation_bytes
+from tritium.worker.memory_plan import KvCachePlan, describe_memory, plan_kv_cache, profile_activation_bytes
 from tritium.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
         logger.warning("max_seq_len lowered from %d to the KV cache capacity %d", sched.max_model_len, plan.max_tokens)
         sched = dataclasses.replace(sched, max_model_len=plan.max_tokens)
     logger.info(plan.describe())
+    logger.info(describe_memory(nn_model, plan, activation, graph_reserve, sched.max_model_len))
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
                         enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=model_config.dtype)

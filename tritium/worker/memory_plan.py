@@ -115,3 +115,15 @@ def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerC
     del caches, hidden, ctx, inputs
     torch.cuda.empty_cache()
     return max(int(peak), 0)
+
+
+def describe_memory(model, plan: KvCachePlan, activation_bytes: int, graph_reserve_bytes: int,
+                    max_model_len: int) -> str:
+    """One line for the start-up log: where the device memory goes, and what the cache holds."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv = plan.num_blocks * plan.bytes_per_block
+    blocks_per_seq = -(-max_model_len // plan.block_size)
+    return (f"memory plan: weights {weights / 2**30:.2f} GiB, activations {activation_bytes / 2**30:.2f} GiB, "
+            f"CUDA graphs {graph_reserve_bytes / 2**30:.2f} GiB, KV cache {kv / 2**30:.2f} GiB = "
+            f"{plan.max_tokens} tokens ({plan.num_blocks // blocks_per_seq} sequences of max_seq_len "
+            f"{max_model_len} at once)")
