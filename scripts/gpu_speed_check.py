@@ -358,6 +358,42 @@ def bench_skinny_gemm(report: dict) -> None:
               f"best Triton {total_best / 1e3:.2f} ms", flush=True)
 
 
+def profile_offline(report: dict, input_len: int = 128, output_len: int = 128, num_requests: int = 1024,
+                    max_batch: int = 512) -> None:
+    """GPU busy time of an offline run (torch profiler over the whole run), by kernel family."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tritium import BuildConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    folder = tempfile.mkdtemp()
+    shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
+    llm = LLM(folder, load_format="dummy",
+              build_config=BuildConfig(max_batch_size=max_batch, max_seq_len=input_len + output_len + 16))
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(10, 120000, (input_len,), generator=g).tolist() for _ in range(num_requests)]
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    llm.generate(prompts[:64], params, use_tqdm=False)  # warm every kernel specialisation
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        llm.generate(prompts[64:], params, use_tqdm=False)
+        wall = time.perf_counter() - t
+    families: dict[str, float] = {}
+    for e in prof.key_averages():
+        name = e.key
+        fam = ("gemm" if ("nvjet" in name or "gemm" in name.lower() or "cublas" in name.lower()) else
+               "attention" if ("_decode" in name or "_prefill" in name) else
+               "fused small ops" if name.startswith("_") else "other")
+        families[fam] = families.get(fam, 0.0) + e.self_device_time_total / 1e6
+    busy = sum(families.values())
+    n = (num_requests - 64) * output_len
+    report["profile offline"] = dict(wall_s=wall, kernel_s=busy, families_s=families, tok_s=n / wall)
+    print(f"[profile offline {input_len}/{output_len} x{num_requests - 64} bs{max_batch}] wall {wall:.1f} s "
+          f"({n / wall:.0f} tok/s under the profiler), kernels {busy:.1f} s ({100 * busy / wall:.0f}% busy): "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(families.items(), key=lambda kv: -kv[1])), flush=True)
+    llm.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference-tokens", default=None, help=argparse.SUPPRESS)
@@ -401,6 +437,8 @@ def main() -> None:
     if "offline" in sections:
         offline_throughput(report, 128, 128, 4096, 512)
         offline_throughput(report, 1000, 1000, 1024, 512)
+    if "profile-offline" in sections:
+        profile_offline(report)
     if "offline-big" in sections:
         offline_throughput(report, 128, 128, 8192, 1024)
         offline_throughput(report, 128, 128, 8192, 2048)
