@@ -1,4 +1,4 @@
-"""Shared fixtures for engine end-to-end tests: tiny random checkpoints written by transformers."""
+"""Shared fixtures: tiny random checkpoints written by transformers, and their HF models."""
 from __future__ import annotations
 
 import pytest
