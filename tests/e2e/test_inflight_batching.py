@@ -37,6 +37,25 @@ def hf_greedy(hf_model, prompt: list[int], max_tokens: int) -> list[int]:
     return ids[0, len(prompt):].tolist()
 
 
+def engine_case(case: str, prompts: list[list[int]], prefix_caching: bool = True,
+                tokens_per_block: int = 4) -> tuple[BuildConfig, KvCacheConfig]:
+    """Engine limits that exercise one scheduling regime for these prompts (GREEDY outputs):
+    roomy; preempting (KV room for about two of the longest requests); tiny_budget (7 tokens a
+    step); unchunked (whole prompts only, so few fit in one step's budget)."""
+    longest = max(len(p) for p in prompts) + GREEDY.max_tokens
+    build = BuildConfig(max_batch_size=8, max_num_tokens=512, max_seq_len=longest + 16)
+    kv = KvCacheConfig(enable_block_reuse=prefix_caching, tokens_per_block=tokens_per_block)
+    if case == "preempting":
+        kv = KvCacheConfig(enable_block_reuse=prefix_caching, tokens_per_block=tokens_per_block,
+                           max_tokens=2 * longest + 2 * tokens_per_block)
+    elif case == "tiny_budget":
+        build = BuildConfig(max_batch_size=8, max_num_tokens=7, max_seq_len=longest + 16)
+    elif case == "unchunked":
+        build = BuildConfig(max_batch_size=8, max_num_tokens=longest + 16, max_seq_len=longest + 16,
+                            enable_chunked_prefill=False)
+    return build, kv
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_llama, hf_tiny_llama):
     vocab = hf_tiny_llama.config.vocab_size
@@ -58,17 +77,7 @@ def test_alone_equals_hugging_face(tiny_llama, reference):
 @pytest.mark.parametrize("case", ["roomy", "preempting", "tiny_budget", "unchunked"])
 def test_inflight_equals_alone(tiny_llama, reference, prefix_caching, case):
     prompts, expected = reference
-    longest = max(len(p) for p in prompts) + GREEDY.max_tokens
-    build = BuildConfig(max_batch_size=8, max_num_tokens=512, max_seq_len=longest + 16)
-    kv = KvCacheConfig(enable_block_reuse=prefix_caching, tokens_per_block=4)
-    if case == "preempting":
-        # Room for about two of the longest requests at once: the batch must preempt.
-        kv = KvCacheConfig(enable_block_reuse=prefix_caching, tokens_per_block=4, max_tokens=2 * longest + 8)
-    elif case == "tiny_budget":
-        build = BuildConfig(max_batch_size=8, max_num_tokens=7, max_seq_len=longest + 16)
-    elif case == "unchunked":  # whole prompts only, so few fit in one step's budget
-        build = BuildConfig(max_batch_size=8, max_num_tokens=longest + 16, max_seq_len=longest + 16,
-                            enable_chunked_prefill=False)
+    build, kv = engine_case(case, prompts, prefix_caching=prefix_caching)
     with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv) as llm:
         outs = llm.generate(prompts, GREEDY)
         scheduler = llm._engine.core.scheduler

@@ -4,7 +4,6 @@ disturb other requests."""
 from __future__ import annotations
 
 import asyncio
-import math
 
 import pytest
 import torch

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_inflight_batching import GREEDY, hf_greedy, make_prompts
-from tritium import BuildConfig, KvCacheConfig, SamplingParams
+from tests.e2e.test_inflight_batching import GREEDY, engine_case, hf_greedy, make_prompts
+from tritium import BuildConfig, SamplingParams
 from tritium.llm.llm import LLM
 
 
@@ -25,13 +25,7 @@ def expected(tiny_llama, hf_tiny_llama):
 @pytest.mark.parametrize("case", ["roomy", "preempting", "tiny_budget"])
 def test_overlapped_equals_hugging_face(tiny_llama, expected, case):
     prompts, want = expected
-    longest = max(len(p) for p in prompts) + GREEDY.max_tokens
-    build = BuildConfig(max_batch_size=8, max_num_tokens=512, max_seq_len=longest + 16)
-    kv = KvCacheConfig(tokens_per_block=4)
-    if case == "preempting":
-        kv = KvCacheConfig(tokens_per_block=4, max_tokens=2 * longest + 8)
-    elif case == "tiny_budget":
-        build = BuildConfig(max_batch_size=8, max_num_tokens=7, max_seq_len=longest + 16)
+    build, kv = engine_case(case, prompts)
     with overlapped(LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv)) as llm:
         outs = llm.generate(prompts, GREEDY)
         core = llm._engine.core

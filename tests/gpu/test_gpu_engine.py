@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from tests.e2e.test_inflight_batching import GREEDY, hf_greedy, make_prompts
+from tests.e2e.test_inflight_batching import GREEDY, engine_case, hf_greedy, make_prompts
 from tests.kernels.paged_cache import dense_kv, random_paged_cache, reference_attention
-from tritium import BuildConfig, KvCacheConfig, SamplingParams
+from tritium import SamplingParams
 from tritium.llm.llm import LLM
 
 
@@ -25,13 +25,7 @@ def tokens(path, prompts, **kw) -> list[list[int]]:
 def test_graphs_overlap_eager_and_hf_agree(tiny_llama, hf_tiny_llama, case):
     prompts = make_prompts(hf_tiny_llama.config.vocab_size, count=10, seed=5)
     want = [hf_greedy(hf_tiny_llama, p, GREEDY.max_tokens) for p in prompts]
-    longest = max(len(p) for p in prompts) + GREEDY.max_tokens
-    build = BuildConfig(max_batch_size=8, max_num_tokens=512, max_seq_len=longest + 16)
-    kv = KvCacheConfig(tokens_per_block=16)
-    if case == "preempting":
-        kv = KvCacheConfig(tokens_per_block=16, max_tokens=2 * longest + 32)
-    elif case == "tiny_budget":
-        build = BuildConfig(max_batch_size=8, max_num_tokens=7, max_seq_len=longest + 16)
+    build, kv = engine_case(case, prompts, tokens_per_block=16)
     with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv) as llm:
         assert llm._engine.core.runner.graphs is not None and llm._engine.core.runner.supports_overlap
         graphs = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import dot_precision, interpreting, next_pow2
+from tritium.kernels.paged_kv import load_kv_tile, online_softmax_step
 
 BLOCK_N = 64  # keys per tile
 
@@ -54,22 +55,9 @@ def _decode_stage1(q_ptr, kv_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_
     for n0 in range(start, end, BLOCK_N):
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
         t_mask = toks < end
-        blocks = tl.load(block_tables_ptr + seq * stride_bt + toks // BLOCK_SIZE, mask=t_mask, other=0)
-        offs = blocks.to(tl.int64) * stride_blk + (toks % BLOCK_SIZE) * stride_tok + kv_head * stride_kvh
-        kv_mask = t_mask[:, None] & d_mask[None, :]
-        k = tl.load(kv_ptr + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        v = tl.load(kv_ptr + stride_kv + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2e  # [BLOCK_G, BLOCK_N], log2 units
-        s = tl.where(t_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32)
+        m, l, acc = online_softmax_step(q, k, v, t_mask[None, :], m, l, acc, scale_log2e, PRECISION)
 
     safe_l = tl.where(l > 0, l, 1.0)
     o = acc / safe_l[:, None]  # zeros for an empty split

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import dot_precision, interpreting, next_pow2
+from tritium.kernels.paged_kv import load_kv_tile, online_softmax_step
 
 
 @triton.jit
@@ -51,23 +52,10 @@ def _prefill_kernel(q_ptr, kv_ptr, block_tables_ptr, query_start_loc_ptr, seq_le
     for n0 in range(0, end, BLOCK_N):
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] key positions
         t_mask = toks < end
-        blocks = tl.load(block_tables_ptr + seq * stride_bt + toks // BLOCK_SIZE, mask=t_mask, other=0)
-        offs = blocks.to(tl.int64) * stride_blk + (toks % BLOCK_SIZE) * stride_tok + kv_head * stride_kvh
-        kv_mask = t_mask[:, None] & d_mask[None, :]
-        k = tl.load(kv_ptr + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
-        v = tl.load(kv_ptr + stride_kv + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2e  # [BLOCK_M, BLOCK_N], log2 units
-        visible = (toks[None, :] <= q_pos[:, None]) & t_mask[None, :]
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))  # finite: key 0 is visible to every row
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32)
+        visible = (toks[None, :] <= q_pos[:, None]) & t_mask[None, :]  # causal; key 0 is visible to every row
+        m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, scale_log2e, PRECISION)
 
     o = acc / l[:, None]
     tl.store(out_ptr + (q_start + rows)[:, None] * stride_ot + head * stride_oh + d[None, :],
