@@ -1,0 +1,121 @@
+"""Per-step engine statistics: a few counters per step, cheap enough to record always.
+
+EngineCore records one IterationStats for every step that ran the model into an IterationStatsLog:
+a bounded deque (the oldest entries drop when nobody drains it) plus running totals that never
+drop. `LLM.get_stats()` drains the deque (TensorRT-LLM's llm.get_stats()); benchmarks and metrics
+exporters read the same source.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
+    from tritium.core.scheduler import Scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class IterationStats:
+    iteration: int  # steps since the engine started; a gap means entries dropped from a full log
+    timestamp: float  # time.time() when the step ended
+    step_time_s: float  # schedule + forward + sampling + update
+    num_scheduled_requests: int  # the batch: requests given tokens this step
+    num_running: int  # requests holding KV blocks after scheduling
+    num_waiting: int  # requests queued after scheduling (new, or preempted)
+    num_scheduled_tokens: int  # tokens computed this step, all requests together
+    num_prompt_tokens: int  # of which prompt positions (prefill and prefill chunks)
+    num_generation_tokens: int  # tokens sampled this step
+    kv_cache_usage: float  # fraction of KV blocks in use after scheduling
+    num_preemptions: int  # requests preempted this step
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests the engine holds (running or waiting): what a client's concurrency limit bounds."""
+        return self.num_running + self.num_waiting
+
+
+@dataclass
+class EngineTotals:
+    """Running totals since the engine started (for counters that must not lose steps)."""
+
+    num_steps: int = 0
+    num_prompt_tokens: int = 0
+    num_generation_tokens: int = 0
+    num_preemptions: int = 0
+    busy_time_s: float = 0.0
+
+
+class StepProbe:
+    """One step's measurements, taken before the step and right after scheduling (the update that
+    follows the forward pass frees the blocks and requests of finished ones)."""
+
+    __slots__ = ("start", "preemptions_before", "num_running", "num_waiting", "kv_cache_usage", "num_prompt_tokens")
+
+    def __init__(self, scheduler: "Scheduler"):
+        self.start = time.perf_counter()
+        self.preemptions_before = scheduler.num_preemptions_total
+
+    def scheduled(self, scheduler: "Scheduler", so: "SchedulerOutput") -> None:
+        self.num_running = scheduler.num_running
+        self.num_waiting = scheduler.num_waiting
+        self.kv_cache_usage = scheduler.kv_cache_manager.usage
+        self.num_prompt_tokens = count_prompt_tokens(scheduler, so)
+
+
+def count_prompt_tokens(scheduler: "Scheduler", so: "SchedulerOutput") -> int:
+    """Prompt positions among a step's scheduled tokens. A decode costs one comparison."""
+    total = 0
+    for new in so.scheduled_new_reqs:
+        n = so.num_scheduled_tokens[new.req_id]
+        total += max(0, min(n, new.num_prompt_tokens - new.num_computed_tokens))
+    for cached in so.scheduled_cached_reqs:
+        remaining = scheduler.requests[cached.req_id].num_prompt_tokens - cached.num_computed_tokens
+        if remaining > 0:  # a later chunk of a prompt
+            total += min(so.num_scheduled_tokens[cached.req_id], remaining)
+    return total
+
+
+class IterationStatsLog:
+    def __init__(self, maxlen: int = 16384):
+        self._entries: deque[IterationStats] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()  # recorded on the engine thread, drained on another
+        self._iteration = 0
+        self.totals = EngineTotals()
+
+    def begin_step(self, scheduler: "Scheduler") -> StepProbe:
+        return StepProbe(scheduler)
+
+    def end_step(self, probe: StepProbe, scheduler: "Scheduler", so: "SchedulerOutput",
+                 runner_out: "ModelRunnerOutput") -> None:
+        end = time.perf_counter()
+        preemptions = scheduler.num_preemptions_total - probe.preemptions_before
+        stats = IterationStats(
+            iteration=self._iteration, timestamp=time.time(), step_time_s=end - probe.start,
+            num_scheduled_requests=len(so.num_scheduled_tokens), num_running=probe.num_running,
+            num_waiting=probe.num_waiting, num_scheduled_tokens=so.total_num_scheduled_tokens,
+            num_prompt_tokens=probe.num_prompt_tokens, num_generation_tokens=len(runner_out.req_ids),
+            kv_cache_usage=probe.kv_cache_usage, num_preemptions=preemptions)
+        with self._lock:
+            self._iteration += 1
+            self._entries.append(stats)
+            t = self.totals
+            t.num_steps += 1
+            t.num_prompt_tokens += stats.num_prompt_tokens
+            t.num_generation_tokens += stats.num_generation_tokens
+            t.num_preemptions += preemptions
+            t.busy_time_s += stats.step_time_s
+
+    def drain(self) -> list[IterationStats]:
+        """The entries recorded since the last drain, oldest first."""
+        with self._lock:
+            entries = list(self._entries)
+            self._entries.clear()
+        return entries
+
+    def snapshot_totals(self) -> EngineTotals:
+        with self._lock:
+            return EngineTotals(**vars(self.totals))
