@@ -90,15 +90,14 @@ def text_windows(text_ids: Sequence[int], tokenizer, num_requests: int, input_di
     return requests
 
 
-def tokenize_text_file(path: str, tokenizer) -> list[int]:
+def read_text_file(path: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--text-file {path} does not exist")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
+    if not text.strip():
         raise ValueError(f"--text-file {path} holds no text")
-    return ids
+    return text
 
 
 # ---- JSON lines ---------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ def run_latency(spec: EngineSpec, settings: LatencySettings) -> dict[str, Any]:
             "e2e_latency_ms": over_iterations("e2e", 1e3),
             "decode_speed_per_user_tok_s": over_iterations("speed"),
             "output_throughput_tok_s": over_iterations("throughput"),
+            "per_iteration": [{"ttft_ms": it["ttft"] * 1e3, "e2e_latency_ms": it["e2e"] * 1e3,
+                               "output_throughput_tok_s": it["throughput"]} for it in per_iteration],
         }
         report["resources"] = session.resources()
         report["engine_steps"] = engine_step_summary(steps)

@@ -74,8 +74,9 @@ def _run_prepare_dataset(args: argparse.Namespace) -> int:
             vocab_size, special = args.vocab_size, ()
         requests = ds.token_norm_dist(args.num_requests, input_dist, output_dist, vocab_size, args.seed, special)
     else:
+        text = ds.read_text_file(args.text_file)  # before the tokenizer: a bad path fails fast
         tok = _load_tokenizer(args.tokenizer)
-        text_ids = ds.tokenize_text_file(args.text_file, tok)
+        text_ids = tok(text, add_special_tokens=False)["input_ids"]
         requests = ds.text_windows(text_ids, tok, args.num_requests, input_dist, output_dist, args.seed)
     if args.output is None:
         ds.write_jsonl(requests, sys.stdout)
