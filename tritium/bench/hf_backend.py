@@ -47,8 +47,20 @@ def _load_model(source, dtype: torch.dtype, device: torch.device):
         with device:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
+        if is_gguf:
+            gguf.update(_dense_gguf())
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **gguf).to(device)
     return model.eval()
+
+
+def _dense_gguf() -> dict[str, Any]:
+    """Dense (dequantized) weights, as tritium runs a GGUF file: newer transformers otherwise keep
+    the GGUF blocks packed and unpack them in every matmul."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 class TransformersBackend:

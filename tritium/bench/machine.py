@@ -2,7 +2,8 @@
 
 Times: per-request stamps are time.perf_counter() seconds; startup times are measured from the
 process's start as the kernel records it (psutil's create_time, 10 ms resolution on Linux), so
-they include the interpreter, imports, model load and KV cache set-up.
+they include the interpreter, imports, model load and KV cache set-up. Without psutil they count
+from this module's import (after the interpreter and torch have started), and say so.
 """
 from __future__ import annotations
 
@@ -19,18 +20,21 @@ import torch
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
 _PERF_TO_EPOCH = time.time() - time.perf_counter()
+_IMPORT_TIME = time.time()
 
 
-def process_start_time() -> float:
-    """time.time() at which this process started."""
-    import psutil
-
-    return psutil.Process().create_time()
+def process_start() -> tuple[float, str]:
+    """(time.time() at which this process started, what that time is)."""
+    try:
+        import psutil
+    except ImportError:
+        return _IMPORT_TIME, "tritium.bench import (psutil is not installed)"
+    return psutil.Process().create_time(), "process start (psutil create_time)"
 
 
 def since_process_start(perf_time: float) -> float:
     """Seconds from the process's start to a time.perf_counter() stamp."""
-    return perf_time + _PERF_TO_EPOCH - process_start_time()
+    return perf_time + _PERF_TO_EPOCH - process_start()[0]
 
 
 def _cpu_info() -> tuple[str, list[str]]:

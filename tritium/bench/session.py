@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tritium.bench.dataset import BenchRequest
-from tritium.bench.machine import machine_info, peak_memory, since_process_start
+from tritium.bench.machine import machine_info, peak_memory, process_start, since_process_start
 from tritium.bench.report import RequestRecord
 from tritium.bench.spec import EngineSpec
 
@@ -77,7 +77,7 @@ class BenchSession:
         return {"kv_cache_capacity_tokens": self.backend.kv_cache_capacity,
                 "memory": peak_memory(self.backend.device),
                 "startup": {"engine_ready_s": self.engine_ready_s, "first_token_s": self.first_token_s,
-                            "from": "process start (psutil create_time)"}}
+                            "from": process_start()[1]}}
 
     def close(self) -> None:
         self.backend.close()
