@@ -45,6 +45,9 @@ def test_stats_count_preemptions(tiny_llama):
     assert all(len(o.outputs[0].token_ids) == 20 for o in outs)
     assert max(s.kv_cache_usage for s in stats) == 1.0
     assert sum(s.num_generation_tokens for s in stats) == 80
+    # Recompute preemption computes a preempted request's prompt again.
+    assert sum(s.num_prompt_tokens for s in stats) > 80
+    assert all(s.num_prompt_tokens <= s.num_scheduled_tokens for s in stats)
 
 
 def test_perf_metrics_stamp_each_token_when_its_step_ends(tiny_llama):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class IterationStats:
     iteration: int  # steps since the engine started; a gap means entries dropped from a full log
     timestamp: float  # time.time() when the step ended
-    step_time_s: float  # schedule + forward + sampling + update
+    step_time_s: float  # wall time the step added: scheduling (or the previous step's end) to its update
     num_scheduled_requests: int  # the batch: requests given tokens this step
     num_running: int  # requests holding KV blocks after scheduling
     num_waiting: int  # requests queued after scheduling (new, or preempted)
@@ -53,30 +53,37 @@ class StepProbe:
     """One step's measurements, taken before the step and right after scheduling (the update that
     follows the forward pass frees the blocks and requests of finished ones)."""
 
-    __slots__ = ("start", "preemptions_before", "num_running", "num_waiting", "kv_cache_usage", "num_prompt_tokens")
+    __slots__ = ("start", "preemptions_before", "num_preemptions", "num_running", "num_waiting", "kv_cache_usage",
+                 "num_prompt_tokens")
 
     def __init__(self, scheduler: "Scheduler"):
         self.start = time.perf_counter()
         self.preemptions_before = scheduler.num_preemptions_total
 
-    def scheduled(self, scheduler: "Scheduler", so: "SchedulerOutput") -> None:
-        self.num_running = scheduler.num_running
-        self.num_waiting = scheduler.num_waiting
-        self.kv_cache_usage = scheduler.kv_cache_manager.usage
-        self.num_prompt_tokens = count_prompt_tokens(scheduler, so)
 
+class PromptProgress:
+    """Prompt tokens each request in prefill has still to compute, so that counting a step's prompt
+    tokens costs O(new + prefilling requests), nothing per decoding request."""
 
-def count_prompt_tokens(scheduler: "Scheduler", so: "SchedulerOutput") -> int:
-    """Prompt positions among a step's scheduled tokens. A decode costs one comparison."""
-    total = 0
-    for new in so.scheduled_new_reqs:
-        n = so.num_scheduled_tokens[new.req_id]
-        total += max(0, min(n, new.num_prompt_tokens - new.num_computed_tokens))
-    for cached in so.scheduled_cached_reqs:
-        remaining = scheduler.requests[cached.req_id].num_prompt_tokens - cached.num_computed_tokens
-        if remaining > 0:  # a later chunk of a prompt
-            total += min(so.num_scheduled_tokens[cached.req_id], remaining)
-    return total
+    def __init__(self):
+        self._remaining: dict[str, int] = {}
+
+    def count(self, so: "SchedulerOutput") -> int:
+        remaining, scheduled = self._remaining, so.num_scheduled_tokens
+        for req_id in so.finished_req_ids:  # finished, aborted or preempted (a resumed one comes back as new)
+            remaining.pop(req_id, None)
+        for new in so.scheduled_new_reqs:
+            if new.num_prompt_tokens > new.num_computed_tokens:
+                remaining[new.req_id] = new.num_prompt_tokens - new.num_computed_tokens
+        total = 0
+        for req_id in [r for r in remaining if r in scheduled]:
+            n, left = scheduled[req_id], remaining[req_id]
+            total += min(n, left)
+            if left > n:
+                remaining[req_id] = left - n
+            else:
+                del remaining[req_id]
+        return total
 
 
 class IterationStatsLog:
@@ -84,21 +91,32 @@ class IterationStatsLog:
         self._entries: deque[IterationStats] = deque(maxlen=maxlen)
         self._lock = threading.Lock()  # recorded on the engine thread, drained on another
         self._iteration = 0
+        self._last_end = 0.0
+        self._prompt_progress = PromptProgress()
         self.totals = EngineTotals()
 
     def begin_step(self, scheduler: "Scheduler") -> StepProbe:
         return StepProbe(scheduler)
 
+    def scheduled(self, probe: StepProbe, scheduler: "Scheduler", so: "SchedulerOutput") -> None:
+        """Right after schedule(): what the step holds (the update frees finished requests)."""
+        probe.num_preemptions = scheduler.num_preemptions_total - probe.preemptions_before  # only schedule() preempts
+        probe.num_running = scheduler.num_running
+        probe.num_waiting = scheduler.num_waiting
+        probe.kv_cache_usage = scheduler.kv_cache_manager.usage
+        probe.num_prompt_tokens = self._prompt_progress.count(so)
+
     def end_step(self, probe: StepProbe, scheduler: "Scheduler", so: "SchedulerOutput",
                  runner_out: "ModelRunnerOutput") -> None:
+        # Overlapped steps (the next one scheduled before this one's update) count from the last end.
         end = time.perf_counter()
-        preemptions = scheduler.num_preemptions_total - probe.preemptions_before
+        start, self._last_end = max(probe.start, self._last_end), end
         stats = IterationStats(
-            iteration=self._iteration, timestamp=time.time(), step_time_s=end - probe.start,
+            iteration=self._iteration, timestamp=time.time(), step_time_s=end - start,
             num_scheduled_requests=len(so.num_scheduled_tokens), num_running=probe.num_running,
             num_waiting=probe.num_waiting, num_scheduled_tokens=so.total_num_scheduled_tokens,
             num_prompt_tokens=probe.num_prompt_tokens, num_generation_tokens=len(runner_out.req_ids),
-            kv_cache_usage=probe.kv_cache_usage, num_preemptions=preemptions)
+            kv_cache_usage=probe.kv_cache_usage, num_preemptions=probe.num_preemptions)
         with self._lock:
             self._iteration += 1
             self._entries.append(stats)
@@ -106,7 +124,7 @@ class IterationStatsLog:
             t.num_steps += 1
             t.num_prompt_tokens += stats.num_prompt_tokens
             t.num_generation_tokens += stats.num_generation_tokens
-            t.num_preemptions += preemptions
+            t.num_preemptions += stats.num_preemptions
             t.busy_time_s += stats.step_time_s
 
     def drain(self) -> list[IterationStats]:
