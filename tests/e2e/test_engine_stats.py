@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tritium import BuildConfig, KvCacheConfig, SamplingParams
 from tritium.llm.llm import LLM
 
@@ -13,12 +15,17 @@ def _prompts(lengths: list[int]) -> list[list[int]]:
     return [[(7 * i + 13 * j) % 250 + 3 for j in range(n)] for i, n in enumerate(lengths)]
 
 
-def test_stats_count_every_prompt_and_output_token_with_chunked_prefill(tiny_llama):
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlapped"])
+def test_stats_count_every_prompt_and_output_token_with_chunked_prefill(tiny_llama, overlap):
     prompt_lens, max_tokens = [40, 9, 33], [5, 12, 1]
     build = BuildConfig(max_batch_size=4, max_num_tokens=16, max_seq_len=64)  # prompts span several chunks
     with LLM(tiny_llama, build_config=build, kv_cache_config=KvCacheConfig(enable_block_reuse=False)) as llm:
+        llm._engine.core.runner.supports_overlap = overlap  # the GPU's pipelined steps, on the CPU (test_overlap.py)
+        start = time.perf_counter()
         llm.generate(_prompts(prompt_lens), [SamplingParams(max_tokens=m, ignore_eos=True) for m in max_tokens],
                      use_tqdm=False)
+        wall = time.perf_counter() - start
+        assert (llm._engine.core.runner.num_placeholder_tokens > 0) == overlap
         stats = llm.get_stats()
         totals = llm.get_stats_totals()
         assert llm.get_stats() == []  # drained
@@ -31,6 +38,7 @@ def test_stats_count_every_prompt_and_output_token_with_chunked_prefill(tiny_lla
     assert max(s.num_in_flight for s in stats) == 3 and max(s.num_scheduled_requests for s in stats) <= 3
     assert all(0 < s.kv_cache_usage <= 1 and s.step_time_s > 0 for s in stats)
     assert totals.num_steps == len(stats) and totals.num_preemptions == 0
+    assert sum(s.step_time_s for s in stats) == pytest.approx(totals.busy_time_s) and totals.busy_time_s < wall
 
 
 def test_stats_count_preemptions(tiny_llama):

@@ -21,6 +21,7 @@ class EngineSpec:
     kv_cache_max_tokens: Optional[int] = None
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    enforce_eager: bool = False  # GPU: no CUDA graphs
 
     @property
     def model_path(self) -> str:

@@ -38,7 +38,8 @@ class TritiumBackend:
                            free_gpu_memory_fraction=spec.kv_cache_free_gpu_memory_fraction,
                            max_tokens=spec.kv_cache_max_tokens)
         self.llm = LLM(spec.model_path, tokenizer=spec.tokenizer, dtype=spec.dtype, build_config=build,
-                       kv_cache_config=kv, load_format=spec.load_format, device=spec.device)
+                       kv_cache_config=kv, load_format=spec.load_format, device=spec.device,
+                       enforce_eager=spec.enforce_eager)
         self.device = self.llm.device
         self.tokenizer = self.llm.tokenizer
         self.vocab_size = self.llm.model_config.vocab_size
@@ -58,6 +59,7 @@ class TritiumBackend:
                 "prefix_caching": self.spec.enable_prefix_caching,
                 "chunked_prefill": sc.enable_chunked_prefill}
         if self.device.type == "cuda":
+            info["cuda_graphs"] = not self.spec.enforce_eager
             info["kv_cache_free_gpu_memory_fraction"] = self.spec.kv_cache_free_gpu_memory_fraction
         return info
 

@@ -66,5 +66,5 @@ class EngineCore:
         if sched_out.is_empty:
             return []
         outputs = self.scheduler.update_from_output(sched_out, runner_out)
-        self.stats.end_step(probe, self.scheduler, sched_out, runner_out)
+        self.stats.end_step(probe, sched_out, runner_out)
         return outputs

@@ -50,8 +50,8 @@ class EngineTotals:
 
 
 class StepProbe:
-    """One step's measurements, taken before the step and right after scheduling (the update that
-    follows the forward pass frees the blocks and requests of finished ones)."""
+    """One step's measurements until its update: its start, and the scheduler's state right after
+    scheduling it (the update frees finished requests' blocks)."""
 
     __slots__ = ("start", "preemptions_before", "num_preemptions", "num_running", "num_waiting", "kv_cache_usage",
                  "num_prompt_tokens")
@@ -106,8 +106,7 @@ class IterationStatsLog:
         probe.kv_cache_usage = scheduler.kv_cache_manager.usage
         probe.num_prompt_tokens = self._prompt_progress.count(so)
 
-    def end_step(self, probe: StepProbe, scheduler: "Scheduler", so: "SchedulerOutput",
-                 runner_out: "ModelRunnerOutput") -> None:
+    def end_step(self, probe: StepProbe, so: "SchedulerOutput", runner_out: "ModelRunnerOutput") -> None:
         # Overlapped steps (the next one scheduled before this one's update) count from the last end.
         end = time.perf_counter()
         start, self._last_end = max(probe.start, self._last_end), end

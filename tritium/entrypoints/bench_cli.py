@@ -96,6 +96,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _opt(g, "--backend", default="tritium", choices=BACKENDS,
          help="transformers: the Hugging Face generate baseline on the same model, dtype and requests")
     _opt(g, "--streaming", action="store_true", help="stream each request and time tokens as the client sees them")
+    _opt(g, "--enforce-eager", action="store_true", help="tritium on a GPU: run without CUDA graphs")
     _opt(g, "--report-json", default=None, help="also write the report as JSON to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="log engine set-up")
 
@@ -108,7 +109,7 @@ def _engine_spec(args: argparse.Namespace):
         device=args.device, max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
         max_seq_len=args.max_seq_len, kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
         kv_cache_max_tokens=args.kv_cache_max_tokens, enable_prefix_caching=not args.disable_prefix_caching,
-        enable_chunked_prefill=not args.disable_chunked_prefill)
+        enable_chunked_prefill=not args.disable_chunked_prefill, enforce_eager=args.enforce_eager)
 
 
 def _print_report(report: dict, json_path) -> None:
