@@ -19,6 +19,26 @@ PositionLogprobs = dict[int, Logprob]
 
 
 @dataclass
+class RequestPerfMetrics:
+    """When one completion's tokens came out of the engine (SamplingParams.return_perf_metrics).
+
+    time.perf_counter() seconds of this process, stamped by the output processor on the engine
+    thread as each step's tokens arrive: before detokenizing and before delivery to the caller.
+    """
+
+    arrival_time: float  # the request was handed to the LLM front (generate / generate_async)
+    token_times: list[float]  # one per generated token
+
+    @property
+    def first_token_time(self) -> Optional[float]:
+        return self.token_times[0] if self.token_times else None
+
+    @property
+    def last_token_time(self) -> Optional[float]:
+        return self.token_times[-1] if self.token_times else None
+
+
+@dataclass
 class CompletionOutput:
     index: int
     text: str = ""
@@ -30,6 +50,7 @@ class CompletionOutput:
     # Streaming: what this snapshot adds to the previous one (TensorRT-LLM's names).
     text_diff: str = ""
     token_ids_diff: list[int] = field(default_factory=list)
+    request_perf_metrics: Optional[RequestPerfMetrics] = None  # on the final output, if asked for
 
     @property
     def length(self) -> int:

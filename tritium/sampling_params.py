@@ -15,6 +15,7 @@ class SamplingParams:
     in the batch. `stop` strings end the text and are left out unless include_stop_str_in_output.
     `logprobs=k` returns the top-k log-probabilities per generated token (plus the sampled one);
     `prompt_logprobs=k` the same for each prompt token after the first.
+    `return_perf_metrics` adds arrival and per-token times to the final output (benchmarks).
     """
 
     max_tokens: Optional[int] = 32  # None: until max_seq_len
@@ -37,6 +38,7 @@ class SamplingParams:
     prompt_logprobs: Optional[int] = None
     skip_special_tokens: bool = True
     detokenize: bool = True
+    return_perf_metrics: bool = False  # per-token timestamps on the final CompletionOutput
     _stop_list: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self):

@@ -16,13 +16,15 @@ from typing import Iterable, Optional
 from tritium.core.request import Request
 from tritium.core.scheduler import Scheduler
 from tritium.core.sched_output import EngineCoreOutput, SchedulerOutput
+from tritium.engine.stats import IterationStatsLog, StepProbe
 
 
 class EngineCore:
     def __init__(self, scheduler: Scheduler, runner):
         self.scheduler = scheduler
         self.runner = runner
-        self._in_flight: Optional[tuple[SchedulerOutput, object]] = None  # (step, its runner handle)
+        self._in_flight: Optional[tuple[SchedulerOutput, object, StepProbe]] = None  # (step, runner handle, stats)
+        self.stats = IterationStatsLog()
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
@@ -42,13 +44,15 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         """Schedule and launch a step; return the outputs of the step that completed."""
+        probe = self.stats.begin_step(self.scheduler)
         sched_out = self.scheduler.schedule()
+        self.stats.scheduled(probe, self.scheduler, sched_out)
         overlap = getattr(self.runner, "supports_overlap", False) and self.runner.can_overlap(sched_out)
         outputs = [] if overlap else self._finish_in_flight()
         handle = self.runner.execute_model(sched_out)
         if overlap:
             outputs = self._finish_in_flight()
-        self._in_flight = (sched_out, handle)
+        self._in_flight = (sched_out, handle, probe)
         if not overlap:
             outputs += self._finish_in_flight()  # nothing is left in flight between steps
         return outputs
@@ -56,9 +60,11 @@ class EngineCore:
     def _finish_in_flight(self) -> list[EngineCoreOutput]:
         if self._in_flight is None:
             return []
-        sched_out, handle = self._in_flight
+        sched_out, handle, probe = self._in_flight
         self._in_flight = None
         runner_out = handle.result() if hasattr(handle, "result") else handle
         if sched_out.is_empty:
             return []
-        return self.scheduler.update_from_output(sched_out, runner_out)
+        outputs = self.scheduler.update_from_output(sched_out, runner_out)
+        self.stats.end_step(probe, sched_out, runner_out)
+        return outputs

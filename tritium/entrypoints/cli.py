@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-v", "--verbose", action="store_true", help="log engine set-up")
     _add_model_args(gen)
     _add_sampling_args(gen)
+    from tritium.entrypoints.bench_cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -181,6 +184,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (ValueError, FileNotFoundError) as e:  # bad model path, bad prompt: say what, not a traceback
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if args.command == "bench":
+        from tritium.entrypoints.bench_cli import run_bench
+
+        return run_bench(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

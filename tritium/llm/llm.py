@@ -20,6 +20,7 @@ from tritium.config import BuildConfig, KvCacheConfig
 from tritium.core.request import Request
 from tritium.engine.background import BackgroundEngine
 from tritium.engine.factory import build_engine
+from tritium.engine.stats import EngineTotals, IterationStats
 from tritium.llm.generation_stream import GenerationStream
 from tritium.llm.inputs import PromptInput, normalize_params, normalize_prompts, tokenize_prompt
 from tritium.llm.output_processor import OutputProcessor
@@ -157,6 +158,15 @@ class LLM:
         prompts = [self.apply_chat_template(c) for c in conversations]
         outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
         return outs[0] if single else outs
+
+    def get_stats(self) -> list[IterationStats]:
+        """Per-step engine statistics recorded since the last call, oldest first (TensorRT-LLM's
+        llm.get_stats()); the engine keeps the last 16384 steps when nobody asks."""
+        return self._engine.core.stats.drain()
+
+    def get_stats_totals(self) -> EngineTotals:
+        """Steps, prompt / generation tokens, preemptions and busy time since the engine started."""
+        return self._engine.core.stats.snapshot_totals()
 
     def _check_alive(self) -> None:
         if not self._engine.is_alive:

@@ -6,13 +6,14 @@ with ids "<request_id>" (best_of == 1) or "<request_id>#<i>".
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from tritium.core.sched_output import EngineCoreOutput, TopLogprobs
 from tritium.llm.detokenizer import IncrementalDetokenizer
 from tritium.llm.stop_checker import StopStringChecker
-from tritium.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from tritium.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput, RequestPerfMetrics
 from tritium.sampling_params import SamplingParams
 
 # Receives a snapshot of the parent request (or an exception if the engine failed it).
@@ -36,6 +37,7 @@ class _Child:
     stop_reason: object = None
     sent_text_len: int = 0
     sent_num_tokens: int = 0
+    token_times: Optional[list[float]] = None  # perf_counter per token, if perf metrics are asked for
 
 
 @dataclass
@@ -49,6 +51,7 @@ class _Parent:
     streaming: bool
     prompt_logprobs: Optional[list[Optional[PositionLogprobs]]] = None
     num_cached_tokens: int = 0
+    arrival_time: float = 0.0
 
     @property
     def finished(self) -> bool:
@@ -72,12 +75,14 @@ class OutputProcessor:
             stop = (StopStringChecker(params.stop_strings, params.include_stop_str_in_output)
                     if params.stop_strings and detok is not None else None)
             children[cid] = _Child(index=i, detokenizer=detok, stop_checker=stop,
-                                   logprobs=[] if params.logprobs is not None else None)
+                                   logprobs=[] if params.logprobs is not None else None,
+                                   token_times=[] if params.return_perf_metrics else None)
             self._parent_of[cid] = request_id
         self._parents[request_id] = _Parent(
             request_id=request_id, prompt=prompt, prompt_token_ids=list(prompt_token_ids), params=params,
             children=children, sink=sink, streaming=streaming,
-            prompt_logprobs=[None] if params.prompt_logprobs is not None else None)
+            prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
+            arrival_time=time.perf_counter())
         return ids
 
     def child_ids(self, request_id: str) -> list[str]:
@@ -87,6 +92,7 @@ class OutputProcessor:
     # ---- per step -------------------------------------------------------------------------
     def process_outputs(self, outputs: list[EngineCoreOutput]) -> list[str]:
         """Apply one step's outputs; send snapshots; return child ids to abort (stop strings)."""
+        now = time.perf_counter()  # when this step's tokens reached the front
         to_abort: list[str] = []
         touched: dict[str, _Parent] = {}
         for out in outputs:
@@ -100,6 +106,8 @@ class OutputProcessor:
             parent.num_cached_tokens = max(parent.num_cached_tokens, out.num_cached_tokens)
             if out.new_prompt_logprobs and parent.prompt_logprobs is not None and child.index == 0:
                 parent.prompt_logprobs.extend(self._convert_logprobs(tl) for tl in out.new_prompt_logprobs)
+            if child.token_times is not None:
+                child.token_times.extend([now] * len(out.new_token_ids))
             if self._apply_tokens(parent, child, out):
                 to_abort.append(out.req_id)
             touched[parent_id] = parent
@@ -175,5 +183,7 @@ class OutputProcessor:
             cumulative_logprob=child.cumulative_logprob, finish_reason=child.finish_reason,
             stop_reason=child.stop_reason, text_diff=text[child.sent_text_len:],
             token_ids_diff=child.token_ids[child.sent_num_tokens:])
+        if finished and child.token_times is not None:
+            out.request_perf_metrics = RequestPerfMetrics(parent.arrival_time, child.token_times)
         child.sent_text_len, child.sent_num_tokens = len(text), len(child.token_ids)
         return out
