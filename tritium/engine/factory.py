@@ -94,9 +94,10 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     activation = graph_reserve = 0
     if dev.type == "cuda":
         activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend)
-        if use_graphs:  # the graphs' pool holds one decode step's activations at the largest size
-            graph_reserve = profile_activation_bytes(nn_model, model_config, sched, dev, backend,
-                                                     num_tokens=capture_sizes(sched.max_num_seqs)[-1])
+        if use_graphs:  # the graphs' pool holds one decode step's activations at the largest size,
+            top = capture_sizes(sched.max_num_seqs)[-1]  # plus their shared float32 logits buffer
+            graph_reserve = (profile_activation_bytes(nn_model, model_config, sched, dev, backend, num_tokens=top)
+                             + top * model_config.vocab_size * 4)
     clock.lap("memory profile")
     plan = plan_kv_cache(model_config, sched, kv_cache_config, model_config.dtype, dev, activation + graph_reserve)
     if plan.max_tokens < sched.max_model_len:
