@@ -229,16 +229,29 @@ class BuildConfig:
             raise ValueError(f"max_seq_len must be a positive integer, got {self.max_seq_len!r}")
 
 
+CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """What the scheduler needs, resolved from BuildConfig and the model."""
+    """What the scheduler needs, resolved from BuildConfig and the model.
+
+    capacity_policy (TensorRT-LLM's CapacitySchedulerPolicy): "max_utilization" admits a request
+    when its next tokens fit and preempts (recomputes) the newest requests when the cache runs
+    out; "guaranteed_no_evict" admits one only when the cache can hold every running request,
+    and it, at full length (prompt + max_tokens, or max_seq_len): no preemption, fewer in flight.
+    """
 
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int
     enable_chunked_prefill: bool = True
+    capacity_policy: str = "max_utilization"
 
     def __post_init__(self):
+        if self.capacity_policy not in CAPACITY_POLICIES:
+            raise ValueError(f"capacity_scheduler_policy={self.capacity_policy!r} is not supported; "
+                             f"use one of {', '.join(CAPACITY_POLICIES)}")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(
                 f"without chunked prefill max_num_tokens ({self.max_num_batched_tokens}) must be at least "

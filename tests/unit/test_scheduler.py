@@ -408,3 +408,46 @@ def test_random_workload_matches_unbatched_reference(chunked, caching):
         assert sum(r.num_cached_tokens for r in requests.values()) > 0
     else:
         assert pool.cached_blocks == {}
+
+
+# ---- capacity policy -------------------------------------------------------------------------
+
+def run_to_completion(sched, runner, max_steps=500):
+    done = {}
+    for _ in range(max_steps):
+        if not sched.has_unfinished_requests():
+            break
+        _, outs = step(sched, runner)
+        for o in outs:
+            done.setdefault(o.req_id, []).extend(o.new_token_ids)
+    return done
+
+
+@pytest.mark.parametrize("policy", ["max_utilization", "guaranteed_no_evict"])
+def test_guaranteed_no_evict_never_preempts_and_gives_the_same_tokens(policy):
+    # 12 blocks of 4 tokens; each request needs 3 blocks at full length (6 prompt + 6 output).
+    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64,
+                                      capacity_policy=policy),
+                      CacheConfig(block_size=4, num_blocks=12, enable_prefix_caching=False))
+    runner = FakeRunner(4)
+    prompts = {f"r{i}": [10 + i, 11, 12, 13, 14, 15] for i in range(6)}
+    for rid, prompt in prompts.items():
+        sched.add_request(req(rid, prompt, max_tokens=6, ignore_eos=True))
+    first = sched.schedule()
+    if policy == "guaranteed_no_evict":
+        assert len(first.scheduled_new_reqs) == 4  # 4 x 3 blocks fill the cache at full length
+    else:
+        assert len(first.scheduled_new_reqs) == 6  # 6 x 2 blocks for the prompts: preemption follows
+    outs = sched.update_from_output(first, runner.execute(first))
+    done = run_to_completion(sched, runner)
+    for o in outs:
+        done[o.req_id] = o.new_token_ids + done.get(o.req_id, [])
+    assert sorted(done) == sorted(prompts)
+    assert all(len(t) == 6 for t in done.values())
+    assert (sched.num_preemptions_total == 0) == (policy == "guaranteed_no_evict")
+    sched.kv_cache_manager.check_integrity()
+
+
+def test_unknown_capacity_policy_is_a_clear_error():
+    with pytest.raises(ValueError, match="capacity_scheduler_policy='fifo'"):
+        SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, max_model_len=8, capacity_policy="fifo")

@@ -31,6 +31,7 @@ class Scheduler:
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens
         self.max_model_len = scheduler_config.max_model_len
         self.enable_chunked_prefill = scheduler_config.enable_chunked_prefill
+        self.no_evict = scheduler_config.capacity_policy == "guaranteed_no_evict"
         self.kv_cache_manager = KVCacheManager(cache_config.num_blocks, cache_config.block_size,
                                                cache_config.enable_prefix_caching)
         self.requests: dict[str, Request] = {}  # unfinished requests by id
@@ -86,6 +87,18 @@ class Scheduler:
         del self.requests[request.request_id]
         self.finished_req_ids.add(request.request_id)
 
+    def _blocks_at_full_length(self, request: Request) -> int:
+        """KV blocks the request holds once it has generated all it may (guaranteed_no_evict)."""
+        max_tokens = request.sampling_params.max_tokens
+        full = self.max_model_len if max_tokens is None else min(
+            request.num_prompt_tokens + max_tokens, self.max_model_len)
+        return -(-full // self.kv_cache_manager.block_size)
+
+    def _blocks_still_needed(self) -> int:
+        """Blocks the running requests will still allocate before they finish."""
+        held = self.kv_cache_manager.req_to_blocks
+        return sum(self._blocks_at_full_length(r) - len(held.get(r.request_id, ())) for r in self.running)
+
     def _preempt(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
@@ -125,16 +138,24 @@ class Scheduler:
             i += 1
 
         # Admitting while memory is short would only preempt again next step.
+        reserved = self._blocks_still_needed() if self.waiting and self.no_evict else 0
         while (self.waiting and not preempted and budget > 0
                and len(self.running) < self.max_num_seqs):
             request = self.waiting[0]
             hit_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
+            need = 0
+            if self.no_evict:  # `reserved`: blocks the admitted requests will still allocate
+                need = self._blocks_at_full_length(request) - len(hit_blocks)
+                if reserved + need > self.kv_cache_manager.num_free_blocks:
+                    break  # FCFS: wait until running requests finish and give their blocks back
             num_new = request.num_tokens - num_hit_tokens
             if not self.enable_chunked_prefill and num_new > budget:
                 break
             num_new = min(num_new, budget)
-            if self.kv_cache_manager.allocate_slots(request, num_new, hit_blocks) is None:
+            new_blocks = self.kv_cache_manager.allocate_slots(request, num_new, hit_blocks)
+            if new_blocks is None:
                 break  # FCFS: later requests do not overtake it
+            reserved += need - len(new_blocks)
             self.waiting.popleft()
             request.num_computed_tokens = num_hit_tokens
             if request.num_cached_tokens < 0:
