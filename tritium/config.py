@@ -31,27 +31,55 @@ _DTYPES = {
 }
 
 
+def cpu_capability() -> str:
+    """The vector ISA ATen's CPU kernels dispatch to: 'AVX512', 'AVX2', 'DEFAULT', ... It follows the
+    hardware, lowered by ATEN_CPU_CAPABILITY (e.g. `ATEN_CPU_CAPABILITY=avx2` on an AVX-512 CPU)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except AttributeError:  # very old torch
+        return "DEFAULT"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
-    """Whether this x86 CPU computes bfloat16 dot products in hardware (AVX512_BF16 or AMX)."""
+    """Whether bfloat16 matmuls run on bf16 dot-product instructions here: the CPU has AVX512_BF16
+    or AMX, and neither ATen (ATEN_CPU_CAPABILITY) nor oneDNN (ONEDNN_MAX_CPU_ISA) is limited below
+    AVX-512. torch.cpu's own check reads the hardware flags only, so a process told to behave as
+    an AVX2 CPU would otherwise still pick the bf16 kernels it was told not to use."""
+    if not cpu_capability().startswith("AVX512"):
+        return False
+    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # private helpers of torch.cpu; fall back to the kernel's flags
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = next((line.split() for line in f if line.startswith("flags")), [])
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_prefers_bf16() -> bool:
+    """bfloat16 is the faster CPU dtype: with native bf16 instructions, and on AVX2 CPUs with
+    oneDNN (one-row matmuls stream the bf16 weights through ATen's AVX2 gemv, twice float32's
+    speed; many-row matmuls run on float32 copies of the same values: layers/cpu_linear.py)."""
+    if cpu_has_native_bf16():
+        return True
+    return cpu_capability() in ("AVX2", "AVX512") and torch.backends.mkldnn.is_available()
 
 
 def resolve_dtype(dtype: str | torch.dtype, config_dtype: Optional[str], device: torch.device) -> torch.dtype:
     """Turn the user's `dtype` ("auto", "bfloat16", ...) into a torch dtype for `device`.
 
     "auto" takes the checkpoint's dtype on a GPU (bfloat16 when it says float32 or nothing);
-    on a CPU it takes bfloat16 when the CPU has bfloat16 instructions (twice float32's speed:
-    half the bytes to stream) or the checkpoint is 16-bit (CPU float16 matmuls are slow),
-    float32 otherwise (GGUF files name no dtype).
+    on a CPU it takes bfloat16 when cpu_prefers_bf16() (x86 with AVX2 or better: half the bytes
+    to stream) or the checkpoint is 16-bit (CPU float16 matmuls are slow), float32 otherwise
+    (GGUF files name no dtype).
     """
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
@@ -66,7 +94,7 @@ def resolve_dtype(dtype: str | torch.dtype, config_dtype: Optional[str], device:
     cfg = _DTYPES.get(str(config_dtype).replace("torch.", "")) if config_dtype else None
     if device.type == "cuda":
         return cfg if cfg in (torch.bfloat16, torch.float16) else torch.bfloat16
-    return torch.bfloat16 if cfg in (torch.bfloat16, torch.float16) or cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if cfg in (torch.bfloat16, torch.float16) or cpu_prefers_bf16() else torch.float32
 
 
 def _rope_settings(hf: dict[str, Any]) -> tuple[float, Optional[dict[str, Any]]]:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.utils.model_harness import forward_logits
 from tests.utils.tiny_models import make_tiny_checkpoint
-from tritium.config import cpu_has_native_bf16
+from tritium.config import cpu_prefers_bf16
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
 from tritium.models.registry import get_model_class
 
@@ -156,7 +156,7 @@ def test_generation_config_eos_list(tmp_path):
     assert source.tokenizer_path is None and load_tokenizer(source) is None
 
 
-@pytest.mark.parametrize("dtype,expected", [("auto", torch.bfloat16 if cpu_has_native_bf16() else torch.float32),
+@pytest.mark.parametrize("dtype,expected", [("auto", torch.bfloat16 if cpu_prefers_bf16() else torch.float32),
                                             ("float32", torch.float32),
                                             ("bfloat16", torch.bfloat16), ("float16", torch.float16)])
 def test_dtype_gives_parameter_dtype(llama_dir, dtype, expected):

@@ -3,11 +3,18 @@
 F.linear on a plain [out, in] weight makes oneDNN re-lay the weight out on every call; packing it
 once after loading (into oneDNN's blocked layout) and calling `_linear_pointwise` halves the
 float32 matmul time of a decode step and cuts bfloat16's by ~40% (SmolLM2-135M, 2 AVX-512 cores).
-For a single bfloat16 row ATen's own gemv is faster still (it streams the plain weight once,
-accumulating in float32: 9 ms a step against oneDNN's 12 ms), so layers keep the plain weight
-too (which also keeps parameters ordinary tensors) and pay twice the weight memory.
+For a single bfloat16 row ATen's own gemv is faster still (it streams the plain bf16 weight once,
+accumulating in float32: 9 ms a step against oneDNN's 12 ms, and against 25 ms for a float32
+weight), so layers keep the plain weight too (which also keeps parameters ordinary tensors).
+
+The packed copy's dtype depends on the CPU (`packed_dtype`):
+  float32 weight                       -> float32 copy
+  bfloat16 weight, native bf16 CPU     -> bfloat16 copy (AVX512_BF16 / AMX dot products)
+  bfloat16 weight, AVX2-only CPU       -> float32 copy of the same values: oneDNN has no fast
+                                          bf16 kernel there, and ATen's bf16 GEMM is 3x slower
+                                          than float32 (many rows convert to float32 and back)
 Elsewhere (CUDA, float16, builds without mkldnn, or TRITIUM_CPU_PACK=0) there is no packed copy
-and `linear` is F.linear.
+and `linear` is F.linear. `kernel_for` names the path a call takes (tests assert it).
 """
 from __future__ import annotations
 
@@ -18,27 +25,50 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from tritium.config import cpu_has_native_bf16
+
 # oneDNN picks its blocked layout for this many rows; the packed weight serves any row count,
-# and 32 is within a few percent of the best layout from 1 to 64 rows.
+# and 32 is within a few percent of the best layout from 1 to 64 rows (AVX-512 and AVX2).
 PACK_BATCH_HINT = 32
+
+# The kernels `linear` can take (see kernel_for).
+GEMV, PACKED, PACKED_FLOAT32, PLAIN = "aten_gemv", "onednn_packed", "onednn_packed_float32", "f_linear"
 
 _mkldnn_flag_lock = threading.Lock()
 
 
+def packing_available() -> bool:
+    """oneDNN packing is built in and not turned off (TRITIUM_CPU_PACK=0)."""
+    return (os.environ.get("TRITIUM_CPU_PACK", "1") != "0" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def bf16_packing_supported() -> bool:
+    """oneDNN may run bfloat16 matmuls on this CPU's bf16 instructions (else its bf16 path is slow)."""
+    return cpu_has_native_bf16()
+
+
+def packed_dtype(weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype of the oneDNN copy to make of `weight` ([out, in]), or None for no copy."""
+    if weight.device.type != "cpu" or weight.dim() != 2 or not packing_available():
+        return None
+    if weight.dtype == torch.float32:
+        return torch.float32
+    if weight.dtype == torch.bfloat16:
+        return torch.bfloat16 if bf16_packing_supported() else torch.float32
+    return None  # float16: no packed path (slow on CPU)
+
+
 def can_pack(weight: torch.Tensor) -> bool:
-    """Whether `weight` ([out, in]) can be prepacked for oneDNN on this machine."""
-    if os.environ.get("TRITIUM_CPU_PACK", "1") == "0":
-        return False
-    if weight.device.type != "cpu" or weight.dim() != 2 or weight.dtype not in (torch.float32, torch.bfloat16):
-        return False
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return False
-    return weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether `weight` ([out, in]) gets a oneDNN-packed copy on this machine."""
+    return packed_dtype(weight) is not None
 
 
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[out, in] plain -> the same weight in oneDNN's opaque layout (a tensor with is_mkldnn)."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_BATCH_HINT)
+def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """[out, in] plain -> the same values in oneDNN's opaque layout (a tensor with is_mkldnn), in
+    `dtype` (default: packed_dtype(weight))."""
+    dtype = dtype or packed_dtype(weight)
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), PACK_BATCH_HINT)
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -59,11 +89,25 @@ def aten_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
             torch._C._set_mkldnn_enabled(enabled)
 
 
+def kernel_for(x: torch.Tensor, packed: Optional[torch.Tensor]) -> str:
+    """Which kernel `linear(x, weight, packed, bias)` runs: one of GEMV, PACKED, PACKED_FLOAT32, PLAIN."""
+    if packed is None:
+        return PLAIN
+    if x.dtype == torch.bfloat16 and x.numel() == x.shape[-1]:  # one bf16 row
+        return GEMV
+    return PACKED if packed.dtype == x.dtype else PACKED_FLOAT32
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, packed: Optional[torch.Tensor],
            bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """x: [..., in] -> [..., out] with the fastest CPU kernel; `packed` is pack_weight(weight) or None."""
-    if packed is None:
+    """x: [..., in] -> [..., out] in x's dtype with the fastest CPU kernel; `packed` is
+    pack_weight(weight) or None."""
+    kernel = kernel_for(x, packed)
+    if kernel == PLAIN:
         return F.linear(x, weight, bias)
-    if x.dtype == torch.bfloat16 and x.numel() == x.shape[-1]:  # one row
+    if kernel == GEMV:
         return aten_gemv(x, weight, bias)
-    return packed_linear(x, packed, bias)
+    if kernel == PACKED:
+        return packed_linear(x, packed, bias)
+    # a float32 copy of a bf16 weight: round the float32 result to x's dtype, as a bf16 kernel would
+    return packed_linear(x.to(packed.dtype), packed, None if bias is None else bias.to(packed.dtype)).to(x.dtype)
