@@ -6,8 +6,8 @@ from transformers.generation.logits_process import (MinPLogitsWarper,
                                                     RepetitionPenaltyLogitsProcessor,
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
-from tritium.layers.sampler import (Sampler, apply_min_p, apply_penalties, apply_top_k_top_p,
-                                    compute_top_logprobs)
+from tritium.layers.sampler import (SAMPLE_BLOCK, Sampler, apply_min_p, apply_penalties, apply_top_k_top_p,
+                                    compute_top_logprobs, sample_from_probs)
 from tritium.layers.sampling_metadata import SamplingMetadata
 from tritium.sampling_params import SamplingParams as SP
 
@@ -256,3 +256,40 @@ def test_sampled_distribution_matches_softmax(seeded):
     # Sanity of the test itself: the same counts are far from the untempered softmax.
     wrong = torch.softmax(logits[0].double(), dim=-1) * n
     assert float(((observed - wrong) ** 2 / wrong).sum()) > 100.0
+
+
+def test_two_level_draw_matches_the_probabilities_across_blocks():
+    """A vocabulary of several blocks plus a padded tail, with zero-probability tokens spread
+    through it (a whole zero block included): counts follow probs, zeros are never drawn."""
+    gen = torch.Generator().manual_seed(11)
+    vocab = 2 * SAMPLE_BLOCK + 37
+    probs = torch.rand(vocab, generator=gen) ** 4  # uneven masses
+    probs[::3] = 0.0
+    probs[SAMPLE_BLOCK:2 * SAMPLE_BLOCK] = 0.0  # a block with no mass
+    probs[-5:] = 0.2  # heavy tokens in the padded last block
+    n = 60000
+    u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+    drawn = sample_from_probs(probs.expand(n, -1), u)  # unnormalised rows are fine
+    counts = torch.bincount(drawn, minlength=vocab).double()
+    assert counts.shape == (vocab,) and counts[probs == 0].sum() == 0
+    expected = probs.double() / probs.double().sum() * n
+    big = expected > 10  # chi-square over the cells with enough expected draws, the rest pooled
+    chi2 = float(((counts[big] - expected[big]) ** 2 / expected[big]).sum())
+    rest_obs, rest_exp = counts[~big].sum(), expected[~big].sum()
+    chi2 += float((rest_obs - rest_exp) ** 2 / rest_exp)
+    df = int(big.sum())
+    assert chi2 < df + 6 * (2 * df) ** 0.5, (chi2, df)  # ~6 sigma of the chi-square's spread
+
+
+def test_two_level_draw_at_the_edges_of_the_uniforms():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0] + [0.0] * (SAMPLE_BLOCK + 3)] * 3)  # 2 blocks, padded
+    below_one = 1.0 - 2.0 ** -53
+    u = torch.tensor([[0.0, 0.0], [below_one, below_one], [0.0, below_one]], dtype=torch.float64)
+    assert sample_from_probs(probs, u).tolist() == [1, 3, 3]  # never a zero-probability token
+
+
+def test_random_sampling_draws_two_uniforms_per_row_not_a_vocabulary_of_noise():
+    """The cost that made random sampling dominate CPU steps: one random number per token."""
+    sampler = Sampler(seed=0)
+    meta = build([SP(temperature=1.0), SP(temperature=1.0, seed=3)], torch.zeros(2, 5000))
+    assert sampler._uniforms(CPU, meta).shape == (2, 2)
