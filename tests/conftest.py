@@ -1,9 +1,24 @@
-"""Shared fixtures: tiny random checkpoints written by transformers, and their HF models."""
+"""Shared fixtures: tiny random checkpoints written by transformers, and their HF models; and
+the suite-wide tritium cache folder (GGUF config, tokenizer, weights): one per test session,
+never the user's ~/.cache, shared by the tests that load the default model."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from tests.utils.tiny_models import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_dir(tmp_path_factory):
+    old = os.environ.get("TRITIUM_CACHE_DIR")
+    os.environ["TRITIUM_CACHE_DIR"] = str(tmp_path_factory.mktemp("tritium-cache"))
+    yield os.environ["TRITIUM_CACHE_DIR"]
+    if old is None:
+        os.environ.pop("TRITIUM_CACHE_DIR", None)
+    else:
+        os.environ["TRITIUM_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,11 @@
 """Build a model from a ModelSource: class from the registry, parameters created directly in
 the target dtype on the target device, weights streamed in through their weight_loaders, then
-each module's process_weights_after_loading() (kernel-specific layouts)."""
+each module's process_weights_after_loading() (kernel-specific layouts).
+
+GGUF sources go through the cache (loader/cache.py): the parameters as loaded (dequantized,
+fused, in the model's dtype) are saved as safetensors once and later memory-mapped straight into
+the parameters (on CPU no copy: the pages are the file's); the tokenizer transformers converts
+from the GGUF file is saved as a fast-tokenizer folder."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +16,8 @@ import torch
 from torch import nn
 
 from tritium.config import ModelConfig, resolve_dtype
+from tritium.distributed.parallel_state import get_tp_rank, get_tp_world_size
+from tritium.loader.cache import CacheSlot, cached
 from tritium.loader.dummy_loader import init_dummy_weights
 from tritium.loader.gguf_loader import iterate_gguf
 from tritium.loader.hf_loader import iterate_safetensors
@@ -46,21 +53,63 @@ def load_model(source: ModelSource, model_config: ModelConfig, device: torch.dev
     with torch.no_grad():
         if source.format == "dummy":
             init_dummy_weights(model)
-        elif source.format in ("hf", "gguf"):
-            weights = (iterate_safetensors(source.path) if source.format == "hf"
-                       else iterate_gguf(source.path, source.hf_config))
-            try:
-                model.load_weights(weights)
-            except ValueError as e:  # name the checkpoint too, unless the message already does
-                if source.path in str(e):
-                    raise
-                raise ValueError(f"{source.path}: {e}") from None
+        elif source.format == "hf":
+            _load_checkpoint(model, source, iterate_safetensors(source.path))
+        elif source.format == "gguf":
+            slot = CacheSlot("weights", source.path, {"dtype": str(model_config.dtype).replace("torch.", ""),
+                                                      "tp": [get_tp_rank(), get_tp_world_size()]})
+            cached(slot, lambda folder: _assign_saved_parameters(model, os.path.join(folder, WEIGHTS_FILE)),
+                   lambda: _load_checkpoint(model, source, iterate_gguf(source.path, source.hf_config)),
+                   lambda folder, _: _save_parameters(model, os.path.join(folder, WEIGHTS_FILE)))
         else:
             raise ValueError(f"unknown model source format {source.format!r}")
         for module in model.modules():  # e.g. repack linear weights for the CPU's matmul kernels
             if hasattr(module, "process_weights_after_loading"):
                 module.process_weights_after_loading()
     return model.eval()
+
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _load_checkpoint(model: nn.Module, source: ModelSource, weights) -> bool:
+    try:
+        model.load_weights(weights)
+    except ValueError as e:  # name the checkpoint too, unless the message already does
+        if source.path in str(e):
+            raise
+        raise ValueError(f"{source.path}: {e}") from None
+    return True
+
+
+def _save_parameters(model: nn.Module, path: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}, path)
+
+
+def _assign_saved_parameters(model: nn.Module, path: str) -> bool:
+    """Point every parameter at its tensor in the safetensors file `path` (CPU: the mmapped pages
+    themselves; else a copy). Checks names, shapes and dtypes first, so a mismatch changes nothing."""
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())  # tied parameters once
+    with safe_open(path, framework="pt", device="cpu") as f:
+        names = set(f.keys())
+        if names != set(params):
+            raise ValueError(f"parameters differ: {sorted(names ^ set(params))[:5]}")
+        tensors = {name: f.get_tensor(name) for name in names}
+    for name, t in tensors.items():
+        p = params[name]
+        if t.shape != p.shape or t.dtype != p.dtype:
+            raise ValueError(f"{name}: saved {tuple(t.shape)} {t.dtype}, model has {tuple(p.shape)} {p.dtype}")
+    for name, t in tensors.items():
+        p = params[name]
+        if p.device.type == "cpu":
+            p.data = t
+        else:
+            p.data.copy_(t)
+    return True
 
 
 def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
@@ -72,5 +121,12 @@ def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
     if path is None:
         return None
     if str(path).endswith(".gguf") and os.path.isfile(path):
-        return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+        import transformers
+
+        def convert():  # transformers rebuilds the tokenizer from the GGUF vocabulary: seconds
+            return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                                 gguf_file=os.path.basename(path))
+
+        slot = CacheSlot("tokenizer", path, {"transformers": transformers.__version__})
+        return cached(slot, AutoTokenizer.from_pretrained, convert, lambda folder, tok: tok.save_pretrained(folder))
     return AutoTokenizer.from_pretrained(path)

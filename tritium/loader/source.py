@@ -61,9 +61,23 @@ def _find_gguf(folder: str) -> str:
 
 
 def _gguf_source(path: str, fmt: str) -> ModelSource:
-    from tritium.loader.gguf_loader import gguf_hf_config
+    from tritium.loader.cache import CacheSlot, cached
 
-    hf_config, eos_ids = gguf_hf_config(path)
+    def build() -> tuple[dict[str, Any], Optional[tuple[int, ...]]]:
+        from tritium.loader.gguf_loader import gguf_hf_config
+
+        return gguf_hf_config(path)
+
+    def write(folder: str, value) -> None:
+        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+            json.dump({"hf_config": value[0], "eos_ids": value[1]}, f)
+
+    def read(folder: str):
+        data = read_json(os.path.join(folder, "config.json"))
+        return data["hf_config"], (tuple(data["eos_ids"]) if data["eos_ids"] is not None else None)
+
+    # Parsing the GGUF metadata (gguf-py reads every tokenizer string) takes seconds: cached.
+    hf_config, eos_ids = cached(CacheSlot("gguf-config", path, {}), read, build, write)
     return ModelSource(fmt, path, hf_config, tokenizer_path=path, generation_eos_ids=eos_ids)
 
 

@@ -3,12 +3,16 @@
 GPU: after the weights are loaded and a profiling forward pass of max_num_tokens has measured
 the activation peak (and one at the largest CUDA-graph batch has sized the graphs' memory pool),
 take `free_gpu_memory_fraction` of the memory still free.
-CPU: `cpu_memory_budget_gib`. Both are capped by `max_tokens` and by what max_batch_size
-requests of max_seq_len could ever use.
+CPU: what max_batch_size requests of max_seq_len could ever use, within `cpu_memory_budget_gib`
+(and `max_tokens`). The CPU cache is reserved, not filled: its pages come from an anonymous
+mapping (zero-filled by the kernel) and become resident only once a block is written, so a
+one-prompt run costs the memory of its own tokens, not the whole budget, and no start-up time.
 """
 from __future__ import annotations
 
 import logging
+import math
+import mmap
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,11 +42,21 @@ class KvCachePlan:
 
 
 def allocate_kv_caches(model_config: ModelConfig, cache_config: CacheConfig, device: torch.device) -> list[torch.Tensor]:
-    """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer (k at 0, v at 1)."""
+    """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer (k at 0, v at 1), zeros."""
     shape = (2, cache_config.num_blocks, cache_config.block_size,
              model_config.num_key_value_heads, model_config.head_dim)
+    if device.type == "cpu":
+        return [lazy_cpu_zeros(shape, cache_config.dtype) for _ in range(model_config.num_hidden_layers)]
     return [torch.zeros(shape, dtype=cache_config.dtype, device=device)
             for _ in range(model_config.num_hidden_layers)]
+
+
+def lazy_cpu_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A CPU tensor of zeros whose memory becomes resident only where it is written: the kernel
+    zero-fills an anonymous mapping page by page on first touch (torch.zeros would write it all
+    now). The tensor keeps the mapping alive."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).view(shape)
 
 
 def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -63,7 +77,7 @@ def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCache
                   f"and {activation_bytes / 2**30:.2f} GiB of activations")
     else:
         budget = int(kv.cpu_memory_budget_gib * 2**30)
-        reason = f"CPU budget {kv.cpu_memory_budget_gib:g} GiB"
+        reason = f"CPU budget {kv.cpu_memory_budget_gib:g} GiB, resident only as blocks are used"
     num_blocks = budget // per_block
     if kv.max_tokens is not None and kv.max_tokens < num_blocks * block_size:
         num_blocks = -(-kv.max_tokens // block_size)
