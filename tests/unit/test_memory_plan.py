@@ -54,3 +54,24 @@ def test_a_budget_that_holds_no_block_is_a_clear_error():
 def test_kv_cache_config_rejects_bad_values(kwargs, field):
     with pytest.raises(ValueError, match=field):
         KvCacheConfig(**kwargs)
+
+
+def _rss_anon_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon"))
+
+
+def test_cpu_kv_cache_is_zeros_that_cost_memory_only_where_written():
+    from tritium.config import CacheConfig
+    from tritium.worker.memory_plan import allocate_kv_caches
+
+    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=100, hidden_size=256, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=64)
+    cache = CacheConfig(block_size=16, num_blocks=8192, dtype=torch.bfloat16)  # 2 x 256 MiB reserved
+    before = _rss_anon_kib()
+    caches = allocate_kv_caches(cfg, cache, CPU)
+    assert [c.shape for c in caches] == [(2, 8192, 16, 4, 64)] * 2 and caches[0].dtype == torch.bfloat16
+    assert _rss_anon_kib() - before < 32 * 1024  # reserved, not resident
+    caches[1][:, :64] = 1.5  # 64 blocks written: ~1 MiB
+    assert _rss_anon_kib() - before < 40 * 1024
+    assert caches[1][:, :64].eq(1.5).all() and caches[1][:, 64:].eq(0).all() and caches[0].eq(0).all()
