@@ -81,12 +81,14 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     clock = _PhaseClock()
     source = resolve_model_source(model, load_format)
     model_config = model_config_from_source(source, dtype=dtype, device=dev)
-    tok = None if skip_tokenizer_init else load_tokenizer(source, tokenizer)
+    # The tokenizer (Python and Rust, one core) loads while the weights load and pack (torch).
+    with ThreadPoolExecutor(1, thread_name_prefix="tritium-tokenizer") as pool:
+        tok_future = None if skip_tokenizer_init else pool.submit(load_tokenizer, source, tokenizer)
+        nn_model = load_model(source, model_config, dev)
+        tok = tok_future.result() if tok_future is not None else None
     if tok is not None and not model_config.eos_token_ids and tok.eos_token_id is not None:
         model_config = dataclasses.replace(model_config, eos_token_ids=(tok.eos_token_id,))
-    clock.lap("config and tokenizer")
-    nn_model = load_model(source, model_config, dev)
-    clock.lap("weights")
+    clock.lap("config, tokenizer and weights")  # the tokenizer loads in a thread beside the weights
 
     sched = SchedulerConfig.from_build(build_config, model_config)
     backend = make_attention_backend(dev)

@@ -9,6 +9,7 @@ The tokenizer and chat template also live in the file; transformers reads them
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -35,13 +36,22 @@ _SKIPPED = ("rope_freqs.weight",)  # folded into the config's rope_scaling inste
 
 
 def _reader(path: str):
+    """GGUFReader for `path`. Parsing the metadata takes seconds (gguf-py reads every vocabulary
+    string), so the config and the weights share one reader: the last is kept until
+    iterate_gguf has read the tensors (keyed by the file's inode, size and mtime, so a replaced or
+    edited file is parsed again)."""
+    st = os.stat(path)
+    return _cached_reader(os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_reader(path: str, inode: int, size: int, mtime_ns: int):
     from gguf import GGUFReader
 
     try:
         return GGUFReader(path)
     except Exception as e:  # gguf-py reports a cut-off file as a numpy view/reshape error: say what it means
-        raise ValueError(f"{path} is not a readable GGUF file (truncated or corrupt? {os.path.getsize(path)} "
-                         f"bytes): {e}") from None
+        raise ValueError(f"{path} is not a readable GGUF file (truncated or corrupt? {size} bytes): {e}") from None
 
 
 def _field(reader, key: str, default: Any = None) -> Any:
@@ -176,3 +186,4 @@ def iterate_gguf(path: str, hf_config: dict[str, Any], progress: bool = True) ->
             w = unpermute_qk(w, heads[kind])
         # copies only when dequantize returned a read-only view of the memory map (F32)
         yield hf_name, torch.from_numpy(np.require(w, np.float32, ["C", "W"]))
+    _cached_reader.cache_clear()  # the tensors are read: let the file's mapping go
