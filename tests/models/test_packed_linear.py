@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from tritium.config import cpu_has_native_bf16
 from tritium.layers import cpu_linear
-from tritium.layers.cpu_linear import GEMV, PACKED, PACKED_FLOAT32, PLAIN
+from tritium.layers.cpu_linear import ATEN_BF16, PACKED, PACKED_FLOAT32, PLAIN
 from tritium.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from tritium.layers.linear import QKVParallelLinear, ReplicatedLinear, RowParallelLinear
 
@@ -30,7 +30,7 @@ def ran(monkeypatch):
     calls: list[str] = []
     real_packed, real_gemv = cpu_linear.packed_linear, cpu_linear.aten_gemv
     monkeypatch.setattr(cpu_linear, "packed_linear", lambda x, w, b: calls.append("packed") or real_packed(x, w, b))
-    monkeypatch.setattr(cpu_linear, "aten_gemv", lambda x, w, b: calls.append(GEMV) or real_gemv(x, w, b))
+    monkeypatch.setattr(cpu_linear, "aten_gemv", lambda x, w, b: calls.append(ATEN_BF16) or real_gemv(x, w, b))
     return calls
 
 
@@ -81,17 +81,18 @@ def test_bf16_weights_on_both_sides_of_native_bf16(bf16_kernels, bias, ran):
     expected_copy = torch.bfloat16 if bf16_kernels else torch.float32
     assert layer.weight_packed.is_mkldnn and layer.weight_packed.dtype == expected_copy
     assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight, w)
-    many = PACKED if bf16_kernels else PACKED_FLOAT32
-    for m in (1, 2, 16, 17):
+    aten_rows = 1 if bf16_kernels else cpu_linear.ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE
+    for m in (1, 2, 3, 4, 16, 17):
         x = torch.randn(m, 96, dtype=torch.bfloat16)
-        assert cpu_linear.kernel_for(x, layer.weight_packed) == (GEMV if m == 1 else many)
+        expected = ATEN_BF16 if m <= aten_rows else PACKED if bf16_kernels else PACKED_FLOAT32
+        assert cpu_linear.kernel_for(x, layer.weight_packed) == expected
         ran.clear()
         out = layer(x)
-        assert ran == ([GEMV] if m == 1 else ["packed"])
+        assert ran == ([ATEN_BF16] if expected == ATEN_BF16 else ["packed"])
         assert out.dtype == torch.bfloat16 and out.shape == (m, 80)
         ref = F.linear(x.float(), w.float(), None if b is None else b.float())
         torch.testing.assert_close(out.float(), ref, **TOL[torch.bfloat16])
-        if not bf16_kernels and m > 1:  # the float32 copy holds the bf16 values exactly
+        if expected == PACKED_FLOAT32:  # the float32 copy holds the bf16 values exactly
             torch.testing.assert_close(out, ref.to(torch.bfloat16), atol=0, rtol=0)
 
 
@@ -123,8 +124,8 @@ def test_packed_lm_head(bf16_kernels, tied, ran):
     assert head.weight_packed.is_mkldnn
     assert head.weight_packed.dtype == (torch.bfloat16 if bf16_kernels else torch.float32)
     assert not emb.weight.is_mkldnn and (head.weight is emb.weight) == tied
-    hidden = emb(torch.tensor([3, 99, 0]))  # [3, 32]
-    for rows, kernel in ((hidden[:1], GEMV), (hidden, "packed")):
+    hidden = emb(torch.tensor([3, 99, 0, 42, 7]))  # [5, 32]: more rows than the ATen bf16 path takes
+    for rows, kernel in ((hidden[:1], ATEN_BF16), (hidden, "packed")):
         ran.clear()
         logits = head(rows)
         assert ran == [kernel]
