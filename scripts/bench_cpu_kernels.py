@@ -45,14 +45,16 @@ def main() -> None:
     kernels = {
         "float32 F.linear": (lambda x, w: F.linear(x, w), w32, torch.float32),
         "float32 oneDNN packed": (lambda x, w: cpu_linear.packed_linear(x, w, None),
-                                  [cpu_linear.pack_weight(w, torch.float32) for w in w32], torch.float32),
+                                  [cpu_linear.pack_weight(w, torch.float32).tensor for w in w32], torch.float32),
         "bf16 ATen (gemv at 1 row)": (lambda x, w: cpu_linear.aten_gemv(x, w, None), w16, torch.bfloat16),
+        "bf16 -> float32 per call, F.linear": (lambda x, w: F.linear(x.float(), w.float()).bfloat16(), w16,
+                                               torch.bfloat16),
         "bf16 -> float32 oneDNN copy": (lambda x, w: cpu_linear.packed_linear(x.float(), w, None).bfloat16(),
-                                        [cpu_linear.pack_weight(w, torch.float32) for w in w16], torch.bfloat16),
+                                        [cpu_linear.pack_weight(w, torch.float32).tensor for w in w16], torch.bfloat16),
     }
     if cpu_has_native_bf16():
         kernels["bf16 oneDNN packed"] = (lambda x, w: cpu_linear.packed_linear(x, w, None),
-                                         [cpu_linear.pack_weight(w, torch.bfloat16) for w in w16], torch.bfloat16)
+                                         [cpu_linear.pack_weight(w, torch.bfloat16).tensor for w in w16], torch.bfloat16)
     print(f"{'kernel':32}" + "".join(f"{f'{m} rows':>10}" for m in args.rows))
     for name, (fn, weights, dtype) in kernels.items():
         print(f"{name:32}" + "".join(f"{step_ms(fn, weights, m, dtype):10.1f}" for m in args.rows), flush=True)

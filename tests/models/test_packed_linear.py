@@ -63,37 +63,47 @@ def test_packing_is_available_on_this_build():
 def test_float32_weights_take_the_float32_copy(bias, ran):
     layer, w, b = loaded(ReplicatedLinear, 96, 80, dtype=torch.float32, bias=bias)
     layer.process_weights_after_loading()
-    assert layer.weight_packed.is_mkldnn and layer.weight_packed.dtype == torch.float32
+    packed = layer.weight_packed
+    assert packed.dtype == torch.float32 and not packed.is_made  # made on first use
     assert not layer.weight.is_mkldnn and torch.equal(layer.weight, w)  # the parameter stays plain
-    for m in (1, 2, 17, 64):
+    big = cpu_linear.LARGE_ROWS
+    for m, kernel in ((big, PLAIN), (1, PACKED), (2, PACKED), (17, PACKED), (big, PACKED)):
         x = torch.randn(m, 96)
-        assert cpu_linear.kernel_for(x, layer.weight_packed) == PACKED  # float32 has no gemv path
+        assert cpu_linear.kernel_for(x, packed) == kernel  # float32 has no gemv path
+        ran.clear()
         out = layer(x)  # [m, 80]
+        assert ran == (["packed"] if kernel == PACKED else [])
         assert out.shape == (m, 80) and out.dtype == torch.float32
         torch.testing.assert_close(out, F.linear(x, w, b), **TOL[torch.float32])
-    assert ran == ["packed"] * 4
+        assert packed.is_made == (kernel == PACKED)  # a large first call made no copy
+    assert packed.tensor.is_mkldnn
 
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_bf16_weights_on_both_sides_of_native_bf16(bf16_kernels, bias, ran):
     layer, w, b = loaded(ReplicatedLinear, 96, 80, dtype=torch.bfloat16, bias=bias)
     layer.process_weights_after_loading()
-    expected_copy = torch.bfloat16 if bf16_kernels else torch.float32
-    assert layer.weight_packed.is_mkldnn and layer.weight_packed.dtype == expected_copy
+    packed = layer.weight_packed
+    assert packed.dtype == (torch.bfloat16 if bf16_kernels else torch.float32)
     assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight, w)
     aten_rows = 1 if bf16_kernels else cpu_linear.ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE
-    for m in (1, 2, 3, 4, 16, 17):
+    many = PACKED if bf16_kernels else PACKED_FLOAT32
+    big = cpu_linear.LARGE_ROWS
+    cases = [(big, PLAIN if bf16_kernels else cpu_linear.PLAIN_FLOAT32)]  # before any copy
+    cases += [(m, ATEN_BF16 if m <= aten_rows else many) for m in (1, 2, 3, 4, 16, 17)]
+    cases += [(big, many)]  # the copy exists now
+    for m, expected in cases:
         x = torch.randn(m, 96, dtype=torch.bfloat16)
-        expected = ATEN_BF16 if m <= aten_rows else PACKED if bf16_kernels else PACKED_FLOAT32
-        assert cpu_linear.kernel_for(x, layer.weight_packed) == expected
+        assert cpu_linear.kernel_for(x, packed) == expected
         ran.clear()
         out = layer(x)
-        assert ran == ([ATEN_BF16] if expected == ATEN_BF16 else ["packed"])
+        assert ran == {ATEN_BF16: [ATEN_BF16], PACKED: ["packed"], PACKED_FLOAT32: ["packed"]}.get(expected, [])
         assert out.dtype == torch.bfloat16 and out.shape == (m, 80)
         ref = F.linear(x.float(), w.float(), None if b is None else b.float())
         torch.testing.assert_close(out.float(), ref, **TOL[torch.bfloat16])
-        if expected == PACKED_FLOAT32:  # the float32 copy holds the bf16 values exactly
+        if expected in (PACKED_FLOAT32, cpu_linear.PLAIN_FLOAT32):  # float32 sums of the bf16 values
             torch.testing.assert_close(out, ref.to(torch.bfloat16), atol=0, rtol=0)
+    assert packed.tensor.is_mkldnn and packed.tensor.dtype == packed.dtype
 
 
 def test_packed_row_parallel_and_qkv():
@@ -121,7 +131,6 @@ def test_packed_lm_head(bf16_kernels, tied, ran):
     else:
         head.weight.weight_loader(head.weight, table)
     head.process_weights_after_loading()
-    assert head.weight_packed.is_mkldnn
     assert head.weight_packed.dtype == (torch.bfloat16 if bf16_kernels else torch.float32)
     assert not emb.weight.is_mkldnn and (head.weight is emb.weight) == tied
     hidden = emb(torch.tensor([3, 99, 0, 42, 7]))  # [5, 32]: more rows than the ATen bf16 path takes
@@ -131,6 +140,7 @@ def test_packed_lm_head(bf16_kernels, tied, ran):
         assert ran == [kernel]
         torch.testing.assert_close(logits.float(), rows.float() @ table.bfloat16().float().T,
                                    **TOL[torch.bfloat16])
+    assert head.weight_packed.tensor.is_mkldnn
 
 
 def test_one_bf16_row_takes_aten_gemv_and_restores_the_mkldnn_flag():

@@ -1,18 +1,23 @@
 """Fast y = x W^T + b on CPU: oneDNN (mkldnn) prepacked weights, and ATen's gemv for one bf16 row.
 
-F.linear on a plain [out, in] weight makes oneDNN re-lay the weight out on every call; packing it
-once after loading (into oneDNN's blocked layout) and calling `_linear_pointwise` halves the
-float32 matmul time of a decode step and cuts bfloat16's by ~40% (SmolLM2-135M, 2 AVX-512 cores).
-For a single bfloat16 row ATen's own gemv is faster still (it streams the plain bf16 weight once,
-accumulating in float32: 9 ms a step against oneDNN's 12 ms, and against 25 ms for a float32
-weight), so layers keep the plain weight too (which also keeps parameters ordinary tensors).
+F.linear on a plain [out, in] weight makes oneDNN re-lay the weight out on every call; a packed
+copy (oneDNN's blocked layout) and `_linear_pointwise` halve the float32 matmul time of a decode
+step and cut bfloat16's by ~40% (SmolLM2-135M, 2 AVX-512 cores). For a single bfloat16 row ATen's
+own gemv is faster still (it streams the plain bf16 weight once, accumulating in float32: 9 ms a
+step against oneDNN's 12 ms, and 25 ms for a float32 weight), so layers keep the plain weight too
+(which also keeps parameters ordinary tensors).
 
 The packed copy's dtype depends on the CPU (`packed_dtype`):
   float32 weight                       -> float32 copy
   bfloat16 weight, native bf16 CPU     -> bfloat16 copy (AVX512_BF16 / AMX dot products)
   bfloat16 weight, AVX2-only CPU       -> float32 copy of the same values: oneDNN has no fast
                                           bf16 kernel there, and ATen's bf16 GEMM is 3x slower
-                                          than float32 (many rows convert to float32 and back)
+                                          than float32 (the rows convert to float32 and back)
+The copy is made on first use (`PackedWeight`): it costs the weights' size again (twice on AVX2),
+and a run that only prefills long prompts and decodes one sequence never needs it (a one-prompt
+`tritium generate` keeps its peak memory and start-up time). Calls of LARGE_ROWS rows or more
+(prefill chunks) take the plain weight unless the copy exists: oneDNN's per-call re-layout (or,
+without native bf16, the conversion to float32) is small next to that much arithmetic.
 Elsewhere (CUDA, float16, builds without mkldnn, or TRITIUM_CPU_PACK=0) there is no packed copy
 and `linear` is F.linear. `kernel_for` names the path a call takes (tests assert it).
 """
@@ -35,8 +40,12 @@ PACK_BATCH_HINT = 32
 # this many rows (2 AVX2 cores, SmolLM2 shapes: 14.5 ms against 27.6 ms a step at 2 rows, even at 4).
 ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE = 3
 
+# From this many rows on, a call that finds no packed copy does not make one (see the module doc).
+LARGE_ROWS = 32
+
 # The kernels `linear` can take (see kernel_for).
 ATEN_BF16, PACKED, PACKED_FLOAT32, PLAIN = "aten_bf16", "onednn_packed", "onednn_packed_float32", "f_linear"
+PLAIN_FLOAT32 = "f_linear_float32"  # bf16 weight converted per call (large calls, no native bf16)
 
 _mkldnn_flag_lock = threading.Lock()
 
@@ -68,11 +77,32 @@ def can_pack(weight: torch.Tensor) -> bool:
     return packed_dtype(weight) is not None
 
 
-def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """[out, in] plain -> the same values in oneDNN's opaque layout (a tensor with is_mkldnn), in
-    `dtype` (default: packed_dtype(weight))."""
-    dtype = dtype or packed_dtype(weight)
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), PACK_BATCH_HINT)
+class PackedWeight:
+    """A weight's oneDNN copy in `dtype`, made on first use (under a lock, once)."""
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype):
+        self.weight, self.dtype = weight, dtype
+        self._tensor: Optional[torch.Tensor] = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_made(self) -> bool:
+        return self._tensor is not None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The packed copy (a tensor with is_mkldnn), made now if not yet."""
+        if self._tensor is None:
+            with self._lock:
+                if self._tensor is None:
+                    w = self.weight.detach().to(self.dtype)  # [out, in]
+                    self._tensor = torch.ops.mkldnn._reorder_linear_weight(w, PACK_BATCH_HINT)
+        return self._tensor
+
+
+def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> PackedWeight:
+    """[out, in] plain -> its oneDNN copy in `dtype` (default: packed_dtype(weight)), made on first use."""
+    return PackedWeight(weight, dtype or packed_dtype(weight))
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -93,20 +123,22 @@ def aten_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
             torch._C._set_mkldnn_enabled(enabled)
 
 
-def kernel_for(x: torch.Tensor, packed: Optional[torch.Tensor]) -> str:
+def kernel_for(x: torch.Tensor, packed: Optional[PackedWeight]) -> str:
     """Which kernel `linear(x, weight, packed, bias)` runs: ATEN_BF16 (one bf16 row: ATen's gemv;
     up to ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE rows where the copy is float32), PACKED,
-    PACKED_FLOAT32 or PLAIN."""
+    PACKED_FLOAT32, PLAIN or PLAIN_FLOAT32 (LARGE_ROWS or more, no copy made yet)."""
     if packed is None:
         return PLAIN
-    if x.dtype == torch.bfloat16:
-        rows = x.numel() // x.shape[-1]
-        if rows == 1 or (packed.dtype != torch.bfloat16 and rows <= ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE):
-            return ATEN_BF16
-    return PACKED if packed.dtype == x.dtype else PACKED_FLOAT32
+    rows = x.numel() // x.shape[-1]
+    native_copy = packed.dtype == x.dtype
+    if x.dtype == torch.bfloat16 and (rows == 1 or (not native_copy and rows <= ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE)):
+        return ATEN_BF16
+    if rows >= LARGE_ROWS and not packed.is_made:
+        return PLAIN if native_copy else PLAIN_FLOAT32
+    return PACKED if native_copy else PACKED_FLOAT32
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, packed: Optional[torch.Tensor],
+def linear(x: torch.Tensor, weight: torch.Tensor, packed: Optional[PackedWeight],
            bias: Optional[torch.Tensor]) -> torch.Tensor:
     """x: [..., in] -> [..., out] in x's dtype with the fastest CPU kernel; `packed` is
     pack_weight(weight) or None."""
@@ -116,6 +148,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, packed: Optional[torch.Tensor]
     if kernel == ATEN_BF16:
         return aten_gemv(x, weight, bias)
     if kernel == PACKED:
-        return packed_linear(x, packed, bias)
-    # a float32 copy of a bf16 weight: round the float32 result to x's dtype, as a bf16 kernel would
-    return packed_linear(x.to(packed.dtype), packed, None if bias is None else bias.to(packed.dtype)).to(x.dtype)
+        return packed_linear(x, packed.tensor, bias)
+    # float32 arithmetic on bf16 values, rounded to x's dtype as a bf16 kernel would
+    bias32 = None if bias is None else bias.float()
+    if kernel == PLAIN_FLOAT32:
+        return F.linear(x.float(), weight.float(), bias32).to(x.dtype)
+    return packed_linear(x.float(), packed.tensor, bias32).to(x.dtype)

@@ -55,7 +55,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     def __init__(self, num_embeddings: int, embedding_dim: int, prefix: str = "lm_head",
                  params_dtype: Optional[torch.dtype] = None):
         super().__init__(num_embeddings, embedding_dim, prefix, params_dtype)
-        self.weight_packed: Optional[torch.Tensor] = None
+        self.weight_packed: Optional[cpu_linear.PackedWeight] = None
 
     def tie_to(self, embedding: VocabParallelEmbedding) -> None:
         self.weight = embedding.weight

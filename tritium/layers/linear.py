@@ -63,7 +63,7 @@ class LinearMethod:
 class UnquantizedLinearMethod(LinearMethod):
     def create_weights(self, layer, input_size, output_size, params_dtype):
         layer.weight = new_param((output_size, input_size), params_dtype, layer.weight_loader, f"{layer.prefix}.weight")
-        layer.weight_packed = None  # CPU: a oneDNN-packed copy, made after loading
+        layer.weight_packed = None  # CPU: its oneDNN-packed copy (made on first use), set after loading
 
     def process_weights_after_loading(self, layer):
         if cpu_linear.can_pack(layer.weight):
