@@ -64,10 +64,9 @@ def test_float32_weights_take_the_float32_copy(bias, ran):
     layer, w, b = loaded(ReplicatedLinear, 96, 80, dtype=torch.float32, bias=bias)
     layer.process_weights_after_loading()
     packed = layer.weight_packed
-    assert packed.dtype == torch.float32 and not packed.is_made  # made on first use
+    assert packed.dtype == torch.float32 and not packed.is_made  # made when needed
     assert not layer.weight.is_mkldnn and torch.equal(layer.weight, w)  # the parameter stays plain
-    big = cpu_linear.LARGE_ROWS
-    for m, kernel in ((big, PLAIN), (1, PACKED), (2, PACKED), (17, PACKED), (big, PACKED)):
+    for m, kernel in ((40, PLAIN), (1, PACKED), (2, PACKED), (17, PACKED), (40, PACKED)):
         x = torch.randn(m, 96)
         assert cpu_linear.kernel_for(x, packed) == kernel  # float32 has no gemv path
         ran.clear()
@@ -75,7 +74,7 @@ def test_float32_weights_take_the_float32_copy(bias, ran):
         assert ran == (["packed"] if kernel == PACKED else [])
         assert out.shape == (m, 80) and out.dtype == torch.float32
         torch.testing.assert_close(out, F.linear(x, w, b), **TOL[torch.float32])
-        assert packed.is_made == (kernel == PACKED)  # a large first call made no copy
+        assert packed.is_made == (kernel == PACKED)  # the first call made no copy
     assert packed.tensor.is_mkldnn
 
 
@@ -88,10 +87,8 @@ def test_bf16_weights_on_both_sides_of_native_bf16(bf16_kernels, bias, ran):
     assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight, w)
     aten_rows = 1 if bf16_kernels else cpu_linear.ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE
     many = PACKED if bf16_kernels else PACKED_FLOAT32
-    big = cpu_linear.LARGE_ROWS
-    cases = [(big, PLAIN if bf16_kernels else cpu_linear.PLAIN_FLOAT32)]  # before any copy
-    cases += [(m, ATEN_BF16 if m <= aten_rows else many) for m in (1, 2, 3, 4, 16, 17)]
-    cases += [(big, many)]  # the copy exists now
+    cases = [(1, ATEN_BF16), (40, PLAIN if bf16_kernels else cpu_linear.PLAIN_FLOAT32)]  # no copy yet
+    cases += [(m, ATEN_BF16 if m <= aten_rows else many) for m in (1, 2, 3, 4, 16, 17, 40)]
     for m, expected in cases:
         x = torch.randn(m, 96, dtype=torch.bfloat16)
         assert cpu_linear.kernel_for(x, packed) == expected
@@ -134,10 +131,10 @@ def test_packed_lm_head(bf16_kernels, tied, ran):
     assert head.weight_packed.dtype == (torch.bfloat16 if bf16_kernels else torch.float32)
     assert not emb.weight.is_mkldnn and (head.weight is emb.weight) == tied
     hidden = emb(torch.tensor([3, 99, 0, 42, 7]))  # [5, 32]: more rows than the ATen bf16 path takes
-    for rows, kernel in ((hidden[:1], ATEN_BF16), (hidden, "packed")):
+    for rows, kernel in ((hidden[:1], ATEN_BF16), (hidden, None), (hidden, "packed")):  # None: first call, plain
         ran.clear()
         logits = head(rows)
-        assert ran == [kernel]
+        assert ran == ([kernel] if kernel else [])
         torch.testing.assert_close(logits.float(), rows.float() @ table.bfloat16().float().T,
                                    **TOL[torch.bfloat16])
     assert head.weight_packed.tensor.is_mkldnn
@@ -199,10 +196,11 @@ def test_an_avx2_process_on_any_cpu_reports_no_native_bf16_and_takes_the_float32
         "from tritium.config import cpu_capability, cpu_has_native_bf16, resolve_dtype\n"
         "from tritium.layers import cpu_linear\n"
         "w = torch.randn(40, 64).bfloat16(); p = cpu_linear.pack_weight(w)\n"
-        "x = torch.randn(5, 64).bfloat16()\n"
+        "x = torch.randn(5, 64).bfloat16(); ref = (x.float() @ w.float().T).bfloat16()\n"
+        "first = cpu_linear.linear(x, w, p, None)  # the weight's first call: no copy yet\n"
+        "kernel = cpu_linear.kernel_for(x, p)\n"
         "print(cpu_capability(), cpu_has_native_bf16(), resolve_dtype('auto', None, torch.device('cpu')),\n"
-        "      p.dtype, cpu_linear.kernel_for(x, p),\n"
-        "      bool((cpu_linear.linear(x, w, p, None) == (x.float() @ w.float().T).bfloat16()).all()))\n")
+        "      p.dtype, kernel, bool((first == ref).all() and (cpu_linear.linear(x, w, p, None) == ref).all()))\n")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["AVX2", "False", "torch.bfloat16", "torch.float32", PACKED_FLOAT32, "True"]

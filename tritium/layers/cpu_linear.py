@@ -13,11 +13,11 @@ The packed copy's dtype depends on the CPU (`packed_dtype`):
   bfloat16 weight, AVX2-only CPU       -> float32 copy of the same values: oneDNN has no fast
                                           bf16 kernel there, and ATen's bf16 GEMM is 3x slower
                                           than float32 (the rows convert to float32 and back)
-The copy is made on first use (`PackedWeight`): it costs the weights' size again (twice on AVX2),
-and a run that only prefills long prompts and decodes one sequence never needs it (a one-prompt
-`tritium generate` keeps its peak memory and start-up time). Calls of LARGE_ROWS rows or more
-(prefill chunks) take the plain weight unless the copy exists: oneDNN's per-call re-layout (or,
-without native bf16, the conversion to float32) is small next to that much arithmetic.
+The copy costs the weights' size again (twice on AVX2) and ~1 s to make, and a run that prefills
+one prompt and then decodes one row at a time does not need it. So it is made on a weight's second
+call that would use it (`PackedWeight`); the first such call (typically the prefill) takes the
+plain weight: F.linear, or without native bf16 float32 arithmetic on the weight converted for the
+call. A one-prompt `tritium generate` thus never packs; batched decoding packs at its first step.
 Elsewhere (CUDA, float16, builds without mkldnn, or TRITIUM_CPU_PACK=0) there is no packed copy
 and `linear` is F.linear. `kernel_for` names the path a call takes (tests assert it).
 """
@@ -40,12 +40,9 @@ PACK_BATCH_HINT = 32
 # this many rows (2 AVX2 cores, SmolLM2 shapes: 14.5 ms against 27.6 ms a step at 2 rows, even at 4).
 ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE = 3
 
-# From this many rows on, a call that finds no packed copy does not make one (see the module doc).
-LARGE_ROWS = 32
-
 # The kernels `linear` can take (see kernel_for).
 ATEN_BF16, PACKED, PACKED_FLOAT32, PLAIN = "aten_bf16", "onednn_packed", "onednn_packed_float32", "f_linear"
-PLAIN_FLOAT32 = "f_linear_float32"  # bf16 weight converted per call (large calls, no native bf16)
+PLAIN_FLOAT32 = "f_linear_float32"  # bf16 weight converted for the call (first call, no native bf16)
 
 _mkldnn_flag_lock = threading.Lock()
 
@@ -78,10 +75,11 @@ def can_pack(weight: torch.Tensor) -> bool:
 
 
 class PackedWeight:
-    """A weight's oneDNN copy in `dtype`, made on first use (under a lock, once)."""
+    """A weight's oneDNN copy in `dtype`, made when first asked for (under a lock, once)."""
 
     def __init__(self, weight: torch.Tensor, dtype: torch.dtype):
         self.weight, self.dtype = weight, dtype
+        self.first_call_done = False  # the first call that would use the copy ran without it
         self._tensor: Optional[torch.Tensor] = None
         self._lock = threading.Lock()
 
@@ -101,7 +99,7 @@ class PackedWeight:
 
 
 def pack_weight(weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> PackedWeight:
-    """[out, in] plain -> its oneDNN copy in `dtype` (default: packed_dtype(weight)), made on first use."""
+    """[out, in] plain -> its oneDNN copy in `dtype` (default: packed_dtype(weight)), made when needed."""
     return PackedWeight(weight, dtype or packed_dtype(weight))
 
 
@@ -125,15 +123,15 @@ def aten_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
 
 def kernel_for(x: torch.Tensor, packed: Optional[PackedWeight]) -> str:
     """Which kernel `linear(x, weight, packed, bias)` runs: ATEN_BF16 (one bf16 row: ATen's gemv;
-    up to ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE rows where the copy is float32), PACKED,
-    PACKED_FLOAT32, PLAIN or PLAIN_FLOAT32 (LARGE_ROWS or more, no copy made yet)."""
+    up to ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE rows where the copy is float32), PACKED /
+    PACKED_FLOAT32, or, on the weight's first such call, PLAIN / PLAIN_FLOAT32 (no copy yet)."""
     if packed is None:
         return PLAIN
     rows = x.numel() // x.shape[-1]
     native_copy = packed.dtype == x.dtype
     if x.dtype == torch.bfloat16 and (rows == 1 or (not native_copy and rows <= ATEN_BF16_MAX_ROWS_WITHOUT_NATIVE)):
         return ATEN_BF16
-    if rows >= LARGE_ROWS and not packed.is_made:
+    if not packed.is_made and not packed.first_call_done:
         return PLAIN if native_copy else PLAIN_FLOAT32
     return PACKED if native_copy else PACKED_FLOAT32
 
@@ -143,12 +141,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, packed: Optional[PackedWeight]
     """x: [..., in] -> [..., out] in x's dtype with the fastest CPU kernel; `packed` is
     pack_weight(weight) or None."""
     kernel = kernel_for(x, packed)
-    if kernel == PLAIN:
-        return F.linear(x, weight, bias)
     if kernel == ATEN_BF16:
         return aten_gemv(x, weight, bias)
     if kernel == PACKED:
         return packed_linear(x, packed.tensor, bias)
+    if packed is not None and kernel in (PLAIN, PLAIN_FLOAT32):
+        packed.first_call_done = True  # the next one makes the copy
+    if kernel == PLAIN:
+        return F.linear(x, weight, bias)
     # float32 arithmetic on bf16 values, rounded to x's dtype as a bf16 kernel would
     bias32 = None if bias is None else bias.float()
     if kernel == PLAIN_FLOAT32:
