@@ -147,3 +147,17 @@ def test_a_dataset_beyond_the_model_is_refused_before_running(capsys, tmp_path, 
     path.write_text('{"task_id": 1, "prompt": "hello", "output_tokens": 2}\n')
     assert main(["bench", "throughput", "--model", tiny_model, "--dataset", str(path)]) == 2
     assert "text prompt but this model has no tokenizer" in capsys.readouterr().err
+
+
+def test_help_lists_the_trtllm_bench_flags(capsys):
+    for command, flags in [
+        ("throughput", ("--dataset", "--load-format", "--dtype", "--max-batch-size", "--max-num-tokens",
+                        "--max-seq-len", "--kv-cache-free-gpu-memory-fraction", "--concurrency", "--streaming",
+                        "--warmup", "--report-json", "--backend", "--num-requests")),
+        ("latency", ("--batch-size", "--input-len", "--output-len", "--iterations", "--warmup", "--backend")),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            main(["bench", command, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert all(flag in out for flag in flags), [f for f in flags if f not in out]
