@@ -73,6 +73,9 @@ def test_throughput_with_a_concurrency_limit(tmp_path, tiny_model, dataset):
     steps, perf = report["engine_steps"], report["performance"]
     # The engine never held more than 3 requests (running or queued), and it was kept at 3.
     assert steps["max_in_flight"] == 3 and steps["max_batch_size"] == 3
+    _check_stats(steps["step_ms"])
+    busy_s = steps["step_ms"]["mean"] * steps["num_steps"] / 1e3  # the engine's steps fit in the run's wall time
+    assert 0 < busy_s <= report["performance"]["wall_time_s"]
     # Random prompts share no cached prefix: the engine computed every prompt token and sampled every output.
     assert steps["prompt_tokens"] == perf["total_input_tokens"]
     assert steps["generation_tokens"] == perf["total_output_tokens"]
