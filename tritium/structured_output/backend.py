@@ -14,6 +14,10 @@ import llguidance.hf
 
 from tritium.structured_output.params import GuidedDecodingParams
 
+# Compact JSON (", " and ": " separators, no free whitespace): a small model left to place its own
+# whitespace tends to wander in newlines instead of closing the object.
+_JSON_OPTIONS = {"whitespace_flexible": False}
+
 
 class GrammarBackend:
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int]):
@@ -38,7 +42,7 @@ class GrammarBackend:
         schema = params.schema_text()
         if schema is not None:
             try:
-                return llguidance.LLMatcher.grammar_from_json_schema(schema)
+                return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
             except ValueError as e:
                 raise ValueError(f"guided decoding: the JSON schema is not valid JSON: {e}") from None
         if params.regex is not None:
