@@ -39,6 +39,8 @@ class StructuredOutputManager:
 
     def bitmask(self, req_ids: Sequence[str], device: torch.device) -> Optional[torch.Tensor]:
         """[N, ceil(V/32)] int32 on `device` for these sampling rows, or None when none is guided."""
+        if not self._matchers:
+            return None
         rows = [(i, self._matchers[r]) for i, r in enumerate(req_ids) if r in self._matchers]
         if not rows:
             return None
