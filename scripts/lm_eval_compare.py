@@ -16,8 +16,6 @@ import sys
 import tempfile
 import time
 
-import httpx
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -44,6 +42,7 @@ def main() -> int:
     sys.path.insert(0, ROOT)
     from transformers import AutoTokenizer
 
+    from tritium.bench.serve import wait_for_server
     from tritium.default_model import default_model_path
 
     gguf = default_model_path()
@@ -63,15 +62,7 @@ def main() -> int:
                                "--dtype", "float32", "--served-model-name", "smollm2", "--log-level", "warning"],
                               env=env)
     try:
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{args.port}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit("tritium serve exited")
-            time.sleep(0.5)
+        wait_for_server(f"http://127.0.0.1:{args.port}", 600, server)
         t0 = time.perf_counter()
         tr = lm_eval(["--model", "local-completions", "--model_args",
                       f"base_url=http://127.0.0.1:{args.port}/v1/completions,model=smollm2,"

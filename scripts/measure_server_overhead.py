@@ -63,6 +63,7 @@ def main() -> int:
     import uvicorn
 
     from tritium import BuildConfig, SamplingParams
+    from tritium.bench.serve import wait_for_server
     from tritium.entrypoints.openai.api_server import ServerConfig, build_app
     from tritium.llm.llm import LLM
 
@@ -103,15 +104,7 @@ def main() -> int:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    import httpx
-
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{args.port}/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    wait_for_server(f"http://127.0.0.1:{args.port}", 120)
     with tempfile.TemporaryDirectory() as tmp:
         dataset, report = os.path.join(tmp, "d.jsonl"), os.path.join(tmp, "r.json")
         with open(dataset, "w") as f:

@@ -8,7 +8,6 @@ import signal
 
 import httpx
 import openai
-import pytest
 
 PROMPT = [5, 17, 42, 99]
 

@@ -134,6 +134,25 @@ async def _send(client, url: str, model: str, request: ServeRequest, chat: bool)
 # ---- the run ------------------------------------------------------------------------------------
 
 
+def wait_for_server(base_url: str, timeout_s: float, process=None) -> None:
+    """Poll GET /health until 200 (a server still loading answers 503); `process`: a Popen that
+    must stay alive meanwhile."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(base_url.rstrip("/") + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{base_url} was not ready (GET /health) within {timeout_s:g} s")
+        time.sleep(0.25)
+
+
 @dataclass
 class ServeSettings:
     base_url: str = "http://127.0.0.1:8000"
@@ -240,6 +259,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--endpoint", default="/v1/completions", choices=["/v1/completions", "/v1/chat/completions"])
     g.add_argument("--model", default=None, help="`model` to send (default: the server's first /v1/models entry)")
     g.add_argument("--api-key", "--api_key", default=os.environ.get("OPENAI_API_KEY"))
+    g.add_argument("--ready-timeout", "--ready_timeout", type=float, default=0.0,
+                   help="first wait up to this many seconds for GET /health to answer 200")
     g = p.add_argument_group("requests")
     g.add_argument("--dataset", default=None, help="JSONL requests (trtllm-bench format); else token-norm-dist")
     g.add_argument("--num-prompts", "--num_prompts", type=int, default=100)
@@ -275,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(base_url=args.base_url.rstrip("/"), endpoint=args.endpoint, model=args.model,
                              request_rate=args.request_rate, burstiness=args.burstiness,
                              max_concurrency=args.max_concurrency, api_key=args.api_key, seed=args.seed)
+    if args.ready_timeout > 0:
+        wait_for_server(settings.base_url, args.ready_timeout)
     if args.warmup:
         asyncio.run(run_load(dataclasses.replace(settings, request_rate=math.inf),
                              [ServeRequest(output_tokens=4, input_ids=r.input_ids, prompt=r.prompt)

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tritium.entrypoints.openai.errors import OpenAIError, from_validation_error, internal_error
