@@ -163,14 +163,8 @@ def build_app(config: ServerConfig) -> FastAPI:
     app.state.server = state
     _install_error_handlers(app)
 
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        key = config.api_key
-        if key is not None and request.url.path.startswith(_PROTECTED_PREFIXES):
-            if request.headers.get("authorization") != f"Bearer {key}":
-                return OpenAIError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                                   code="invalid_api_key").response()
-        return await call_next(request)
+    if config.api_key is not None:
+        app.add_middleware(_ApiKeyMiddleware, api_key=config.api_key)
 
     @app.get("/health")
     async def health():
@@ -249,6 +243,24 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(_, exc: Exception):
         logger.exception("request failed")
         return internal_error(exc).response()
+
+
+class _ApiKeyMiddleware:
+    """401 on /v1, /tokenize and /detokenize without `Authorization: Bearer <key>` (probes stay open).
+    Plain ASGI: a BaseHTTPMiddleware would copy every streamed chunk through an extra queue."""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(_PROTECTED_PREFIXES):
+            if dict(scope["headers"]).get(b"authorization") != self.expected:
+                response = OpenAIError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                                       code="invalid_api_key").response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _Server(uvicorn.Server):
