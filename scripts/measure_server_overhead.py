@@ -54,6 +54,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--load-format", default="auto", help="dummy: random weights from a config.json folder")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
@@ -68,10 +69,11 @@ def main() -> int:
     from tritium.llm.llm import LLM
 
     n = args.num_requests
-    llm = LLM(args.model, dtype=args.dtype, build_config=BuildConfig(max_batch_size=n, max_num_tokens=8192,
+    llm = LLM(args.model, dtype=args.dtype, load_format=args.load_format, build_config=BuildConfig(max_batch_size=n, max_num_tokens=8192,
                                                                       max_seq_len=args.input_len + args.output_len + 8))
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(100, 20000, size=args.input_len).tolist() for _ in range(n)]
+    vocab = llm.model_config.vocab_size
+    prompts = [rng.integers(100, min(vocab, 20000), size=args.input_len).tolist() for _ in range(n)]
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     llm.generate(prompts[:4], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up
     results = {}
