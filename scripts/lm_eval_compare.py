@@ -3,7 +3,7 @@ float32, the GGUF loaded by transformers) and `local-completions` against `triti
 --dtype float32` (token-id prompts, echo + logprobs). Prints per-sample loglikelihood differences
 and both accuracies.
 
-    pip install lm-eval && python scripts/lm_eval_compare.py [--task tritium_mc]
+    pip install "lm-eval[api]" && python scripts/lm_eval_compare.py [--task tritium_mc]
 """
 from __future__ import annotations
 
@@ -20,8 +20,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def lm_eval(args: list[str], out_dir: str) -> dict:
-    cmd = [sys.executable, "-m", "lm_eval", *args, "--include_path", os.path.join(HERE, "lm_eval_tasks"),
+def write_task(tmp: str) -> str:
+    """The task's YAML with the absolute path of its questions (lm-eval resolves data files from the cwd)."""
+    src = os.path.join(HERE, "lm_eval_tasks", "tritium_mc")
+    with open(os.path.join(src, "tritium_mc.yaml.in")) as f:
+        text = f.read().replace("@DATA_FILE@", os.path.join(src, "questions.jsonl"))
+    task_dir = os.path.join(tmp, "tasks")
+    os.makedirs(task_dir)
+    with open(os.path.join(task_dir, "tritium_mc.yaml"), "w") as f:
+        f.write(text)
+    return task_dir
+
+
+def lm_eval(args: list[str], task_dir: str, out_dir: str) -> dict:
+    cmd = [sys.executable, "-m", "lm_eval", *args, "--include_path", task_dir,
            "--log_samples", "--output_path", out_dir]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -47,6 +59,7 @@ def main() -> int:
 
     gguf = default_model_path()
     tmp = tempfile.mkdtemp(prefix="lm_eval_cmp_")
+    task_dir = write_task(tmp)
     tok_dir = os.path.join(tmp, "tokenizer")
     AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf)).save_pretrained(tok_dir)
 
@@ -54,7 +67,7 @@ def main() -> int:
     hf = lm_eval(["--model", "hf", "--model_args",
                   f"pretrained={os.path.dirname(gguf)},gguf_file={os.path.basename(gguf)},tokenizer={tok_dir},"
                   "dtype=float32", "--device", "cpu", "--batch_size", "8", "--tasks", args.task],
-                 os.path.join(tmp, "hf"))
+                 task_dir, os.path.join(tmp, "hf"))
     t_hf = time.perf_counter() - t0
 
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -68,7 +81,7 @@ def main() -> int:
                       f"base_url=http://127.0.0.1:{args.port}/v1/completions,model=smollm2,"
                       f"tokenizer_backend=huggingface,tokenizer={tok_dir},tokenized_requests=True,"
                       "num_concurrent=4,max_retries=1", "--tasks", args.task],
-                     os.path.join(tmp, "tritium"))
+                     task_dir, os.path.join(tmp, "tritium"))
         t_tr = time.perf_counter() - t0
     finally:
         server.terminate()
