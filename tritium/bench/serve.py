@@ -2,8 +2,8 @@
 benchmark, in tritium's shape).
 
 Requests come from a JSONL dataset in trtllm-bench's format ({"input_ids": [...] | "prompt": "...",
-"output_tokens": N}, e.g. from `tritium bench prepare-dataset`) or are drawn on the spot as
-token-norm-dist (random token ids, normally distributed lengths). Each is streamed with EOS
+"output_tokens": N}, from `tritium bench prepare-dataset`; tritium.bench.dataset) or are drawn on
+the spot as token-norm-dist (random token ids, normally distributed lengths). Each is streamed with EOS
 ignored, and timed per chunk as the client sees it: TTFT, TPOT, ITL and end-to-end percentiles,
 request and token throughput. Arrivals: all at once, or Poisson at --request-rate (gamma with
 --burstiness); --max-concurrency caps the requests in flight.
@@ -19,56 +19,14 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-# ---- requests -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServeRequest:
-    output_tokens: int
-    input_ids: Optional[list[int]] = None  # one of input_ids / prompt
-    prompt: Optional[str] = None
-
-
-def token_norm_dist(num: int, input_mean: float, input_stdev: float, output_mean: float, output_stdev: float,
-                    vocab_size: int, seed: int) -> list[ServeRequest]:
-    """Random token ids; lengths max(1, ceil(normal(mean, stdev))) as trtllm-bench draws them."""
-    rng = np.random.default_rng(seed)
-    ins = [max(1, math.ceil(x)) for x in rng.normal(input_mean, input_stdev, size=num)]
-    outs = [max(1, math.ceil(x)) for x in rng.normal(output_mean, output_stdev, size=num)]
-    return [ServeRequest(output_tokens=o, input_ids=rng.integers(0, vocab_size, size=i).tolist())
-            for i, o in zip(ins, outs)]
-
-
-def read_dataset(path: str, limit: Optional[int]) -> list[ServeRequest]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--dataset {path} does not exist")
-    requests = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if limit is not None and len(requests) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                requests.append(ServeRequest(output_tokens=int(data["output_tokens"]),
-                                             input_ids=data.get("input_ids"), prompt=data.get("prompt")))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{line_no}: not a request ({{\"input_ids\" or \"prompt\", "
-                                 f"\"output_tokens\"}}): {e}") from None
-            if requests[-1].input_ids is None and not requests[-1].prompt:
-                raise ValueError(f"{path}:{line_no}: needs \"input_ids\" or \"prompt\"")
-    if not requests:
-        raise ValueError(f"--dataset {path} holds no requests")
-    return requests
-
+from tritium.bench.dataset import BenchRequest, LengthDist, read_jsonl, token_norm_dist
+from tritium.bench.report import summarize
 
 # ---- one request --------------------------------------------------------------------------------
 
@@ -99,7 +57,7 @@ class RequestResult:
         return (self.chunk_times[-1] - self.chunk_times[0]) / (n - 1) if n > 1 else None
 
 
-async def _send(client, url: str, model: str, request: ServeRequest, chat: bool) -> RequestResult:
+async def _send(client, url: str, model: str, request: BenchRequest, chat: bool) -> RequestResult:
     body: dict[str, Any] = {"model": model, "max_tokens": request.output_tokens, "stream": True,
                             "ignore_eos": True, "temperature": 0.0,
                             "stream_options": {"include_usage": True}}
@@ -166,7 +124,7 @@ class ServeSettings:
     timeout_s: float = 3600.0
 
 
-async def run_load(settings: ServeSettings, requests: Sequence[ServeRequest]) -> tuple[list[RequestResult], float]:
+async def run_load(settings: ServeSettings, requests: Sequence[BenchRequest]) -> tuple[list[RequestResult], float]:
     import httpx
 
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
@@ -196,16 +154,11 @@ async def run_load(settings: ServeSettings, requests: Sequence[ServeRequest]) ->
     return list(results), time.perf_counter() - start
 
 
-def _stats(values, scale: float = 1e3) -> Optional[dict[str, float]]:
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64) * scale
-    if arr.size == 0:
-        return None
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"mean": float(arr.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "max": float(arr.max())}
+def _stats(values) -> Optional[dict[str, float]]:
+    return summarize(list(values), 1e3)  # seconds -> ms
 
 
-def summarize(results: list[RequestResult], duration_s: float, settings: ServeSettings) -> dict[str, Any]:
+def serving_report(results: list[RequestResult], duration_s: float, settings: ServeSettings) -> dict[str, Any]:
     ok = [r for r in results if r.ok]
     errors = [r.error for r in results if not r.ok]
     total_in = sum(r.num_input_tokens for r in ok)
@@ -289,10 +242,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.request_rate > 0 or not args.burstiness > 0:
         raise ValueError("--request-rate and --burstiness must be > 0")
     if args.dataset:
-        requests = read_dataset(args.dataset, args.num_prompts)
+        requests = read_jsonl(args.dataset, args.num_prompts)
     else:
-        requests = token_norm_dist(args.num_prompts, args.input_mean, args.input_stdev, args.output_mean,
-                                   args.output_stdev, args.vocab_size, args.seed)
+        requests = token_norm_dist(args.num_prompts, LengthDist("input", args.input_mean, args.input_stdev),
+                                   LengthDist("output", args.output_mean, args.output_stdev), args.vocab_size,
+                                   args.seed)
     settings = ServeSettings(base_url=args.base_url.rstrip("/"), endpoint=args.endpoint, model=args.model,
                              request_rate=args.request_rate, burstiness=args.burstiness,
                              max_concurrency=args.max_concurrency, api_key=args.api_key, seed=args.seed)
@@ -300,26 +254,11 @@ def run(args: argparse.Namespace) -> int:
         wait_for_server(settings.base_url, args.ready_timeout)
     if args.warmup:
         asyncio.run(run_load(dataclasses.replace(settings, request_rate=math.inf),
-                             [ServeRequest(output_tokens=4, input_ids=r.input_ids, prompt=r.prompt)
-                              for r in requests[:args.warmup]]))
+                             [dataclasses.replace(r, output_tokens=4) for r in requests[:args.warmup]]))
     results, duration = asyncio.run(run_load(settings, requests))
-    report = summarize(results, duration, settings)
+    report = serving_report(results, duration, settings)
     print(format_report(report))
     if args.result_json:
         with open(args.result_json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
     return 0 if report["failed_requests"] == 0 else 1
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tritium bench serve", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
