@@ -288,5 +288,8 @@ def run_server(config: ServerConfig, host: str, port: int, log_level: str = "inf
         server.should_exit = True
 
     state.request_exit = request_exit
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, once it has shut down
+        return 130
     return state.exit_code
