@@ -9,10 +9,17 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-import llguidance
-import llguidance.hf
-
 from tritium.structured_output.params import GuidedDecodingParams
+
+
+def _llguidance():
+    """Imported on first use: an engine that never guides runs without the library installed."""
+    try:
+        import llguidance
+        import llguidance.hf
+    except ImportError as e:
+        raise ValueError(f"guided decoding needs llguidance (pip install llguidance): {e}") from None
+    return llguidance
 
 # Compact JSON (", " and ": " separators, no free whitespace): a small model left to place its own
 # whitespace tends to wander in newlines instead of closing the object.
@@ -28,17 +35,18 @@ class GrammarBackend:
         self._lock = threading.Lock()
 
     @property
-    def ll_tokenizer(self) -> "llguidance.LLTokenizer":
-        """Built on first use (about 0.3 s for a 49k vocabulary), then shared."""
+    def ll_tokenizer(self):
+        """llguidance's LLTokenizer, built on first use (about 0.3 s for a 49k vocabulary), then shared."""
         with self._lock:
             if self._ll_tokenizer is None:
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                self._ll_tokenizer = _llguidance().hf.from_tokenizer(
                     self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self._eos)
             return self._ll_tokenizer
 
     @staticmethod
     def grammar_of(params: GuidedDecodingParams) -> str:
         """llguidance's grammar text for these params (not yet validated)."""
+        llguidance = _llguidance()
         schema = params.schema_text()
         if schema is not None:
             try:
@@ -55,10 +63,11 @@ class GrammarBackend:
 
     def validate(self, params: GuidedDecodingParams) -> None:
         """Raise ValueError naming the problem if this grammar cannot be enforced."""
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+        is_error, messages = _llguidance().LLMatcher.validate_grammar_with_warnings(
             self.grammar_of(params), self.ll_tokenizer)
         if is_error:
             raise ValueError(f"guided decoding ({params.kind}): {messages[0]}")
 
-    def matcher(self, params: GuidedDecodingParams) -> "llguidance.LLMatcher":
-        return llguidance.LLMatcher(self.ll_tokenizer, self.grammar_of(params), log_level=0)
+    def matcher(self, params: GuidedDecodingParams):
+        """A fresh llguidance LLMatcher for one request."""
+        return _llguidance().LLMatcher(self.ll_tokenizer, self.grammar_of(params), log_level=0)

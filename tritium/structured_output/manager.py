@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence
 
-import llguidance
 import torch
 
 from tritium.sampling_params import SamplingParams
@@ -24,7 +23,7 @@ logger = logging.getLogger(__name__)
 class StructuredOutputManager:
     def __init__(self, backend: GrammarBackend):
         self.backend = backend
-        self._matchers: dict[str, llguidance.LLMatcher] = {}
+        self._matchers: dict = {}  # req_id -> llguidance LLMatcher
 
     def add_request(self, req_id: str, params: SamplingParams, output_token_ids: Sequence[int]) -> None:
         if params.guided_decoding is None:
