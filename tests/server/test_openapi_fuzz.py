@@ -12,7 +12,7 @@ from schemathesis.config import SchemathesisConfig
 
 # Fuzzing only (schemathesis' coverage phase alone sends hundreds of requests), a few examples each.
 _CONFIG = {"phases": {"coverage": {"enabled": False}, "examples": {"enabled": False},
-                      "stateful": {"enabled": False}}, "generation": {"max-examples": 10}}
+                      "stateful": {"enabled": False}}, "generation": {"max-examples": 8}}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _clamp(body) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate])
 def test_no_server_errors(case):
     _clamp(case.body)
     response = case.call(timeout=60)
