@@ -2,6 +2,7 @@
 from tritium.config import BuildConfig, KvCacheConfig
 from tritium.outputs import CompletionOutput, Logprob, RequestOutput
 from tritium.sampling_params import SamplingParams
+from tritium.structured_output import GuidedDecodingParams
 
 __version__ = "0.1.0"
 
@@ -15,4 +16,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "SamplingParams", "BuildConfig", "KvCacheConfig", "RequestOutput", "CompletionOutput", "Logprob"]
+__all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "RequestOutput", "CompletionOutput", "Logprob"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from tritium.structured_output.params import GuidedDecodingParams
+
 _GREEDY_EPS = 1e-5
 
 
@@ -16,6 +18,7 @@ class SamplingParams:
     `logprobs=k` returns the top-k log-probabilities per generated token (plus the sampled one);
     `prompt_logprobs=k` the same for each prompt token after the first.
     `return_perf_metrics` adds arrival and per-token times to the final output (benchmarks).
+    `guided_decoding` constrains the output to a JSON schema, regex or grammar.
     """
 
     max_tokens: Optional[int] = 32  # None: until max_seq_len
@@ -39,6 +42,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     detokenize: bool = True
     return_perf_metrics: bool = False  # per-token timestamps on the final CompletionOutput
+    guided_decoding: Optional[GuidedDecodingParams] = None
     _stop_list: list[str] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self):
@@ -104,6 +108,8 @@ class SamplingParams:
             fail("logprobs", "must be an integer >= 0 (or None)")
         if self.prompt_logprobs is not None and (not is_int(self.prompt_logprobs) or self.prompt_logprobs < 0):
             fail("prompt_logprobs", "must be an integer >= 0 (or None)")
+        if self.guided_decoding is not None and not isinstance(self.guided_decoding, GuidedDecodingParams):
+            fail("guided_decoding", "must be a GuidedDecodingParams (or None)")
 
     # ---- derived ----------------------------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from tritium.core.sched_output import TopLogprobs
 from tritium.layers.sampling_metadata import SamplingMetadata
+from tritium.structured_output.bitmask import apply_token_bitmask_
 
 _MASK64 = (1 << 64) - 1
 SAMPLE_BLOCK = 256  # tokens per block of sample_from_probs' first level
@@ -177,13 +178,15 @@ class Sampler:
         assert logits.shape == (meta.num_rows, meta.vocab_size), (logits.shape, meta.num_rows)
         raw = logits
         logits = logits.float()  # [N, V]
-        if not meta.no_penalties or meta.min_tokens_rows is not None:
+        if not meta.no_penalties or meta.min_tokens_rows is not None or meta.token_bitmask is not None:
             logits = logits.clone() if logits is raw else logits  # keep the caller's raw logits
         if not meta.no_penalties:
             apply_penalties(logits, meta)
         if meta.min_tokens_rows is not None:
             blocked = torch.full_like(meta.min_tokens_rows, float("-inf"), dtype=logits.dtype)
             logits.index_put_((meta.min_tokens_rows, meta.min_tokens_cols), blocked)
+        if meta.token_bitmask is not None:
+            apply_token_bitmask_(logits, meta.token_bitmask)
 
         if meta.all_greedy:
             sampled = logits.argmax(dim=-1)  # [N]

@@ -58,6 +58,8 @@ class SamplingMetadata:
     # Logprobs: per-row k (None: not asked); max_num_logprobs is None when no row asks.
     num_logprobs: list[Optional[int]]
     max_num_logprobs: Optional[int]
+    # Guided decoding: bit t of row i is 1 where token t is allowed; None when no row is guided.
+    token_bitmask: Optional[torch.Tensor] = None  # [N, ceil(V / 32)] int32
 
     @property
     def no_top_k(self) -> bool:

@@ -54,6 +54,7 @@ class LLM:
         self.kv_cache_plan = parts.kv_plan
         self.device = parts.device
         self.tokenizer = parts.tokenizer
+        self.grammar_backend = parts.grammar_backend
         self._processor = OutputProcessor(self.tokenizer)
         self._lock = threading.Lock()  # guards the output processor across the caller and engine threads
         self._ids = itertools.count()
@@ -87,6 +88,10 @@ class LLM:
                 k = getattr(p, name)
                 if k is not None and k > vocab_size:  # would fail the whole engine step (topk)
                     raise ValueError(f"SamplingParams.{name}={k} exceeds the vocabulary size {vocab_size}")
+            if p.guided_decoding is not None:
+                if self.grammar_backend is None:
+                    raise ValueError("SamplingParams.guided_decoding needs a tokenizer; this model has none")
+                self.grammar_backend.validate(p.guided_decoding)
         return tokenized, params, single
 
     def _submit(self, prompt, params: SamplingParams, sink, streaming: bool) -> str:

@@ -22,6 +22,7 @@ from tritium.attention.backend import AttentionBackend, ForwardContext, forward_
 from tritium.config import CacheConfig, ModelConfig
 from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata, compute_top_logprobs
+from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import DecodeGraphs
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
 from tritium.worker.memory_plan import allocate_kv_caches
@@ -37,6 +38,7 @@ class StepHandle:
     logprobs: Optional[LogprobsTensors] = None  # host copies
     num_logprobs: Optional[list[Optional[int]]] = None
     prompt_logprobs: dict = field(default_factory=dict)
+    structured_output: Optional[StructuredOutputManager] = None  # set when a row is guided: advance its matcher
 
     def result(self) -> ModelRunnerOutput:
         if self.done is not None:
@@ -48,6 +50,8 @@ class StepHandle:
         out.sampled_token_ids = self.sampled_host.tolist()
         for state, token in zip(self.states, out.sampled_token_ids):
             state.token_ids.append(token)
+        if self.structured_output is not None:
+            self.structured_output.accept(out.req_ids, out.sampled_token_ids)
         lists = self.logprobs.tolists(self.num_logprobs) if self.logprobs is not None else None
         out.logprobs = lists if lists is not None else [None] * len(self.states)
         return out
@@ -56,13 +60,15 @@ class StepHandle:
 class ModelRunner:
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
                  device: torch.device, backend: AttentionBackend, max_num_seqs: int = 256,
-                 max_model_len: Optional[int] = None, use_cuda_graphs: bool = False):
+                 max_model_len: Optional[int] = None, use_cuda_graphs: bool = False,
+                 structured_output: Optional[StructuredOutputManager] = None):
         self.model = model
         self.model_config = model_config
         self.cache_config = cache_config
         self.device = device
         self.backend = backend
         self.sampler = Sampler()
+        self.structured_output = structured_output  # grammar matchers of guided requests
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches = allocate_kv_caches(model_config, cache_config, device)
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
@@ -92,6 +98,8 @@ class ModelRunner:
             if state is not None:
                 self.block_table.remove(state.row)
                 self._sync_req_ids.discard(req_id)
+            if self.structured_output is not None:
+                self.structured_output.remove(req_id)
         for new in so.scheduled_new_reqs:
             state = CachedRequestState(
                 req_id=new.req_id, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
@@ -101,6 +109,9 @@ class ModelRunner:
             self.requests[new.req_id] = state
             if needs_host_tokens(new.sampling_params):
                 self._sync_req_ids.add(new.req_id)
+            if self.structured_output is not None:
+                self.structured_output.add_request(new.req_id, new.sampling_params,
+                                                   new.token_ids[new.num_prompt_tokens:])
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.new_block_ids:
@@ -176,6 +187,10 @@ class ModelRunner:
             device=self.device, vocab_size=self.model_config.vocab_size,
             eos_token_ids=self.model_config.eos_token_ids,
             num_output_tokens=[n - s.num_prompt_tokens for s, n in zip(sampling, seq_lens)])
+        if self.structured_output is not None:
+            meta.token_bitmask = self.structured_output.bitmask([s.req_id for s in sampling], self.device)
+            if meta.token_bitmask is not None:
+                handle.structured_output = self.structured_output
         result = self.sampler(logits, meta)
         sampled = result.sampled_token_ids  # [N] long, on the device
         self._prev_sampled = sampled
@@ -206,5 +221,6 @@ class ModelRunner:
 
 def needs_host_tokens(params) -> bool:
     """Features that read a request's previous tokens on the host each step (penalties count
-    them): such requests run without overlap."""
-    return params.needs_penalties
+    them; a grammar matcher must see each token before it masks the next): such requests run
+    without overlap."""
+    return params.needs_penalties or params.guided_decoding is not None
