@@ -358,8 +358,8 @@ def test_storm_of_early_timeouts_frees_everything(server, client):
 
     start = time.monotonic()
     out = client.completions.create(model=MODEL_NAME, prompt="Quick:", max_tokens=4, temperature=0)
-    assert out.choices[0].finish_reason in ("length", "stop") and time.monotonic() - start < 15
-    deadline = time.monotonic() + 15
+    assert out.choices[0].finish_reason in ("length", "stop") and time.monotonic() - start < 30
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         m = metrics(server)
         if (m["tritium_kv_cache_usage_perc"], m["tritium_num_requests_running"],
