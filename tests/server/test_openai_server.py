@@ -335,17 +335,23 @@ def test_64_concurrent_streams_complete(server):
 
 def test_storm_of_early_timeouts_frees_everything(server, client):
     async def impatient(i):
+        # A whole-request deadline (not httpx's per-read timeout, which a fast machine's steady stream never trips):
+        # every client gives up long before 400 tokens x 24 requests can be generated, and hangs up mid-request.
         body = {"model": MODEL_NAME, "prompt": f"Write a long essay about topic {i}.", "max_tokens": 400,
                 "stream": i % 2 == 0, "ignore_eos": True}
-        async with httpx.AsyncClient(timeout=httpx.Timeout(0.5)) as ac:
+
+        async def request(ac):
+            if body["stream"]:
+                async with ac.stream("POST", server.base_url + "/v1/completions", json=body) as r:
+                    async for _ in r.aiter_lines():
+                        pass
+            else:
+                await ac.post(server.base_url + "/v1/completions", json=body)
+
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60)) as ac:
             try:
-                if body["stream"]:
-                    async with ac.stream("POST", server.base_url + "/v1/completions", json=body) as r:
-                        async for _ in r.aiter_lines():
-                            pass
-                else:
-                    await ac.post(server.base_url + "/v1/completions", json=body)
-            except httpx.TimeoutException:
+                await asyncio.wait_for(request(ac), timeout=0.5)
+            except asyncio.TimeoutError:
                 return True
         return False
 
