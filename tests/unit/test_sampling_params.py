@@ -9,7 +9,7 @@ INVALID = [
     ("max_tokens", 0), ("max_tokens", -3), ("max_tokens", 2.5), ("max_tokens", "10"),
     ("temperature", -0.1), ("temperature", float("nan")), ("temperature", "hot"),
     ("top_k", -2), ("top_k", 1.5),
-    ("top_p", 0.0), ("top_p", 1.01), ("top_p", -1),
+    ("top_p", 1.01), ("top_p", -1),
     ("min_p", -0.1), ("min_p", 1.5),
     ("repetition_penalty", 0.0), ("repetition_penalty", -1.0),
     ("presence_penalty", 2.5), ("presence_penalty", -3),

@@ -44,7 +44,9 @@ class Request:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.sampling_params = sampling_params
-        # EOS ends the request unless ignore_eos; stop_token_ids always do.
+        # EOS (end_id when given; -1: none) ends the request unless ignore_eos; stop_token_ids always do.
+        if sampling_params.end_id is not None:
+            eos_token_ids = () if sampling_params.end_id == -1 else (sampling_params.end_id,)
         self.eos_token_ids = frozenset(() if sampling_params.ignore_eos else eos_token_ids)
         self.stop_token_ids = frozenset(sampling_params.stop_token_ids or ())
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time

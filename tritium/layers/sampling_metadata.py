@@ -15,6 +15,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from tritium.layers.logits_processors import LogitsExtras
 from tritium.sampling_params import SamplingParams
 
 
@@ -58,6 +59,9 @@ class SamplingMetadata:
     # Logprobs: per-row k (None: not asked); max_num_logprobs is None when no row asks.
     num_logprobs: list[Optional[int]]
     max_num_logprobs: Optional[int]
+    # User processors, embedding_bias, bad words, n-gram bans (layers/logits_processors.py); set
+    # by the runner only for steps where some row uses one.
+    logits_extras: Optional["LogitsExtras"] = None
 
     @property
     def no_top_k(self) -> bool:

@@ -25,6 +25,7 @@ from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata, c
 from tritium.worker.cuda_graph import DecodeGraphs
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
 from tritium.worker.memory_plan import allocate_kv_caches
+from tritium.worker.sampling_features import SamplingFeatures
 
 
 @dataclass
@@ -56,13 +57,17 @@ class StepHandle:
 class ModelRunner:
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
                  device: torch.device, backend: AttentionBackend, max_num_seqs: int = 256,
-                 max_model_len: Optional[int] = None, use_cuda_graphs: bool = False):
+                 max_model_len: Optional[int] = None, use_cuda_graphs: bool = False,
+                 batched_logits_processor=None):
         self.model = model
         self.model_config = model_config
         self.cache_config = cache_config
         self.device = device
         self.backend = backend
         self.sampler = Sampler()
+        # Logits processors, embedding_bias, bad words, n-gram bans, top_p decay, end_id.
+        self.sampling_features = SamplingFeatures(device, model_config.vocab_size, model_config.eos_token_ids,
+                                                  batched_logits_processor)
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches = allocate_kv_caches(model_config, cache_config, device)
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
@@ -92,6 +97,7 @@ class ModelRunner:
             if state is not None:
                 self.block_table.remove(state.row)
                 self._sync_req_ids.discard(req_id)
+                self.sampling_features.remove(req_id)
         for new in so.scheduled_new_reqs:
             state = CachedRequestState(
                 req_id=new.req_id, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
@@ -101,6 +107,7 @@ class ModelRunner:
             self.requests[new.req_id] = state
             if needs_host_tokens(new.sampling_params):
                 self._sync_req_ids.add(new.req_id)
+            self.sampling_features.add(new.req_id, new.sampling_params)
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.new_block_ids:
@@ -166,16 +173,22 @@ class ModelRunner:
 
     def _sample(self, sampling: list[CachedRequestState], seq_lens: list[int], logits: torch.Tensor,
                 handle: StepHandle) -> None:
+        params = [s.sampling_params for s in sampling]
+        eos, extras = self.model_config.eos_token_ids, None
+        if self.sampling_features.active:  # some request in the runner uses a feature of sampling_features
+            step = self.sampling_features.prepare([s.req_id for s in sampling], params, [s.token_ids for s in sampling],
+                                                  [s.num_prompt_tokens for s in sampling])
+            params, extras, eos = step.params, step.logits_extras, step.eos_token_ids
         # Token lists are copied only for rows whose penalties need them (and those rows never
         # overlap, so their lists are complete). Outputs so far = sequence length - prompt.
-        penalised = [s.sampling_params.needs_penalties for s in sampling]
+        penalised = [p.needs_penalties for p in params]
         meta = SamplingMetadata.build(
-            [s.sampling_params for s in sampling],
+            params,
             [s.token_ids[:s.num_prompt_tokens] if p else [] for s, p in zip(sampling, penalised)],
             [s.token_ids[s.num_prompt_tokens:] if p else [] for s, p in zip(sampling, penalised)],
-            device=self.device, vocab_size=self.model_config.vocab_size,
-            eos_token_ids=self.model_config.eos_token_ids,
+            device=self.device, vocab_size=self.model_config.vocab_size, eos_token_ids=eos,
             num_output_tokens=[n - s.num_prompt_tokens for s, n in zip(sampling, seq_lens)])
+        meta.logits_extras = extras
         result = self.sampler(logits, meta)
         sampled = result.sampled_token_ids  # [N] long, on the device
         self._prev_sampled = sampled
@@ -206,5 +219,5 @@ class ModelRunner:
 
 def needs_host_tokens(params) -> bool:
     """Features that read a request's previous tokens on the host each step (penalties count
-    them): such requests run without overlap."""
-    return params.needs_penalties
+    them, processors and bans read them, beams are chosen there): such requests run without overlap."""
+    return params.needs_host_tokens
