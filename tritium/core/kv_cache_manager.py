@@ -52,8 +52,9 @@ class KVCacheManager:
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """Longest prefix of the request's full blocks found in the cache, and the tokens they
         cover. No side effects on the pool (allocate_slots takes the references)."""
-        if not self.enable_caching or request.sampling_params.prompt_logprobs is not None:
-            return [], 0  # prompt logprobs need the logits of every prompt position
+        params = request.sampling_params
+        if not self.enable_caching or params.prompt_logprobs is not None or params.return_context_logits:
+            return [], 0  # prompt logprobs and context logits need the logits of every prompt position
         hashes = update_block_hashes(request, self.block_size)
         # At least one token must remain to compute: cap at (num_tokens - 1) // block_size.
         max_hit_blocks = min(len(hashes), (request.num_tokens - 1) // self.block_size)

@@ -62,6 +62,7 @@ class Request:
         # Prompt positions whose logprobs were sent; kept across preemption (a resumed request
         # recomputes its prompt and the runner reports those positions again).
         self.num_prompt_logprobs_sent = 0
+        self.num_context_logits_sent = 0  # the same for context logits (return_context_logits)
         self.stop_reason: Union[int, str, None] = None
         # Chained hashes of the request's full blocks, filled in by the KV cache manager.
         self.block_hashes: list[int] = []

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from tritium.sampling_params import SamplingParams
+
+Tensor = Any  # torch.Tensor: core imports no torch, tensors only pass through it
 
 
 @dataclass
@@ -73,6 +75,15 @@ class ModelRunnerOutput:
     logprobs: list[Optional[TopLogprobs]]  # per sampled request; None unless it asked
     # req_id -> one entry per prompt position computed this step (positions 1.. of the prompt).
     prompt_logprobs: dict[str, list[TopLogprobs]] = field(default_factory=dict)
+    # req_id -> float32 host logits [n, V] of the prompt positions computed this step (return_context_logits).
+    context_logits: dict[str, Tensor] = field(default_factory=dict)
+    # req_id -> float32 host logits [V] its sampled token came from (return_generation_logits).
+    generation_logits: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def has_extras(self) -> bool:
+        """Anything besides sampled tokens and their logprobs."""
+        return bool(self.prompt_logprobs or self.context_logits or self.generation_logits)
 
     @staticmethod
     def empty() -> "ModelRunnerOutput":
@@ -87,6 +98,8 @@ class EngineCoreOutput:
     new_token_ids: list[int]
     new_logprobs: list[TopLogprobs] = field(default_factory=list)
     new_prompt_logprobs: list[TopLogprobs] = field(default_factory=list)
+    new_context_logits: Optional[Tensor] = None  # [n, V] float32, the prompt positions not sent before
+    new_generation_logits: Optional[Tensor] = None  # [len(new_token_ids), V] float32
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort"
     stop_reason: Optional[int] = None
     num_cached_tokens: int = 0

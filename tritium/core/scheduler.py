@@ -192,7 +192,7 @@ class Scheduler:
                            model_runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
         mro = model_runner_output
         outputs: list[EngineCoreOutput] = []
-        any_finished = False
+        finished: list[Request] = []
         for req_id, token_id, logprobs in zip(mro.req_ids, mro.sampled_token_ids, mro.logprobs):
             request = self.requests.get(req_id)
             if request is None or request.is_finished:
@@ -208,38 +208,51 @@ class Scheduler:
             outputs.append(EngineCoreOutput(
                 req_id=req_id, new_token_ids=[token_id],
                 new_logprobs=[logprobs] if logprobs is not None else [],
-                new_prompt_logprobs=(self._new_prompt_logprobs(request, scheduler_output, mro)
-                                     if mro.prompt_logprobs else []),
                 finish_reason=request.finish_reason if stopped else None,
                 stop_reason=request.stop_reason if stopped else None,
                 num_cached_tokens=max(request.num_cached_tokens, 0)))
             if stopped:
-                any_finished = True
-                self._release(request)
-
-        # A prefill chunk that sampled nothing may still carry prompt logprobs.
-        sampled = set(mro.req_ids)
-        for req_id in mro.prompt_logprobs:
-            request = self.requests.get(req_id)
-            if req_id in sampled or request is None:
-                continue
-            prompt_logprobs = self._new_prompt_logprobs(request, scheduler_output, mro)
-            if not prompt_logprobs:
-                continue
-            outputs.append(EngineCoreOutput(req_id=req_id, new_token_ids=[],
-                                            new_prompt_logprobs=prompt_logprobs,
-                                            num_cached_tokens=max(request.num_cached_tokens, 0)))
-        if any_finished:
+                finished.append(request)
+        if mro.has_extras:
+            self._attach_extras(outputs, scheduler_output, mro)
+        for request in finished:
+            self._release(request)
+        if finished:
             self.running = [r for r in self.running if not r.is_finished]
         return outputs
 
+    def _attach_extras(self, outputs: list[EngineCoreOutput], so: SchedulerOutput, mro: ModelRunnerOutput) -> None:
+        """Prompt logprobs and context logits (less the prompt positions sent before a preemption)
+        and generation logits onto this step's outputs; a prefill chunk that sampled nothing gets
+        an output of its own."""
+        by_id = {out.req_id: out for out in outputs}
+        for req_id, logits in mro.generation_logits.items():
+            if req_id in by_id:
+                by_id[req_id].new_generation_logits = logits.unsqueeze(0)  # [1, V]
+        for req_id in mro.prompt_logprobs.keys() | mro.context_logits.keys():
+            request = self.requests.get(req_id)
+            if request is None:
+                continue
+            start = so.num_computed_before(req_id)
+            prompt_logprobs = self._unsent(request, "num_prompt_logprobs_sent", start,
+                                           mro.prompt_logprobs.get(req_id, []))
+            context_logits = self._unsent(request, "num_context_logits_sent", start, mro.context_logits.get(req_id))
+            out = by_id.get(req_id)
+            if out is None:
+                if not prompt_logprobs and (context_logits is None or not len(context_logits)):
+                    continue
+                out = EngineCoreOutput(req_id=req_id, new_token_ids=[],
+                                       num_cached_tokens=max(request.num_cached_tokens, 0))
+                outputs.append(out)
+            out.new_prompt_logprobs = prompt_logprobs
+            out.new_context_logits = context_logits
+
     @staticmethod
-    def _new_prompt_logprobs(request: Request, so: SchedulerOutput, mro: ModelRunnerOutput) -> list:
-        """This step's prompt logprobs less the positions already sent before a preemption."""
-        entries = mro.prompt_logprobs.get(request.request_id, [])
-        if not entries:
-            return []
-        start = so.num_computed_before(request.request_id)
-        skip = max(request.num_prompt_logprobs_sent - start, 0)
-        request.num_prompt_logprobs_sent = max(request.num_prompt_logprobs_sent, start + len(entries))
-        return entries[skip:]
+    def _unsent(request: Request, counter: str, start: int, entries):
+        """entries cover prompt positions start, start + 1, ...; drop those already sent (a resumed
+        request recomputes its prompt) and advance the request's counter."""
+        if entries is None or not len(entries):
+            return entries
+        sent = getattr(request, counter)
+        setattr(request, counter, max(sent, start + len(entries)))
+        return entries[max(sent - start, 0):]

@@ -21,9 +21,10 @@ from torch import nn
 from tritium.attention.backend import AttentionBackend, ForwardContext, forward_context
 from tritium.config import CacheConfig, ModelConfig
 from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
-from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata, compute_top_logprobs
+from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata
 from tritium.worker.cuda_graph import DecodeGraphs
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
+from tritium.worker.logits_outputs import LogitsOutputs
 from tritium.worker.memory_plan import allocate_kv_caches
 from tritium.worker.sampling_features import SamplingFeatures
 
@@ -38,12 +39,16 @@ class StepHandle:
     logprobs: Optional[LogprobsTensors] = None  # host copies
     num_logprobs: Optional[list[Optional[int]]] = None
     prompt_logprobs: dict = field(default_factory=dict)
+    context_logits: dict = field(default_factory=dict)
+    generation_logits: Optional[tuple[list[str], torch.Tensor]] = None  # (req ids, host copy [n, V])
 
     def result(self) -> ModelRunnerOutput:
         if self.done is not None:
             self.done.synchronize()
         out = ModelRunnerOutput(req_ids=[s.req_id for s in self.states], sampled_token_ids=[], logprobs=[],
-                                prompt_logprobs=self.prompt_logprobs)
+                                prompt_logprobs=self.prompt_logprobs, context_logits=self.context_logits)
+        if self.generation_logits is not None:
+            out.generation_logits = dict(zip(self.generation_logits[0], self.generation_logits[1]))
         if not self.states:
             return out
         out.sampled_token_ids = self.sampled_host.tolist()
@@ -68,6 +73,7 @@ class ModelRunner:
         # Logits processors, embedding_bias, bad words, n-gram bans, top_p decay, end_id.
         self.sampling_features = SamplingFeatures(device, model_config.vocab_size, model_config.eos_token_ids,
                                                   batched_logits_processor)
+        self.logits_outputs = LogitsOutputs(device)  # prompt logprobs, context and generation logits
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches = allocate_kv_caches(model_config, cache_config, device)
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
@@ -98,6 +104,7 @@ class ModelRunner:
                 self.block_table.remove(state.row)
                 self._sync_req_ids.discard(req_id)
                 self.sampling_features.remove(req_id)
+                self.logits_outputs.remove(req_id)
         for new in so.scheduled_new_reqs:
             state = CachedRequestState(
                 req_id=new.req_id, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
@@ -108,6 +115,7 @@ class ModelRunner:
             if needs_host_tokens(new.sampling_params):
                 self._sync_req_ids.add(new.req_id)
             self.sampling_features.add(new.req_id, new.sampling_params)
+            self.logits_outputs.add(new.req_id, new.sampling_params)
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.new_block_ids:
@@ -137,16 +145,17 @@ class ModelRunner:
             self._fill_placeholders(inputs, states)
         self._prev_sampled, self._prev_rows = None, {}
         handle = StepHandle()
-        wants_prompt_logprobs = any(s.sampling_params.prompt_logprobs is not None for s in states)
-        if (self.graphs is not None and inputs.is_pure_decode and not wants_prompt_logprobs
+        wants_prompt_outputs = self.logits_outputs.wants_prompt_outputs(so.num_scheduled_tokens)
+        if (self.graphs is not None and inputs.is_pure_decode and not wants_prompt_outputs
                 and self.graphs.bucket(len(states)) is not None):
             logits = self.graphs.run(inputs)  # [R, V]: every request of a decode step samples
         else:
             ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=self.kv_caches, backend=self.backend)
             with forward_context(ctx):
                 hidden = self.model(inputs.input_ids, inputs.positions)  # [T, H]
-            if wants_prompt_logprobs:
-                self._prompt_logprobs(states, inputs, hidden, handle)
+            if wants_prompt_outputs:
+                self.logits_outputs.prompt_outputs(self.model, states, inputs, hidden, handle.prompt_logprobs,
+                                                   handle.context_logits)
             logits = self.model.compute_logits(hidden[inputs.logits_indices]) if inputs.samples.any() else None
 
         sampling = [i for i, samples in enumerate(inputs.samples.tolist()) if samples]
@@ -198,23 +207,9 @@ class ModelRunner:
         if result.logprobs_tensors is not None:
             handle.logprobs = result.logprobs_tensors.to_host(non_blocking=self._is_async)
             handle.num_logprobs = result.num_logprobs
+        if self.logits_outputs.generation_req_ids:
+            handle.generation_logits = self.logits_outputs.generation_logits(sampling, logits, self._is_async)
         handle.states, handle.sampled_host = sampling, host
-
-    def _prompt_logprobs(self, states: list[CachedRequestState], inputs: StepInputs, hidden: torch.Tensor,
-                         handle: StepHandle) -> None:
-        """Top-k logprobs of the next prompt token at each prompt position computed this step."""
-        qsl = inputs.query_start_loc.tolist()
-        for r, state in enumerate(states):
-            k = state.sampling_params.prompt_logprobs
-            if k is None:
-                continue
-            start = state.num_computed_tokens
-            end = min(start + qsl[r + 1] - qsl[r], state.num_prompt_tokens - 1)
-            if end <= start:
-                continue
-            logits = self.model.compute_logits(hidden[qsl[r]:qsl[r] + end - start])  # [n, V]
-            targets = torch.tensor(state.token_ids[start + 1:end + 1], device=self.device)
-            handle.prompt_logprobs[state.req_id] = compute_top_logprobs(logits, targets, k)
 
 
 def needs_host_tokens(params) -> bool:
