@@ -315,7 +315,7 @@ class SamplingParams:
         overlapped scheduling): penalties, processors, n-gram / bad-word bans, beams, top_p decay."""
         return (self.needs_penalties or self.use_beam_search or bool(self.logits_processor)
                 or self.apply_batched_logits_processor or self.no_repeat_ngram_size is not None
-                or bool(self.bad) or self.decays_top_p)
+                or bool(self.bad or self._bad_word_ids) or self.decays_top_p)
 
     def child(self, index: int) -> "SamplingParams":
         """Params of the index-th of best_of parallel sequences: n=1 and a distinct seed. Only

@@ -51,13 +51,12 @@ class LLM:
 
             model = default_model_path()
         self.model_path = model
+        self.batched_logits_processor = options.batched_logits_processor
         parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
                              load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init,
-                             enforce_eager=options.enforce_eager)
-        if options.disable_overlap_scheduler:
-            parts.core.runner.supports_overlap = False
-        self.batched_logits_processor = options.batched_logits_processor
-        parts.core.runner.batched_logits_processor = options.batched_logits_processor
+                             enforce_eager=options.enforce_eager,
+                             runner_options=dict(batched_logits_processor=options.batched_logits_processor,
+                                                 allow_overlap=not options.disable_overlap_scheduler))
         self.model_config = parts.model_config
         self.scheduler_config = parts.scheduler_config
         self.kv_cache_plan = parts.kv_plan

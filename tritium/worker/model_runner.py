@@ -63,7 +63,7 @@ class ModelRunner:
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
                  device: torch.device, backend: AttentionBackend, max_num_seqs: int = 256,
                  max_model_len: Optional[int] = None, use_cuda_graphs: bool = False,
-                 batched_logits_processor=None):
+                 max_beam_width: int = 1, batched_logits_processor=None, allow_overlap: bool = True):
         self.model = model
         self.model_config = model_config
         self.cache_config = cache_config
@@ -78,12 +78,13 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(model_config, cache_config, device)
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
         max_blocks = -(-max_model_len // cache_config.block_size)
-        self.block_table = BlockTable(max_num_seqs, max_blocks)
+        max_rows = max_num_seqs * max_beam_width  # a beam search holds one row per beam
+        self.block_table = BlockTable(max_rows, max_blocks)
         # Overlap needs asynchronous devices; two staging sets alternate (see StagingBuffers).
         self._is_async = device.type == "cuda"  # kernels run asynchronously to the host
-        self.supports_overlap = self._is_async
+        self.supports_overlap = self._is_async and allow_overlap
         self._staging = [StagingBuffers(device), StagingBuffers(device)]
-        self._sampled_host = [torch.empty(max_num_seqs, dtype=torch.long, pin_memory=self._is_async)
+        self._sampled_host = [torch.empty(max_rows, dtype=torch.long, pin_memory=self._is_async)
                               for _ in range(2)]
         self._step = 0
         # The last step's sampled tokens on the device, and the row of each request in it.

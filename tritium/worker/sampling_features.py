@@ -18,7 +18,7 @@ from tritium.sampling_params import SamplingParams
 
 def has_features(params: SamplingParams) -> bool:
     return bool(params.logits_processor or params.apply_batched_logits_processor or params.embedding_bias is not None
-                or params.bad_token_ids or params.bad or params.no_repeat_ngram_size is not None
+                or params.bad_words_token_ids or params.no_repeat_ngram_size is not None
                 or params.decays_top_p or params.end_id is not None)
 
 
@@ -106,7 +106,8 @@ class SamplingFeatures:
         if state.bias is not None:
             extras.bias_rows.append(r)
             extras.biases.append(state.bias)
-        banned = bad_word_bans(tokens, p.bad_words_token_ids) if (p.bad_token_ids or p.bad) else []
+        bad_words = p.bad_words_token_ids
+        banned = bad_word_bans(tokens, bad_words) if bad_words else []
         if state.ngrams is not None:
             banned += state.ngrams.banned(tokens)
         extras.banned_rows += [r] * len(banned)
