@@ -285,6 +285,9 @@ class BuildConfig:
         if self.max_input_len is not None and self.max_seq_len is not None and self.max_input_len >= self.max_seq_len:
             raise ValueError(f"max_input_len ({self.max_input_len}) must be below max_seq_len ({self.max_seq_len}): "
                              "a prompt needs room for at least one generated token")
+        if self.max_num_tokens < self.max_beam_width:
+            raise ValueError(f"max_num_tokens ({self.max_num_tokens}) must be at least max_beam_width "
+                             f"({self.max_beam_width}): a beam search's beams decode in the same step")
         if not isinstance(self.enable_chunked_prefill, bool):
             raise ValueError(f"enable_chunked_prefill must be True or False, got {self.enable_chunked_prefill!r}")
 

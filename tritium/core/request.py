@@ -66,6 +66,7 @@ class Request:
         self.stop_reason: Union[int, str, None] = None
         # Chained hashes of the request's full blocks, filled in by the KV cache manager.
         self.block_hashes: list[int] = []
+        self.beam = None  # the BeamSearch this request is a beam of (core/beam_search.py), if any
 
     @property
     def num_tokens(self) -> int:

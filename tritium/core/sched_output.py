@@ -23,6 +23,8 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
+    # A beam of a beam search: how many of its most likely next tokens to report (0: samples).
+    num_beam_candidates: int = 0
 
 
 @dataclass
@@ -42,6 +44,8 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     # Requests whose runner state must be dropped: finished, aborted or preempted since last step.
     finished_req_ids: set[str] = field(default_factory=set)
+    # (source, destination) KV blocks to copy before the step runs (a beam's copy-on-write).
+    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -68,6 +72,14 @@ class TopLogprobs:
 
 
 @dataclass
+class BeamCandidates:
+    """A beam's most likely next tokens, most likely first, with their log-probabilities."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+
+
+@dataclass
 class ModelRunnerOutput:
     # Requests that sampled a token this step (their computed tokens reached num_tokens).
     req_ids: list[str]
@@ -79,6 +91,8 @@ class ModelRunnerOutput:
     context_logits: dict[str, Tensor] = field(default_factory=dict)
     # req_id -> float32 host logits [V] its sampled token came from (return_generation_logits).
     generation_logits: dict[str, Tensor] = field(default_factory=dict)
+    # Beam search rows (they sample nothing): beam req_id -> its most likely next tokens.
+    beam_candidates: dict[str, BeamCandidates] = field(default_factory=dict)
 
     @property
     def has_extras(self) -> bool:
@@ -103,6 +117,7 @@ class EngineCoreOutput:
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort"
     stop_reason: Optional[int] = None
     num_cached_tokens: int = 0
+    beam_hypotheses: Optional[list] = None  # beam search, when finished: the n best BeamHypothesis
 
     @property
     def finished(self) -> bool:

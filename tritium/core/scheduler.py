@@ -9,12 +9,19 @@ prefill, decode, prefix-cache hits and resumption after preemption are all that 
 
 Preemption is by recompute: blocks are freed, num_computed_tokens = 0, and the request goes back
 to the front of the waiting queue; it is resumed as a NewRequestData holding prompt + outputs.
+
+Beam search (core/beam_search.py): the request the user submitted is the first beam and the only
+one in `running` / `waiting`; all its beams are scheduled, preempted and resumed together, with
+the same tokens computed (so they sample in the same step). After a step the beams are rebuilt
+from their parents: each takes over its parent's KV blocks (ref counts; nothing copied) and a
+partly filled last block shared by several is copied once it is written to (blocks_to_copy).
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Optional
 
+from tritium.core.beam_search import BeamSearch, Selection
 from tritium.core.kv_cache_manager import KVCacheManager
 from tritium.core.request import Request, RequestStatus, check_stop
 from tritium.core.sched_output import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
@@ -63,6 +70,8 @@ class Scheduler:
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        if request.sampling_params.use_beam_search:
+            request.beam = BeamSearch(request, self.max_model_len)
 
     def abort_requests(self, req_ids: Iterable[str]) -> list[Request]:
         if isinstance(req_ids, str):
@@ -72,6 +81,8 @@ class Scheduler:
             request = self.requests.get(req_id)
             if request is None or request.is_finished:
                 continue
+            if request.beam is not None:
+                request = request.beam.root  # a beam stands for its whole search
             if request.status == RequestStatus.RUNNING:
                 self.running.remove(request)
             else:
@@ -82,10 +93,11 @@ class Scheduler:
         return aborted
 
     def _release(self, request: Request) -> None:
-        """A finished request gives back its blocks and leaves the scheduler."""
-        self.kv_cache_manager.free(request)
-        del self.requests[request.request_id]
-        self.finished_req_ids.add(request.request_id)
+        """A finished request (all its beams) gives back its blocks and leaves the scheduler."""
+        for seq in request.beam.beams if request.beam is not None else (request,):
+            self.kv_cache_manager.free(seq)
+            del self.requests[seq.request_id]
+            self.finished_req_ids.add(seq.request_id)
 
     def _blocks_at_full_length(self, request: Request) -> int:
         """KV blocks the request holds once it has generated all it may (guaranteed_no_evict)."""
@@ -100,6 +112,11 @@ class Scheduler:
         return sum(self._blocks_at_full_length(r) - len(held.get(r.request_id, ())) for r in self.running)
 
     def _preempt(self, request: Request) -> None:
+        if request.beam is not None:
+            for beam in request.beam.beams[1:]:  # the first beam is the request itself
+                self.kv_cache_manager.free(beam)
+                beam.num_computed_tokens = 0
+                self.finished_req_ids.add(beam.request_id)
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0  # a token still in flight is appended when it arrives
@@ -114,11 +131,21 @@ class Scheduler:
         num_scheduled: dict[str, int] = {}
         cached_reqs: list[CachedRequestData] = []
         new_reqs: list[Request] = []
+        blocks_to_copy: list[tuple[int, int]] = []
         preempted = False
 
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
+            if request.beam is not None:  # every beam of the search together
+                num, preempted_any = self._schedule_beams(request, budget, num_scheduled, cached_reqs, new_reqs,
+                                                          blocks_to_copy)
+                preempted |= preempted_any
+                if num is None:
+                    break  # the search preempted itself: nothing after it is left to schedule
+                budget -= num
+                i += 1
+                continue
             num_new = min(request.num_tokens + request.num_output_placeholders - request.num_computed_tokens, budget)
             if num_new <= 0 or (request.num_output_placeholders and request.length_capped(self.max_model_len)):
                 i += 1  # nothing to do until its outputs arrive
@@ -142,6 +169,14 @@ class Scheduler:
         while (self.waiting and not preempted and budget > 0
                and len(self.running) < self.max_num_seqs):
             request = self.waiting[0]
+            if request.beam is not None:
+                num = self._admit_beams(request, budget, num_scheduled, new_reqs)
+                if num is None:
+                    break  # FCFS: later requests do not overtake it
+                self.waiting.popleft()
+                self.running.append(request)
+                budget -= num
+                continue
             hit_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
             need = 0
             if self.no_evict:  # `reserved`: blocks the admitted requests will still allocate
@@ -171,12 +206,14 @@ class Scheduler:
                 NewRequestData(req_id=r.request_id, token_ids=list(r.all_token_ids),
                                num_prompt_tokens=r.num_prompt_tokens, sampling_params=r.sampling_params,
                                block_ids=self.kv_cache_manager.get_block_ids(r.request_id),
-                               num_computed_tokens=r.num_computed_tokens)
+                               num_computed_tokens=r.num_computed_tokens,
+                               num_beam_candidates=r.beam.num_candidates if r.beam is not None else 0)
                 for r in new_reqs],
             scheduled_cached_reqs=cached_reqs,
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=self.max_num_batched_tokens - budget,
             finished_req_ids=self.finished_req_ids,
+            blocks_to_copy=blocks_to_copy,
         )
         self.finished_req_ids = set()
         # The tokens count as computed once scheduled (the runner computes exactly these); a
@@ -213,6 +250,8 @@ class Scheduler:
                 num_cached_tokens=max(request.num_cached_tokens, 0)))
             if stopped:
                 finished.append(request)
+        if mro.beam_candidates:
+            self._advance_beams(mro, outputs, finished)
         if mro.has_extras:
             self._attach_extras(outputs, scheduler_output, mro)
         for request in finished:
@@ -256,3 +295,129 @@ class Scheduler:
         sent = getattr(request, counter)
         setattr(request, counter, max(sent, start + len(entries)))
         return entries[max(sent - start, 0):]
+
+    # ---- beam search ------------------------------------------------------------------------
+    def _schedule_beams(self, request: Request, budget: int, num_scheduled: dict[str, int],
+                        cached_reqs: list[CachedRequestData], new_reqs: list[Request],
+                        blocks_to_copy: list[tuple[int, int]]) -> tuple[Optional[int], bool]:
+        """Schedule every beam of a running search for the same tokens, or none. Returns (tokens
+        scheduled, None if the search preempted itself; whether anything was preempted)."""
+        search = request.beam
+        beams = search.beams
+        num_new = min(request.num_tokens - request.num_computed_tokens, budget // len(beams))
+        if num_new <= 0:
+            return 0, False
+        kv = self.kv_cache_manager
+        # Blocks this needs: new ones, plus one copy per extra holder of a shared block to be written.
+        shared = [kv.shared_write_block(b) for b in beams]
+        need = sum(kv.num_new_blocks(b, num_new) for b in beams) + sum(
+            min(blk.ref_cnt, shared.count(blk)) - 1 for blk in set(shared) if blk is not None)
+        preempted = False
+        while need > kv.num_free_blocks:
+            victim = self.running.pop()  # lowest priority; never one scheduled before this search
+            self._preempt(victim)
+            preempted = True
+            if victim is request:
+                return None, True
+        for beam in beams:
+            copy = kv.copy_on_write(beam)
+            if copy is not None:
+                blocks_to_copy.append(copy)
+            new_blocks = kv.allocate_slots(beam, num_new)
+            if search.resend:
+                new_reqs.append(beam)
+            else:
+                cached_reqs.append(CachedRequestData(beam.request_id, [b.block_id for b in new_blocks],
+                                                     beam.num_computed_tokens))
+            num_scheduled[beam.request_id] = num_new
+        search.resend = False
+        return num_new * len(beams), preempted
+
+    def _admit_beams(self, request: Request, budget: int, num_scheduled: dict[str, int],
+                     new_reqs: list[Request]) -> Optional[int]:
+        """Admit a waiting search (new, or resumed after preemption) with every beam at the same
+        computed length (the prefix all of them hit in the cache). None when it does not fit."""
+        beams = request.beam.beams
+        kv = self.kv_cache_manager
+        hits = [kv.get_computed_blocks(b)[0] for b in beams]
+        num_hit_blocks = min(len(h) for h in hits)
+        hits = [h[:num_hit_blocks] for h in hits]
+        num_hit_tokens = num_hit_blocks * kv.block_size
+        num_new = request.num_tokens - num_hit_tokens
+        if not self.enable_chunked_prefill and num_new * len(beams) > budget:
+            return None
+        num_new = min(num_new, budget // len(beams))
+        evictable = {id(b): b for h in hits for b in h if b.ref_cnt == 0}  # leave the free queue when hit
+        if num_new <= 0 or (sum(kv.num_new_blocks(b, num_new, num_hit_blocks) for b in beams) + len(evictable)
+                            > kv.num_free_blocks):
+            return None
+        for beam, hit in zip(beams, hits):
+            kv.allocate_slots(beam, num_new, hit)
+            beam.num_computed_tokens = num_hit_tokens
+            beam.status = RequestStatus.RUNNING
+            new_reqs.append(beam)
+            num_scheduled[beam.request_id] = num_new
+        if request.num_cached_tokens < 0:
+            request.num_cached_tokens = num_hit_tokens
+        request.beam.resend = False  # they go to the runner in full now
+        return num_new * len(beams)
+
+    def _advance_beams(self, mro: ModelRunnerOutput, outputs: list[EngineCoreOutput],
+                       finished: list[Request]) -> None:
+        """One step of each search whose beams reported their candidates: finished sequences and
+        the next beams; a search that is done gets its final output."""
+        roots = {}
+        for beam_id in mro.beam_candidates:
+            beam = self.requests.get(beam_id)
+            if beam is not None and not beam.is_finished:
+                roots[beam.beam.root.request_id] = beam.beam.root
+        for root in roots.values():
+            search = root.beam
+            missing = [b.request_id for b in search.beams if b.request_id not in mro.beam_candidates]
+            if missing:
+                raise RuntimeError(f"beam search {root.request_id}: beams {missing} reported no candidates")
+            generation_logits = ([mro.generation_logits[b.request_id] for b in search.beams]
+                                 if root.sampling_params.return_generation_logits else None)
+            selection = search.step([mro.beam_candidates[b.request_id] for b in search.beams], generation_logits)
+            for beam in search.beams:
+                beam.num_output_placeholders = 0
+                self.finished_req_ids.add(beam.request_id)  # the runner's copies are outdated either way
+            if not selection.done:
+                self._rebuild_beams(search, selection)
+                continue
+            best = search.best(root.sampling_params.n)
+            root.status = RequestStatus.FINISHED_STOPPED if best[0].finish_reason == "stop" else \
+                RequestStatus.FINISHED_LENGTH
+            outputs.append(EngineCoreOutput(req_id=root.request_id, new_token_ids=[],
+                                            finish_reason=root.finish_reason, beam_hypotheses=best,
+                                            num_cached_tokens=max(root.num_cached_tokens, 0)))
+            finished.append(root)
+
+    def _rebuild_beams(self, search: BeamSearch, selection: Selection) -> None:
+        """Beam j becomes its parent's sequence plus its token, on its parent's KV blocks."""
+        old = search.beams
+        snapshots = [(b.output_token_ids, b.block_hashes) for b in old]
+        beams = [old[j] if j < len(old) else self._new_beam(search, j) for j in range(len(selection.parents))]
+        for dropped in old[len(beams):]:
+            del self.requests[dropped.request_id]
+        self.kv_cache_manager.reparent([b.request_id for b in beams], selection.parents,
+                                       [b.request_id for b in old])
+        num_computed = old[0].num_computed_tokens
+        for beam, parent, token in zip(beams, selection.parents, selection.tokens):
+            outputs, hashes = snapshots[parent]
+            beam.output_token_ids = outputs + [token]
+            beam.all_token_ids = beam.prompt_token_ids + beam.output_token_ids
+            beam.block_hashes = list(hashes)
+            beam.num_computed_tokens = num_computed
+        search.beams = beams
+        search.resend = True
+
+    def _new_beam(self, search: BeamSearch, index: int) -> Request:
+        root = search.root
+        beam = Request(f"{root.request_id}#beam{index}", root.prompt_token_ids, root.sampling_params,
+                       arrival_time=root.arrival_time)
+        beam.eos_token_ids = root.eos_token_ids
+        beam.status = RequestStatus.RUNNING
+        beam.beam = search
+        self.requests[beam.request_id] = beam
+        return beam

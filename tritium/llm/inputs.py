@@ -60,7 +60,7 @@ def check_beam_fits(prompt_token_ids: list[int], p: SamplingParams, limits: Engi
         return
     longest = limits.max_seq_len if p.max_tokens is None else min(limits.max_seq_len,
                                                                    len(prompt_token_ids) + p.max_tokens)
-    blocks = p.beam_width * (-(-longest // limits.block_size) + 1)  # + a partly filled block being copied
+    blocks = p.beam_width * -(-longest // limits.block_size)  # a copied block replaces the one it copies
     if blocks > limits.num_kv_blocks:
         raise ValueError(f"SamplingParams: {p.beam_width} beams of up to {longest} tokens need up to {blocks} KV "
                          f"cache blocks; the cache has {limits.num_kv_blocks}: lower max_tokens or the beam width, "

@@ -56,6 +56,7 @@ class _Parent:
     num_cached_tokens: int = 0
     arrival_time: float = 0.0
     context_logits: Optional[list[torch.Tensor]] = None  # [n, V] per prompt chunk, if asked for
+    beam_hypotheses: Optional[list] = None  # beam search: the n best finished sequences, at the end
     # exclude_input_from_output=False: the prompt in front of every completion.
     output_prefix_ids: list[int] = field(default_factory=list)
     output_prefix_text: str = ""
@@ -132,6 +133,8 @@ class OutputProcessor:
                 parent.context_logits.append(out.new_context_logits)
             if out.new_generation_logits is not None and child.generation_logits is not None:
                 child.generation_logits.append(out.new_generation_logits)
+            if out.beam_hypotheses is not None:
+                parent.beam_hypotheses = out.beam_hypotheses
             if self._apply_tokens(parent, child, out):
                 to_abort.append(out.req_id)
             touched[parent_id] = parent
@@ -183,9 +186,12 @@ class OutputProcessor:
         if not (parent.streaming or finished):
             return
         children = sorted(parent.children.values(), key=lambda c: c.index)
-        if finished and parent.params.best_of > parent.params.n:
+        if finished and parent.params.best_of > parent.params.n and not parent.params.use_beam_search:
             children = sorted(children, key=lambda c: -(c.cumulative_logprob or 0.0))[:parent.params.n]
-        outputs = [self._completion(parent, c, i, finished) for i, c in enumerate(children)]
+        if parent.beam_hypotheses is not None:
+            outputs = [self._beam_completion(parent, h, i) for i, h in enumerate(parent.beam_hypotheses)]
+        else:
+            outputs = [self._completion(parent, c, i, finished) for i, c in enumerate(children)]
         parent.sink(RequestOutput(
             request_id=parent.request_id, prompt=parent.prompt, prompt_token_ids=parent.prompt_token_ids,
             outputs=outputs, finished=finished, prompt_logprobs=parent.prompt_logprobs,
@@ -195,6 +201,23 @@ class OutputProcessor:
             del self._parents[parent.request_id]
             for cid in parent.children:
                 self._parent_of.pop(cid, None)
+
+    def _beam_completion(self, parent: _Parent, hypothesis, index: int) -> CompletionOutput:
+        """One of a beam search's finished sequences (it arrives whole, at the end)."""
+        params = parent.params
+        text = ""
+        detok = self._detokenizer(parent.prompt_token_ids, params)
+        if detok is not None:
+            text = detok.push(hypothesis.token_ids) + detok.flush()
+        token_ids = parent.output_prefix_ids + hypothesis.token_ids
+        text = parent.output_prefix_text + text
+        gen_logits = torch.stack(hypothesis.generation_logits) if hypothesis.generation_logits else None
+        return CompletionOutput(
+            index=index, text=text, token_ids=token_ids,
+            logprobs=[self._convert_logprobs(tl) for tl in hypothesis.logprobs] if params.logprobs is not None else None,
+            cumulative_logprob=hypothesis.cumulative_logprob, finish_reason=hypothesis.finish_reason,
+            stop_reason=hypothesis.stop_reason, text_diff=text, token_ids_diff=token_ids,
+            generation_logits=gen_logits)
 
     @staticmethod
     def _completion(parent: _Parent, child: _Child, index: int, finished: bool) -> CompletionOutput:

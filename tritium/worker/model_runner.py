@@ -24,6 +24,7 @@ from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata
 from tritium.worker.cuda_graph import DecodeGraphs
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
+from tritium.worker.beam_search import BeamCandidateTensors, BeamRows, beam_groups, copy_kv_blocks
 from tritium.worker.logits_outputs import LogitsOutputs
 from tritium.worker.memory_plan import allocate_kv_caches
 from tritium.worker.sampling_features import SamplingFeatures
@@ -41,6 +42,7 @@ class StepHandle:
     prompt_logprobs: dict = field(default_factory=dict)
     context_logits: dict = field(default_factory=dict)
     generation_logits: Optional[tuple[list[str], torch.Tensor]] = None  # (req ids, host copy [n, V])
+    beam_candidates: Optional[BeamCandidateTensors] = None  # beam rows' next tokens (host copies)
 
     def result(self) -> ModelRunnerOutput:
         if self.done is not None:
@@ -49,6 +51,8 @@ class StepHandle:
                                 prompt_logprobs=self.prompt_logprobs, context_logits=self.context_logits)
         if self.generation_logits is not None:
             out.generation_logits = dict(zip(self.generation_logits[0], self.generation_logits[1]))
+        if self.beam_candidates is not None:
+            out.beam_candidates = self.beam_candidates.tolists()
         if not self.states:
             return out
         out.sampled_token_ids = self.sampled_host.tolist()
@@ -74,6 +78,7 @@ class ModelRunner:
         self.sampling_features = SamplingFeatures(device, model_config.vocab_size, model_config.eos_token_ids,
                                                   batched_logits_processor)
         self.logits_outputs = LogitsOutputs(device)  # prompt logprobs, context and generation logits
+        self.beam_rows = BeamRows()  # beam search rows: candidates instead of a sampled token
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches = allocate_kv_caches(model_config, cache_config, device)
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
@@ -106,6 +111,7 @@ class ModelRunner:
                 self._sync_req_ids.discard(req_id)
                 self.sampling_features.remove(req_id)
                 self.logits_outputs.remove(req_id)
+                self.beam_rows.remove(req_id)
         for new in so.scheduled_new_reqs:
             state = CachedRequestState(
                 req_id=new.req_id, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
@@ -117,6 +123,7 @@ class ModelRunner:
                 self._sync_req_ids.add(new.req_id)
             self.sampling_features.add(new.req_id, new.sampling_params)
             self.logits_outputs.add(new.req_id, new.sampling_params)
+            self.beam_rows.add(new.req_id, new.num_beam_candidates)
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.new_block_ids:
@@ -136,6 +143,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> StepHandle:
         self._update_states(so)
+        if so.blocks_to_copy:  # beams about to write into a block they shared: each its own copy first
+            copy_kv_blocks(self.kv_caches, so.blocks_to_copy)
         if so.is_empty:
             return StepHandle()
         states = [self.requests[req_id] for req_id in so.num_scheduled_tokens]
@@ -183,11 +192,35 @@ class ModelRunner:
 
     def _sample(self, sampling: list[CachedRequestState], seq_lens: list[int], logits: torch.Tensor,
                 handle: StepHandle) -> None:
+        if self.logits_outputs.generation_req_ids:
+            handle.generation_logits = self.logits_outputs.generation_logits(sampling, logits, self._is_async)
+        if self.beam_rows.active:  # beams report candidates instead of sampling
+            beams, others = self.beam_rows.split([s.req_id for s in sampling])
+            if beams:
+                self._beam_candidates([sampling[i] for i in beams], [seq_lens[i] for i in beams], logits[beams],
+                                      handle)
+                if not others:
+                    return
+                sampling, seq_lens, logits = [sampling[i] for i in others], [seq_lens[i] for i in others], logits[others]
+        meta = self._sampling_metadata(sampling, seq_lens)
+        result = self.sampler(logits, meta)
+        sampled = result.sampled_token_ids  # [N] long, on the device
+        self._prev_sampled = sampled
+        self._prev_rows = {s.req_id: i for i, s in enumerate(sampling)}
+        host = self._sampled_host[self._step % 2][:len(sampling)]
+        host.copy_(sampled, non_blocking=self._is_async)
+        if result.logprobs_tensors is not None:
+            handle.logprobs = result.logprobs_tensors.to_host(non_blocking=self._is_async)
+            handle.num_logprobs = result.num_logprobs
+        handle.states, handle.sampled_host = sampling, host
+
+    def _sampling_metadata(self, sampling: list[CachedRequestState], seq_lens: list[int],
+                           groups: Optional[list[list[int]]] = None) -> SamplingMetadata:
         params = [s.sampling_params for s in sampling]
         eos, extras = self.model_config.eos_token_ids, None
         if self.sampling_features.active:  # some request in the runner uses a feature of sampling_features
             step = self.sampling_features.prepare([s.req_id for s in sampling], params, [s.token_ids for s in sampling],
-                                                  [s.num_prompt_tokens for s in sampling])
+                                                  [s.num_prompt_tokens for s in sampling], groups)
             params, extras, eos = step.params, step.logits_extras, step.eos_token_ids
         # Token lists are copied only for rows whose penalties need them (and those rows never
         # overlap, so their lists are complete). Outputs so far = sequence length - prompt.
@@ -199,18 +232,15 @@ class ModelRunner:
             device=self.device, vocab_size=self.model_config.vocab_size, eos_token_ids=eos,
             num_output_tokens=[n - s.num_prompt_tokens for s, n in zip(sampling, seq_lens)])
         meta.logits_extras = extras
-        result = self.sampler(logits, meta)
-        sampled = result.sampled_token_ids  # [N] long, on the device
-        self._prev_sampled = sampled
-        self._prev_rows = {s.req_id: i for i, s in enumerate(sampling)}
-        host = self._sampled_host[self._step % 2][:len(sampling)]
-        host.copy_(sampled, non_blocking=self._is_async)
-        if result.logprobs_tensors is not None:
-            handle.logprobs = result.logprobs_tensors.to_host(non_blocking=self._is_async)
-            handle.num_logprobs = result.num_logprobs
-        if self.logits_outputs.generation_req_ids:
-            handle.generation_logits = self.logits_outputs.generation_logits(sampling, logits, self._is_async)
-        handle.states, handle.sampled_host = sampling, host
+        return meta
+
+    def _beam_candidates(self, beams: list[CachedRequestState], seq_lens: list[int], logits: torch.Tensor,
+                         handle: StepHandle) -> None:
+        req_ids = [s.req_id for s in beams]
+        meta = self._sampling_metadata(beams, seq_lens, beam_groups(req_ids))
+        processed = self.sampler.process_logits(logits, meta)  # [n, V] float32
+        handle.beam_candidates = self.beam_rows.candidates(
+            processed, [s.sampling_params.temperature for s in beams], req_ids, self._is_async)
 
 
 def needs_host_tokens(params) -> bool:
