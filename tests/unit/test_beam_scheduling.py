@@ -14,9 +14,9 @@ from tests.unit.fake_runner import FakeRunner
 EOS = 0
 
 
-def make(budget=64, num_blocks=64, block_size=4, caching=True):
+def make(budget=64, num_blocks=64, block_size=4, caching=True, policy="max_utilization"):
     sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=64,
-                                      max_beam_width=4),
+                                      max_beam_width=4, capacity_policy=policy),
                       CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=caching))
     return sched, FakeRunner(block_size)
 
@@ -95,11 +95,12 @@ def workload():
 def test_same_search_under_preemption_chunking_and_without_prefix_caching():
     want = run(*make(), workload())
     assert {k: len(v) for k, v in want.items() if k.startswith("b")} == {"b1": 3, "b2": 4, "b3": 2}
-    for kwargs in [dict(num_blocks=14), dict(budget=5), dict(caching=False, num_blocks=14), dict(budget=4)]:
+    for kwargs in [dict(num_blocks=14), dict(budget=5), dict(caching=False, num_blocks=14), dict(budget=4),
+                   dict(num_blocks=16, policy="guaranteed_no_evict")]:
         sched, runner = make(**kwargs)
         assert run(sched, runner, workload()) == want, kwargs
-        if kwargs.get("num_blocks"):
-            assert sched.num_preemptions_total > 0
+        if kwargs.get("num_blocks"):  # too small for all at once: preempted, unless that is ruled out
+            assert (sched.num_preemptions_total > 0) == ("policy" not in kwargs)
 
 
 def test_abort_frees_every_beam():

@@ -118,6 +118,7 @@ class EngineCoreOutput:
     stop_reason: Optional[int] = None
     num_cached_tokens: int = 0
     beam_hypotheses: Optional[list] = None  # beam search, when finished: the n best BeamHypothesis
+    beam_step: bool = False  # a beam search took a step (sent when perf metrics are asked for, and at the end)
 
     @property
     def finished(self) -> bool:

@@ -100,16 +100,20 @@ class Scheduler:
             self.finished_req_ids.add(seq.request_id)
 
     def _blocks_at_full_length(self, request: Request) -> int:
-        """KV blocks the request holds once it has generated all it may (guaranteed_no_evict)."""
+        """KV blocks the request (all its beams) holds once it has generated all it may
+        (guaranteed_no_evict); a beam's copy of a shared block replaces the one it copies."""
         max_tokens = request.sampling_params.max_tokens
         full = self.max_model_len if max_tokens is None else min(
             request.num_prompt_tokens + max_tokens, self.max_model_len)
-        return -(-full // self.kv_cache_manager.block_size)
+        width = request.sampling_params.beam_width if request.beam is not None else 1
+        return width * -(-full // self.kv_cache_manager.block_size)
 
     def _blocks_still_needed(self) -> int:
         """Blocks the running requests will still allocate before they finish."""
         held = self.kv_cache_manager.req_to_blocks
-        return sum(self._blocks_at_full_length(r) - len(held.get(r.request_id, ())) for r in self.running)
+        return sum(self._blocks_at_full_length(r) - sum(len(held.get(seq.request_id, ()))
+                                                        for seq in (r.beam.beams if r.beam is not None else (r,)))
+                   for r in self.running)
 
     def _preempt(self, request: Request) -> None:
         if request.beam is not None:
@@ -170,9 +174,14 @@ class Scheduler:
                and len(self.running) < self.max_num_seqs):
             request = self.waiting[0]
             if request.beam is not None:
+                need = self._blocks_at_full_length(request) if self.no_evict else 0
+                free_before = self.kv_cache_manager.num_free_blocks
+                if reserved + need > free_before:
+                    break  # guaranteed_no_evict: wait for room for every beam at full length
                 num = self._admit_beams(request, budget, num_scheduled, new_reqs)
                 if num is None:
                     break  # FCFS: later requests do not overtake it
+                reserved += need - (free_before - self.kv_cache_manager.num_free_blocks)
                 self.waiting.popleft()
                 self.running.append(request)
                 budget -= num
@@ -384,12 +393,15 @@ class Scheduler:
                 self.finished_req_ids.add(beam.request_id)  # the runner's copies are outdated either way
             if not selection.done:
                 self._rebuild_beams(search, selection)
+                if root.sampling_params.return_perf_metrics:  # the front times each step
+                    outputs.append(EngineCoreOutput(req_id=root.request_id, new_token_ids=[], beam_step=True,
+                                                    num_cached_tokens=max(root.num_cached_tokens, 0)))
                 continue
             best = search.best(root.sampling_params.n)
             root.status = RequestStatus.FINISHED_STOPPED if best[0].finish_reason == "stop" else \
                 RequestStatus.FINISHED_LENGTH
             outputs.append(EngineCoreOutput(req_id=root.request_id, new_token_ids=[],
-                                            finish_reason=root.finish_reason, beam_hypotheses=best,
+                                            finish_reason=root.finish_reason, beam_hypotheses=best, beam_step=True,
                                             num_cached_tokens=max(root.num_cached_tokens, 0)))
             finished.append(root)
 

@@ -127,8 +127,8 @@ class OutputProcessor:
             parent.num_cached_tokens = max(parent.num_cached_tokens, out.num_cached_tokens)
             if out.new_prompt_logprobs and parent.prompt_logprobs is not None and child.index == 0:
                 parent.prompt_logprobs.extend(self._convert_logprobs(tl) for tl in out.new_prompt_logprobs)
-            if child.token_times is not None:
-                child.token_times.extend([now] * len(out.new_token_ids))
+            if child.token_times is not None:  # a beam search's k-th token is known after its k-th step
+                child.token_times.extend([now] * (1 if out.beam_step else len(out.new_token_ids)))
             if out.new_context_logits is not None and parent.context_logits is not None and child.index == 0:
                 parent.context_logits.append(out.new_context_logits)
             if out.new_generation_logits is not None and child.generation_logits is not None:
@@ -212,12 +212,15 @@ class OutputProcessor:
         token_ids = parent.output_prefix_ids + hypothesis.token_ids
         text = parent.output_prefix_text + text
         gen_logits = torch.stack(hypothesis.generation_logits) if hypothesis.generation_logits else None
+        (child,) = parent.children.values()
+        perf = (RequestPerfMetrics(parent.arrival_time, child.token_times[:len(hypothesis.token_ids)])
+                if child.token_times is not None else None)
         return CompletionOutput(
             index=index, text=text, token_ids=token_ids,
             logprobs=[self._convert_logprobs(tl) for tl in hypothesis.logprobs] if params.logprobs is not None else None,
             cumulative_logprob=hypothesis.cumulative_logprob, finish_reason=hypothesis.finish_reason,
             stop_reason=hypothesis.stop_reason, text_diff=text, token_ids_diff=token_ids,
-            generation_logits=gen_logits)
+            generation_logits=gen_logits, request_perf_metrics=perf)
 
     @staticmethod
     def _completion(parent: _Parent, child: _Child, index: int, finished: bool) -> CompletionOutput:
