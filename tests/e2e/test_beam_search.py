@@ -47,7 +47,8 @@ def end_token(llm: LLM, prompt: list[int], which) -> int:
     """A token the model often picks here (so that sequences end early), or the model's EOS."""
     if which is None:
         return llm.model_config.eos_token_ids[0]
-    return llm.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)).outputs[0].token_ids[which]
+    greedy = llm.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))
+    return greedy.outputs[0].token_ids[which]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "smollm"])

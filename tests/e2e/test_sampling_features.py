@@ -36,7 +36,8 @@ def hf_greedy_processed(hf_model, prompt: list[int], processor=None, bias=None, 
 @pytest.fixture(scope="module", params=["sync", "overlapped"])
 def llm(request, tiny_llama):
     build = BuildConfig(max_batch_size=8, max_seq_len=160)
-    with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=KvCacheConfig(tokens_per_block=4)) as engine:
+    kv = KvCacheConfig(tokens_per_block=4)
+    with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv) as engine:
         engine._engine.core.runner.supports_overlap = request.param == "overlapped"
         yield engine
 
@@ -113,9 +114,10 @@ def test_logits_processor_per_request_and_batched(tiny_llama, prompts):
         # Each call sees the tokens so far: the prompt, then one more generated token each step.
         assert [c[2] for c in allow.calls] == [[prompts[0] + [42] * i] for i in range(5)]
 
-        outs = llm.generate(prompts[:3], [SamplingParams(max_tokens=4, temperature=0.8, apply_batched_logits_processor=True),
-                                         SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
-                                         SamplingParams(max_tokens=4, apply_batched_logits_processor=True)])
+        outs = llm.generate(prompts[:3], [
+            SamplingParams(max_tokens=4, temperature=0.8, apply_batched_logits_processor=True),
+            SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
+            SamplingParams(max_tokens=4, apply_batched_logits_processor=True)])
         assert outs[0].outputs[0].token_ids == [7] * 4 and outs[2].outputs[0].token_ids == [7] * 4
         assert outs[1].outputs[0].token_ids != [7] * 4
         # One call per step with both opted-in requests together.

@@ -165,7 +165,8 @@ class BeamSearch:
         if self.num_logprobs is not None:
             cands = candidates[b]
             k = self.num_logprobs
-            entry = TopLogprobs(token_ids=[token] + cands.token_ids[:k], logprobs=[cands.logprobs[rank]] + cands.logprobs[:k],
+            entry = TopLogprobs(token_ids=[token] + cands.token_ids[:k],
+                                logprobs=[cands.logprobs[rank]] + cands.logprobs[:k],
                                 ranks=[rank + 1] + list(range(1, k + 1)))
             history = _History(logprobs=parent.logprobs + [entry], generation_logits=history.generation_logits)
         if generation_logits is not None:

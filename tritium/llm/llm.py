@@ -92,8 +92,8 @@ class LLM:
                               has_batched_processor=self.batched_logits_processor is not None)
         for p in params:
             check_params(p, self.tokenizer, limits)
-        tokenized = [tokenize_prompt(item, self.tokenizer, limits.vocab_size, limits.max_seq_len, p, limits.max_input_len)
-                     for item, p in zip(items, params)]
+        tokenized = [tokenize_prompt(item, self.tokenizer, limits.vocab_size, limits.max_seq_len, p,
+                                     limits.max_input_len) for item, p in zip(items, params)]
         for prompt, p in zip(tokenized, params):
             check_beam_fits(prompt.token_ids, p, limits)
         return tokenized, params, single

@@ -217,7 +217,8 @@ class OutputProcessor:
                 if child.token_times is not None else None)
         return CompletionOutput(
             index=index, text=text, token_ids=token_ids,
-            logprobs=[self._convert_logprobs(tl) for tl in hypothesis.logprobs] if params.logprobs is not None else None,
+            logprobs=([self._convert_logprobs(tl) for tl in hypothesis.logprobs]
+                      if params.logprobs is not None else None),
             cumulative_logprob=hypothesis.cumulative_logprob, finish_reason=hypothesis.finish_reason,
             stop_reason=hypothesis.stop_reason, text_diff=text, token_ids_diff=token_ids,
             generation_logits=gen_logits, request_perf_metrics=perf)

@@ -201,7 +201,8 @@ class ModelRunner:
                                       handle)
                 if not others:
                     return
-                sampling, seq_lens, logits = [sampling[i] for i in others], [seq_lens[i] for i in others], logits[others]
+                sampling, seq_lens = [sampling[i] for i in others], [seq_lens[i] for i in others]
+                logits = logits[others]
         meta = self._sampling_metadata(sampling, seq_lens)
         result = self.sampler(logits, meta)
         sampled = result.sampled_token_ids  # [N] long, on the device
