@@ -214,8 +214,26 @@ class ModelConfig:
         )
 
 
+class _SettableFields:
+    """For user-facing config dataclasses: fields may be set one by one after construction
+    (TensorRT-LLM's examples do), a name the class does not have raises at once, and validate()
+    runs on construction and again when an LLM is built from the config."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}; "
+                                 f"fields: {', '.join(self.__dataclass_fields__)}")
+        super().__setattr__(name, value)
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class KvCacheConfig:
+class KvCacheConfig(_SettableFields):
     """Paged KV cache settings (TensorRT-LLM's names).
 
     Capacity on a GPU: `free_gpu_memory_fraction` of the memory left after weights and
@@ -229,14 +247,6 @@ class KvCacheConfig:
     tokens_per_block: int = 16
     cpu_memory_budget_gib: float = 1.0
 
-    def __post_init__(self):
-        self.validate()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name not in self.__dataclass_fields__:
-            raise AttributeError(f"KvCacheConfig has no field {name!r}; fields: {', '.join(self.__dataclass_fields__)}")
-        super().__setattr__(name, value)
-
     def validate(self) -> None:
         if not 0.0 < self.free_gpu_memory_fraction <= 1.0:
             raise ValueError(f"free_gpu_memory_fraction must be in (0, 1], got {self.free_gpu_memory_fraction}")
@@ -249,7 +259,7 @@ class KvCacheConfig:
 
 
 @dataclass
-class BuildConfig:
+class BuildConfig(_SettableFields):
     """Engine limits (TensorRT-LLM's names). max_seq_len=None takes the model's context length.
 
     Fields may be set one by one after construction (`build_config.max_batch_size = 128`, as
@@ -263,14 +273,6 @@ class BuildConfig:
     max_beam_width: int = 1  # widest beam search a request may ask for (SamplingParams.use_beam_search)
     max_input_len: Optional[int] = None  # longest prompt accepted (None: max_seq_len - 1)
     enable_chunked_prefill: bool = True
-
-    def __post_init__(self):
-        self.validate()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name not in self.__dataclass_fields__:
-            raise AttributeError(f"BuildConfig has no field {name!r}; fields: {', '.join(self.__dataclass_fields__)}")
-        super().__setattr__(name, value)
 
     def validate(self) -> None:
         def positive_int(v) -> bool:
