@@ -144,15 +144,21 @@ def test_top_p_decay_narrows_the_nucleus_to_greedy(llm, hf_tiny_llama, prompts):
 
 
 def test_top_p_reset_ids_restore_the_nucleus(llm, prompts):
-    """Decay to (almost) greedy, but reset to top_p=1 after every greedy pick of one token: with
-    a reset id the output differs from the decayed one after that token, as when sampled fresh."""
-    params = dict(max_tokens=MAX_TOKENS, temperature=1.0, top_p=1.0, top_p_decay=1e-3, seed=9, ignore_eos=True)
-    decayed = llm.generate(prompts[1], SamplingParams(**params)).outputs[0].token_ids
-    reset_on = decayed[1]
-    reset = llm.generate(prompts[1], SamplingParams(top_p_reset_ids=reset_on, **params)).outputs[0].token_ids
-    assert reset[:2] == decayed[:2]  # identical until the reset token has been generated
-    undecayed = llm.generate(prompts[1], SamplingParams(**{**params, "top_p_decay": None})).outputs[0].token_ids
-    assert reset[2] == undecayed[2]  # step 2 samples with the full top_p again, as without decay
+    """Decay to greedy, except right after the reset token: the token after it is sampled from
+    the full nucleus again (so not always the greedy one), the tokens before are unchanged."""
+    differs = []
+    for seed in range(6):
+        params = dict(max_tokens=4, temperature=1.0, top_p=1.0, top_p_decay=1e-3, seed=seed, ignore_eos=True)
+        decayed = llm.generate(prompts[1], SamplingParams(**params)).outputs[0].token_ids
+        if decayed[0] == decayed[1]:
+            continue  # the reset would already apply after the first token
+        reset = llm.generate(prompts[1], SamplingParams(top_p_reset_ids=decayed[1], **params)).outputs[0].token_ids
+        assert reset[:2] == decayed[:2]  # identical until the reset token has been generated
+        greedy_next = llm.generate(prompts[1] + decayed[:2], SamplingParams(max_tokens=1, temperature=0.0))
+        greedy_next = greedy_next.outputs[0].token_ids[0]
+        assert decayed[2] == greedy_next  # top_p 1e-6 by then: only the most likely token
+        differs.append(reset[2] != decayed[2])
+    assert len(differs) >= 3 and any(differs)
 
 
 def test_end_id_replaces_the_models_end_token(llm, prompts):
