@@ -2,6 +2,7 @@
 from tritium.config import BuildConfig, KvCacheConfig
 from tritium.outputs import CompletionOutput, Logprob, RequestOutput
 from tritium.sampling_params import BatchedLogitsProcessor, LogitsProcessor, SamplingParams
+from tritium.structured_output import GuidedDecodingParams
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'tritium' has no attribute {name!r}")
 
 
-__all__ = ["LLM", "SamplingParams", "BuildConfig", "KvCacheConfig", "RequestOutput", "CompletionOutput", "Logprob",
-           "LogitsProcessor", "BatchedLogitsProcessor"]
+__all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "RequestOutput",
+           "CompletionOutput", "Logprob", "LogitsProcessor", "BatchedLogitsProcessor"]

@@ -5,6 +5,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
+from tritium.structured_output.params import GuidedDecodingParams
+
 _GREEDY_EPS = 1e-5
 
 # TensorRT-LLM spells "use the default" as None for these; tritium keeps concrete defaults.
@@ -72,7 +74,8 @@ class SamplingParams:
     output ([prompt tokens, V] and [generated tokens, V]); `exclude_input_from_output=False`
     puts the prompt's tokens and text in front of each completion's. Input: `add_special_tokens`
     (BOS), `truncate_prompt_tokens=k` keeps the prompt's last k tokens. `return_perf_metrics`
-    adds arrival and per-token times to the final output (benchmarks).
+    adds arrival and per-token times to the final output (benchmarks). `guided_decoding`
+    constrains the output to a JSON schema, regex or grammar (GuidedDecodingParams).
     """
 
     max_tokens: Optional[int] = 32  # None: until max_seq_len
@@ -116,6 +119,7 @@ class SamplingParams:
     return_generation_logits: bool = False
     exclude_input_from_output: bool = True
     return_perf_metrics: bool = False  # per-token timestamps on the final CompletionOutput
+    guided_decoding: Optional[GuidedDecodingParams] = None
     add_special_tokens: bool = True
     truncate_prompt_tokens: Optional[int] = None
     spaces_between_special_tokens: Optional[bool] = None  # None: as the tokenizer decodes
@@ -208,6 +212,8 @@ class SamplingParams:
             fail("logprobs", "must be an integer >= 0, True (one), or None")
         if self.prompt_logprobs is not None and (not is_int(self.prompt_logprobs) or self.prompt_logprobs < 0):
             fail("prompt_logprobs", "must be an integer >= 0, True (one), or None")
+        if self.guided_decoding is not None and not isinstance(self.guided_decoding, GuidedDecodingParams):
+            fail("guided_decoding", "must be a GuidedDecodingParams (or None)")
         self._validate_trtllm_fields(is_int, is_num, fail, int_list, string_list)
 
     def _validate_trtllm_fields(self, is_int, is_num, fail, int_list, string_list) -> None:
@@ -312,8 +318,10 @@ class SamplingParams:
     @property
     def needs_host_tokens(self) -> bool:
         """Whether the request's previous tokens must be on the host before each step (no
-        overlapped scheduling): penalties, processors, n-gram / bad-word bans, beams, top_p decay."""
+        overlapped scheduling): penalties, processors, n-gram / bad-word bans, beams, top_p decay,
+        a grammar (its matcher must see each token before it masks the next)."""
         return (self.needs_penalties or self.use_beam_search or bool(self.logits_processor)
+                or self.guided_decoding is not None
                 or self.apply_batched_logits_processor or self.no_repeat_ngram_size is not None
                 or bool(self.bad or self._bad_word_ids) or self.decays_top_p)
 

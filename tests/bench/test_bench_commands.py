@@ -73,6 +73,9 @@ def test_throughput_with_a_concurrency_limit(tmp_path, tiny_model, dataset):
     steps, perf = report["engine_steps"], report["performance"]
     # The engine never held more than 3 requests (running or queued), and it was kept at 3.
     assert steps["max_in_flight"] == 3 and steps["max_batch_size"] == 3
+    _check_stats(steps["step_ms"])
+    busy_s = steps["step_ms"]["mean"] * steps["num_steps"] / 1e3  # the engine's steps fit in the run's wall time
+    assert 0 < busy_s <= report["performance"]["wall_time_s"]
     # Random prompts share no cached prefix: the engine computed every prompt token and sampled every output.
     assert steps["prompt_tokens"] == perf["total_input_tokens"]
     assert steps["generation_tokens"] == perf["total_output_tokens"]
@@ -147,3 +150,17 @@ def test_a_dataset_beyond_the_model_is_refused_before_running(capsys, tmp_path, 
     path.write_text('{"task_id": 1, "prompt": "hello", "output_tokens": 2}\n')
     assert main(["bench", "throughput", "--model", tiny_model, "--dataset", str(path)]) == 2
     assert "text prompt but this model has no tokenizer" in capsys.readouterr().err
+
+
+def test_help_lists_the_trtllm_bench_flags(capsys):
+    for command, flags in [
+        ("throughput", ("--dataset", "--load-format", "--dtype", "--max-batch-size", "--max-num-tokens",
+                        "--max-seq-len", "--kv-cache-free-gpu-memory-fraction", "--concurrency", "--streaming",
+                        "--warmup", "--report-json", "--backend", "--num-requests")),
+        ("latency", ("--batch-size", "--input-len", "--output-len", "--iterations", "--warmup", "--backend")),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            main(["bench", command, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert all(flag in out for flag in flags), [f for f in flags if f not in out]

@@ -212,3 +212,49 @@ def test_generation_stops_at_max_seq_len(llm):
     out = llm.generate([prompt], SamplingParams(max_tokens=50, temperature=0.0, ignore_eos=True))[0]
     assert len(out.outputs[0].token_ids) == 512 - 505
     assert out.outputs[0].finish_reason == "length"
+
+
+# ---- guided decoding (structured output) ------------------------------------------------------
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_guided_json_schema_greedy_and_sampled(llm):
+    import json
+
+    import jsonschema
+
+    from tritium import GuidedDecodingParams
+
+    prompt = llm.apply_chat_template([{"role": "user", "content": "Describe a person."}])
+    guided = GuidedDecodingParams(json=PERSON)
+    outs = llm.generate([prompt, prompt], [SamplingParams(max_tokens=60, temperature=0, guided_decoding=guided),
+                                           SamplingParams(max_tokens=60, temperature=1.0, seed=11, n=2,
+                                                          guided_decoding=guided)])
+    completions = [c for out in outs for c in out.outputs]
+    assert len(completions) == 3
+    for c in completions:
+        assert c.finish_reason == "stop"
+        jsonschema.validate(json.loads(c.text), PERSON)
+
+
+def test_guided_regex_and_grammar(llm):
+    import re
+
+    from tritium import GuidedDecodingParams
+
+    prompt = llm.apply_chat_template([{"role": "user", "content": "Give me a phone number."}])
+    out = llm.generate(prompt, SamplingParams(max_tokens=20, temperature=0.8, seed=2,
+                                              guided_decoding=GuidedDecodingParams(regex=r"[0-9]{3}-[0-9]{4}")))
+    assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", out.outputs[0].text)
+    out = llm.generate(prompt, SamplingParams(max_tokens=10, temperature=0,
+                                              guided_decoding=GuidedDecodingParams(grammar='start: "yes" | "no"')))
+    assert out.outputs[0].text in ("yes", "no")
+
+
+def test_guided_bad_schema_is_rejected_up_front(llm):
+    from tritium import GuidedDecodingParams
+
+    with pytest.raises(ValueError, match="guided decoding"):
+        llm.generate("hi", SamplingParams(guided_decoding=GuidedDecodingParams(json={"type": "nope"})))

@@ -96,7 +96,7 @@ def engine_step_summary(stats: list) -> Optional[dict[str, Any]]:
         "max_in_flight": max(s.num_in_flight for s in stats),
         "max_batch_size": max(s.num_scheduled_requests for s in stats),
         "mean_batch_size": float(np.mean([s.num_scheduled_requests for s in stats])),
-        "mean_step_ms": float(np.mean([s.step_time_s for s in stats])) * 1e3,
+        "step_ms": summarize([s.step_time_s for s in stats], 1e3),
         "prompt_tokens": sum(s.num_prompt_tokens for s in stats),
         "generation_tokens": sum(s.num_generation_tokens for s in stats),
         "max_kv_cache_usage": max(s.kv_cache_usage for s in stats),
@@ -156,9 +156,11 @@ def format_report(report: dict[str, Any]) -> str:
         (f"peak memory (GiB, {resources['memory']['measure']})", resources["memory"]["peak_gib"]),
         ("startup: engine ready (s)", resources["startup"]["engine_ready_s"]),
         ("startup: first token (s)", resources["startup"]["first_token_s"])])
-    if report.get("engine_steps"):
-        lines += _section("ENGINE STEPS (measured run)", [(k.replace("_", " "), v)
-                                                           for k, v in report["engine_steps"].items()])
+    steps = report.get("engine_steps")
+    if steps:
+        lines += _section("ENGINE STEPS (measured run)", [(k.replace("_", " "), v) for k, v in steps.items()
+                                                           if k != "step_ms"])
+        lines += _stats_table("engine steps", [("step time (ms)", steps["step_ms"])])
     return "\n".join(lines)
 
 

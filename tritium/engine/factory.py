@@ -17,6 +17,8 @@ from tritium.core.scheduler import Scheduler
 from tritium.engine.engine_core import EngineCore
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
 from tritium.loader.source import ModelSource
+from tritium.structured_output.backend import GrammarBackend
+from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import capture_sizes
 from tritium.worker.memory_plan import KvCachePlan, describe_memory, plan_kv_cache, profile_activation_bytes
 from tritium.worker.model_runner import ModelRunner
@@ -33,6 +35,7 @@ class EngineParts:
     kv_plan: KvCachePlan
     tokenizer: Any
     device: torch.device
+    grammar_backend: Optional[GrammarBackend] = None  # None without a tokenizer: no guided decoding
     startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # phase -> wall seconds
 
 
@@ -115,8 +118,10 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
                         enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=model_config.dtype)
+    grammar = GrammarBackend(tok, model_config.vocab_size, model_config.eos_token_ids) if tok is not None else None
     runner = ModelRunner(nn_model, model_config, cache, dev, backend, max_num_seqs=sched.max_num_seqs,
                          max_model_len=sched.max_model_len, use_cuda_graphs=use_graphs,
+                         structured_output=StructuredOutputManager(grammar) if grammar is not None else None,
                          max_beam_width=sched.max_beam_width, **runner_options)
     if runner.graphs is not None:
         logger.info("CUDA graph pool: %.2f GiB used of %.2f GiB reserved", runner.graphs.pool_bytes / 2**30,
@@ -126,7 +131,8 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     logger.info("engine ready in %.1f s (%s)", sum(clock.laps.values()),
                 ", ".join(f"{k} {v:.1f} s" for k, v in clock.laps.items()))
     return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
-                       kv_plan=plan, tokenizer=tok, device=dev, startup_seconds=clock.laps)
+                       kv_plan=plan, tokenizer=tok, device=dev, grammar_backend=grammar,
+                       startup_seconds=clock.laps)
 
 
 class _PhaseClock:

@@ -19,6 +19,7 @@ examples:
   tritium bench throughput --model llama-3.1-8b --load-format dummy --dataset data.jsonl --report-json r.json
   tritium bench throughput --dataset data.jsonl --backend transformers   # the baseline, same requests
   tritium bench latency --model llama-3.1-8b --load-format dummy --batch-size 1 --input-len 128 --output-len 128
+  tritium bench serve --base-url http://127.0.0.1:8000 --dataset data.jsonl --max-concurrency 64   # a running server
 """
 
 
@@ -158,17 +159,31 @@ def _run_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    from tritium.bench.serve import add_arguments
+
+    add_arguments(p)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from tritium.bench.serve import run
+
+    return run(args)
+
+
 BENCH_COMMANDS: dict[str, BenchCommand] = {
     "prepare-dataset": BenchCommand("write a benchmark dataset (JSON lines)", _add_prepare_dataset_args,
                                     _run_prepare_dataset),
     "throughput": BenchCommand("offline throughput on a dataset", _add_throughput_args, _run_throughput),
     "latency": BenchCommand("fixed-batch latency: TTFT and decode speed", _add_latency_args, _run_latency),
+    "serve": BenchCommand("load an OpenAI-compatible server: TTFT / TPOT / ITL percentiles and throughput",
+                          _add_serve_args, _run_serve),
 }
 
 
 def add_bench_parser(commands) -> None:
     """Register `tritium bench` and its subcommands on the top-level subparsers."""
-    bench = commands.add_parser("bench", help="benchmarks: datasets, offline throughput, latency",
+    bench = commands.add_parser("bench", help="benchmarks: datasets, offline throughput, latency, serving",
                                 description="Measure tritium (or the transformers baseline) like trtllm-bench.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tritium.entrypoints.bench_cli import add_bench_parser
 
     add_bench_parser(sub)
+    from tritium.entrypoints import serve_cli
+
+    serve_cli.add_parser(sub)
     return parser
 
 
@@ -188,6 +191,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         from tritium.entrypoints.bench_cli import run_bench
 
         return run_bench(args)
+    if args.command == "serve":
+        from tritium.entrypoints.serve_cli import run_serve
+
+        try:
+            return run_serve(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     parser.error(f"unknown command {args.command}")
     return 2
 

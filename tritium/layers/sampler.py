@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tritium.core.sched_output import TopLogprobs
 from tritium.layers.logits_processors import apply_logits_extras
 from tritium.layers.sampling_metadata import SamplingMetadata
+from tritium.structured_output.bitmask import apply_token_bitmask_
 
 _MASK64 = (1 << 64) - 1
 SAMPLE_BLOCK = 256  # tokens per block of sample_from_probs' first level
@@ -194,12 +195,13 @@ class Sampler:
     @staticmethod
     def process_logits(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         """Float32 logits [N, V] after the per-request changes that come before sampling (and
-        before beam search's log-softmax): logits extras, penalties, min_tokens. The caller's
-        tensor is left as it was (logprobs are computed from it)."""
+        before beam search's log-softmax): logits extras, penalties, min_tokens, the grammar's
+        bitmask. The caller's tensor is left as it was (logprobs are computed from it)."""
         assert logits.shape == (meta.num_rows, meta.vocab_size), (logits.shape, meta.num_rows)
         raw = logits
         logits = logits.float()  # [N, V]
-        if not meta.no_penalties or meta.min_tokens_rows is not None or meta.logits_extras is not None:
+        if (not meta.no_penalties or meta.min_tokens_rows is not None or meta.logits_extras is not None
+                or meta.token_bitmask is not None):
             logits = logits.clone() if logits is raw else logits  # keep the caller's raw logits
         if meta.logits_extras is not None:
             apply_logits_extras(logits, meta.logits_extras)
@@ -208,6 +210,8 @@ class Sampler:
         if meta.min_tokens_rows is not None:
             blocked = torch.full_like(meta.min_tokens_rows, float("-inf"), dtype=logits.dtype)
             logits.index_put_((meta.min_tokens_rows, meta.min_tokens_cols), blocked)
+        if meta.token_bitmask is not None:  # guided decoding: the tokens its grammar allows
+            apply_token_bitmask_(logits, meta.token_bitmask)
         return logits
 
     def _sample_random(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:

@@ -59,6 +59,8 @@ class SamplingMetadata:
     # Logprobs: per-row k (None: not asked); max_num_logprobs is None when no row asks.
     num_logprobs: list[Optional[int]]
     max_num_logprobs: Optional[int]
+    # Guided decoding: bit t of row i is 1 where token t is allowed; None when no row is guided.
+    token_bitmask: Optional[torch.Tensor] = None  # [N, ceil(V / 32)] int32
     # User processors, embedding_bias, bad words, n-gram bans (layers/logits_processors.py); set
     # by the runner only for steps where some row uses one.
     logits_extras: Optional["LogitsExtras"] = None

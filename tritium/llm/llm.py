@@ -62,6 +62,7 @@ class LLM:
         self.kv_cache_plan = parts.kv_plan
         self.device = parts.device
         self.tokenizer = parts.tokenizer
+        self.grammar_backend = parts.grammar_backend
         self._processor = OutputProcessor(self.tokenizer)
         self._lock = threading.Lock()  # guards the output processor across the caller and engine threads
         self._ids = itertools.count()
@@ -92,6 +93,10 @@ class LLM:
                               has_batched_processor=self.batched_logits_processor is not None)
         for p in params:
             check_params(p, self.tokenizer, limits)
+            if p.guided_decoding is not None:
+                if self.grammar_backend is None:
+                    raise ValueError("SamplingParams.guided_decoding needs a tokenizer; this model has none")
+                self.grammar_backend.validate(p.guided_decoding)
         tokenized = [tokenize_prompt(item, self.tokenizer, limits.vocab_size, limits.max_seq_len, p,
                                      limits.max_input_len) for item, p in zip(items, params)]
         for prompt, p in zip(tokenized, params):

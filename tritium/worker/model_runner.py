@@ -22,6 +22,7 @@ from tritium.attention.backend import AttentionBackend, ForwardContext, forward_
 from tritium.config import CacheConfig, ModelConfig
 from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata
+from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import DecodeGraphs
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
 from tritium.worker.beam_search import BeamCandidateTensors, BeamRows, beam_groups, copy_kv_blocks
@@ -43,6 +44,7 @@ class StepHandle:
     context_logits: dict = field(default_factory=dict)
     generation_logits: Optional[tuple[list[str], torch.Tensor]] = None  # (req ids, host copy [n, V])
     beam_candidates: Optional[BeamCandidateTensors] = None  # beam rows' next tokens (host copies)
+    structured_output: Optional[StructuredOutputManager] = None  # set when a row is guided: advance its matcher
 
     def result(self) -> ModelRunnerOutput:
         if self.done is not None:
@@ -58,6 +60,8 @@ class StepHandle:
         out.sampled_token_ids = self.sampled_host.tolist()
         for state, token in zip(self.states, out.sampled_token_ids):
             state.token_ids.append(token)
+        if self.structured_output is not None:
+            self.structured_output.accept(out.req_ids, out.sampled_token_ids)
         lists = self.logprobs.tolists(self.num_logprobs) if self.logprobs is not None else None
         out.logprobs = lists if lists is not None else [None] * len(self.states)
         return out
@@ -67,7 +71,8 @@ class ModelRunner:
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
                  device: torch.device, backend: AttentionBackend, max_num_seqs: int = 256,
                  max_model_len: Optional[int] = None, use_cuda_graphs: bool = False,
-                 max_beam_width: int = 1, batched_logits_processor=None, allow_overlap: bool = True):
+                 max_beam_width: int = 1, batched_logits_processor=None, allow_overlap: bool = True,
+                 structured_output: Optional[StructuredOutputManager] = None):
         self.model = model
         self.model_config = model_config
         self.cache_config = cache_config
@@ -79,6 +84,7 @@ class ModelRunner:
                                                   batched_logits_processor)
         self.logits_outputs = LogitsOutputs(device)  # prompt logprobs, context and generation logits
         self.beam_rows = BeamRows()  # beam search rows: candidates instead of a sampled token
+        self.structured_output = structured_output  # grammar matchers of guided requests
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches = allocate_kv_caches(model_config, cache_config, device)
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
@@ -112,6 +118,8 @@ class ModelRunner:
                 self.sampling_features.remove(req_id)
                 self.logits_outputs.remove(req_id)
                 self.beam_rows.remove(req_id)
+                if self.structured_output is not None:
+                    self.structured_output.remove(req_id)
         for new in so.scheduled_new_reqs:
             state = CachedRequestState(
                 req_id=new.req_id, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
@@ -124,6 +132,9 @@ class ModelRunner:
             self.sampling_features.add(new.req_id, new.sampling_params)
             self.logits_outputs.add(new.req_id, new.sampling_params)
             self.beam_rows.add(new.req_id, new.num_beam_candidates)
+            if self.structured_output is not None:
+                self.structured_output.add_request(new.req_id, new.sampling_params,
+                                                   new.token_ids[new.num_prompt_tokens:])
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
             if cached.new_block_ids:
@@ -204,6 +215,10 @@ class ModelRunner:
                 sampling, seq_lens = [sampling[i] for i in others], [seq_lens[i] for i in others]
                 logits = logits[others]
         meta = self._sampling_metadata(sampling, seq_lens)
+        if self.structured_output is not None:
+            meta.token_bitmask = self.structured_output.bitmask([s.req_id for s in sampling], self.device)
+            if meta.token_bitmask is not None:
+                handle.structured_output = self.structured_output
         result = self.sampler(logits, meta)
         sampled = result.sampled_token_ids  # [N] long, on the device
         self._prev_sampled = sampled
