@@ -175,9 +175,10 @@ class LLM:
         outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
         return outs[0] if single else outs
 
-    def get_stats(self) -> list[IterationStats]:
+    def get_stats(self, timeout: Optional[float] = None) -> list[IterationStats]:
         """Per-step engine statistics recorded since the last call, oldest first (TensorRT-LLM's
-        llm.get_stats()); the engine keeps the last 16384 steps when nobody asks."""
+        llm.get_stats()); the engine keeps the last 16384 steps when nobody asks. `timeout` is
+        accepted for TensorRT-LLM's signature: the statistics are already here, nothing waits."""
         return self._engine.core.stats.drain()
 
     def get_stats_totals(self) -> EngineTotals:
