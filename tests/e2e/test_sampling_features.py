@@ -179,18 +179,20 @@ def _one_hot(token: int, vocab: int, value: float) -> torch.Tensor:
     return bias
 
 
-@pytest.mark.parametrize("case", ["roomy", "chunked", "preempting"])
+@pytest.mark.parametrize("case", ["roomy", "chunked", "preempting", "overlapped"])
 def test_context_and_generation_logits_equal_hugging_face(tiny_llama, hf_tiny_llama, case):
-    """Also chunked (a 7-token budget) and after preemption (the prompt is recomputed): each
-    position's logits come once."""
+    """Also chunked (a 7-token budget), after preemption (the prompt is recomputed: each
+    position's logits come once) and overlapped (generation logits copied asynchronously)."""
     prompts = make_prompts(hf_tiny_llama.config.vocab_size, count=6, seed=12)
     longest = max(len(p) for p in prompts) + MAX_TOKENS
     build = BuildConfig(max_batch_size=6, max_seq_len=longest + 8,
                         max_num_tokens=7 if case == "chunked" else 512)
     kv = KvCacheConfig(tokens_per_block=4, max_tokens=longest + 8 if case == "preempting" else None)
     with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=kv) as llm:
+        llm._engine.core.runner.supports_overlap = case == "overlapped"
         outs = llm.generate(prompts, greedy(return_context_logits=True, return_generation_logits=True))
         assert (llm._engine.core.scheduler.num_preemptions_total > 0) == (case == "preempting")
+        assert (llm._engine.core.runner.num_placeholder_tokens > 0) == (case == "overlapped")
     for prompt, out in zip(prompts, outs):
         tokens = out.outputs[0].token_ids
         with torch.no_grad():

@@ -67,3 +67,29 @@ def test_beam_search_perf_metrics_and_stats(smol_llm):
         assert perf.arrival_time <= perf.first_token_time and perf.token_times == sorted(perf.token_times)
     # The prompt's step yields one beam's candidates, then each of the 5 steps three.
     assert sum(s.num_generation_tokens for s in stats) == 1 + 3 * 5
+
+
+def test_guided_json_through_the_overlapped_engine(smol_llm):
+    """A guided request runs synchronously (its grammar sees every token before masking the next)
+    while a plain one in the same batch keeps overlapping; the JSON validates."""
+    import json
+
+    import jsonschema
+
+    from tritium import GuidedDecodingParams
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                               "population": {"type": "integer", "minimum": 0}},
+              "required": ["city", "population"], "additionalProperties": False}
+    runner = smol_llm._engine.core.runner
+    before = runner.num_placeholder_tokens
+    runner.supports_overlap = True  # the GPU's pipelined steps, on the CPU (tests/e2e/test_overlap.py)
+    try:
+        prompt = smol_llm.apply_chat_template([{"role": "user", "content": "Describe a city in JSON."}])
+        guided, plain = smol_llm.generate([prompt, prompt], [
+            SamplingParams(max_tokens=100, temperature=0.0, guided_decoding=GuidedDecodingParams(json=schema)),
+            SamplingParams(max_tokens=120, temperature=0.0, ignore_eos=True)])  # outlives the guided one
+    finally:
+        runner.supports_overlap = False
+    jsonschema.validate(json.loads(guided.outputs[0].text), schema)
+    assert len(plain.outputs[0].token_ids) == 120 and runner.num_placeholder_tokens > before
