@@ -356,7 +356,7 @@ class Scheduler:
         if not self.enable_chunked_prefill and num_new * len(beams) > budget:
             return None
         num_new = min(num_new, budget // len(beams))
-        evictable = {id(b): b for h in hits for b in h if b.ref_cnt == 0}  # leave the free queue when hit
+        evictable = {b.block_id for h in hits for b in h if b.ref_cnt == 0}  # leave the free queue when hit
         if num_new <= 0 or (sum(kv.num_new_blocks(b, num_new, num_hit_blocks) for b in beams) + len(evictable)
                             > kv.num_free_blocks):
             return None
@@ -398,8 +398,8 @@ class Scheduler:
                                                     num_cached_tokens=max(root.num_cached_tokens, 0)))
                 continue
             best = search.best(root.sampling_params.n)
-            root.status = RequestStatus.FINISHED_STOPPED if best[0].finish_reason == "stop" else \
-                RequestStatus.FINISHED_LENGTH
+            stopped = best[0].finish_reason == "stop"
+            root.status = RequestStatus.FINISHED_STOPPED if stopped else RequestStatus.FINISHED_LENGTH
             outputs.append(EngineCoreOutput(req_id=root.request_id, new_token_ids=[],
                                             finish_reason=root.finish_reason, beam_hypotheses=best, beam_step=True,
                                             num_cached_tokens=max(root.num_cached_tokens, 0)))
