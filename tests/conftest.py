@@ -38,3 +38,28 @@ def hf_tiny_llama(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smol_llm():
+    """The embedded SmolLM2-135M GGUF in float32, shared by the modules that test the LLM API on it."""
+    from tritium.default_model import default_model_path
+    from tritium.llm.llm import LLM
+
+    with LLM(default_model_path(), dtype="float32", max_batch_size=16, max_seq_len=512, max_beam_width=4) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="session")
+def hf_smol():
+    """The same GGUF through Hugging Face transformers (dequantized to float32): the reference."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tritium.default_model import default_model_path
+
+    path = default_model_path()
+    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                dtype=torch.float32).eval()

@@ -1,7 +1,7 @@
 """tritium: an LLM inference engine with a TensorRT-LLM-style Python API."""
 from tritium.config import BuildConfig, KvCacheConfig
 from tritium.outputs import CompletionOutput, Logprob, RequestOutput
-from tritium.sampling_params import SamplingParams
+from tritium.sampling_params import BatchedLogitsProcessor, LogitsProcessor, SamplingParams
 from tritium.structured_output import GuidedDecodingParams
 
 __version__ = "0.1.0"
@@ -13,7 +13,8 @@ def __getattr__(name):
         from tritium.llm.llm import LLM
 
         return LLM
-    raise AttributeError(name)
+    raise AttributeError(f"module 'tritium' has no attribute {name!r}")
 
 
-__all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "RequestOutput", "CompletionOutput", "Logprob"]
+__all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "RequestOutput",
+           "CompletionOutput", "Logprob", "LogitsProcessor", "BatchedLogitsProcessor"]

@@ -214,13 +214,31 @@ class ModelConfig:
         )
 
 
-@dataclass(frozen=True)
-class KvCacheConfig:
+class _SettableFields:
+    """For user-facing config dataclasses: fields may be set one by one after construction
+    (TensorRT-LLM's examples do), a name the class does not have raises at once, and validate()
+    runs on construction and again when an LLM is built from the config."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}; "
+                                 f"fields: {', '.join(self.__dataclass_fields__)}")
+        super().__setattr__(name, value)
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class KvCacheConfig(_SettableFields):
     """Paged KV cache settings (TensorRT-LLM's names).
 
     Capacity on a GPU: `free_gpu_memory_fraction` of the memory left after weights and
     activations, capped by `max_tokens`. On a CPU: `max_tokens` if given, else
-    `cpu_memory_budget_gib`.
+    `cpu_memory_budget_gib`. Fields may be set one by one, like BuildConfig's.
     """
 
     enable_block_reuse: bool = True  # prefix caching by chained block hashes
@@ -229,7 +247,7 @@ class KvCacheConfig:
     tokens_per_block: int = 16
     cpu_memory_budget_gib: float = 1.0
 
-    def __post_init__(self):
+    def validate(self) -> None:
         if not 0.0 < self.free_gpu_memory_fraction <= 1.0:
             raise ValueError(f"free_gpu_memory_fraction must be in (0, 1], got {self.free_gpu_memory_fraction}")
         if self.max_tokens is not None and self.max_tokens <= 0:
@@ -240,21 +258,40 @@ class KvCacheConfig:
             raise ValueError(f"cpu_memory_budget_gib must be positive, got {self.cpu_memory_budget_gib}")
 
 
-@dataclass(frozen=True)
-class BuildConfig:
-    """Engine limits (TensorRT-LLM's names). max_seq_len=None takes the model's context length."""
+@dataclass
+class BuildConfig(_SettableFields):
+    """Engine limits (TensorRT-LLM's names). max_seq_len=None takes the model's context length.
+
+    Fields may be set one by one after construction (`build_config.max_batch_size = 128`, as
+    TensorRT-LLM's examples do); every value is checked again when the LLM is built, and setting
+    a field BuildConfig does not have raises at once.
+    """
 
     max_batch_size: int = 256
     max_num_tokens: int = 8192  # tokens computed in one step, all requests together
     max_seq_len: Optional[int] = None  # prompt + generated tokens of one request
+    max_beam_width: int = 1  # widest beam search a request may ask for (SamplingParams.use_beam_search)
+    max_input_len: Optional[int] = None  # longest prompt accepted (None: max_seq_len - 1)
     enable_chunked_prefill: bool = True
 
-    def __post_init__(self):
-        for name in ("max_batch_size", "max_num_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+    def validate(self) -> None:
+        def positive_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        for name in ("max_batch_size", "max_num_tokens", "max_beam_width"):
+            if not positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.max_seq_len is not None and (not isinstance(self.max_seq_len, int) or self.max_seq_len <= 0):
-            raise ValueError(f"max_seq_len must be a positive integer, got {self.max_seq_len!r}")
+        for name in ("max_seq_len", "max_input_len"):
+            if getattr(self, name) is not None and not positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_input_len is not None and self.max_seq_len is not None and self.max_input_len >= self.max_seq_len:
+            raise ValueError(f"max_input_len ({self.max_input_len}) must be below max_seq_len ({self.max_seq_len}): "
+                             "a prompt needs room for at least one generated token")
+        if self.max_num_tokens < self.max_beam_width:
+            raise ValueError(f"max_num_tokens ({self.max_num_tokens}) must be at least max_beam_width "
+                             f"({self.max_beam_width}): a beam search's beams decode in the same step")
+        if not isinstance(self.enable_chunked_prefill, bool):
+            raise ValueError(f"enable_chunked_prefill must be True or False, got {self.enable_chunked_prefill!r}")
 
 
 CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")
@@ -275,6 +312,7 @@ class SchedulerConfig:
     max_model_len: int
     enable_chunked_prefill: bool = True
     capacity_policy: str = "max_utilization"
+    max_beam_width: int = 1
 
     def __post_init__(self):
         if self.capacity_policy not in CAPACITY_POLICIES:
@@ -288,9 +326,11 @@ class SchedulerConfig:
 
     @classmethod
     def from_build(cls, build: BuildConfig, model: ModelConfig) -> "SchedulerConfig":
+        build.validate()  # its fields may have been set one by one since construction
         max_len = build.max_seq_len or model.max_position_embeddings
         return cls(max_num_seqs=build.max_batch_size, max_num_batched_tokens=build.max_num_tokens,
-                   max_model_len=max_len, enable_chunked_prefill=build.enable_chunked_prefill)
+                   max_model_len=max_len, enable_chunked_prefill=build.enable_chunked_prefill,
+                   max_beam_width=build.max_beam_width)
 
 
 @dataclass(frozen=True)

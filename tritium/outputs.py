@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
+
+Tensor = Any  # torch.Tensor (importing tritium stays free of torch)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class CompletionOutput:
     text_diff: str = ""
     token_ids_diff: list[int] = field(default_factory=list)
     request_perf_metrics: Optional[RequestPerfMetrics] = None  # on the final output, if asked for
+    generation_logits: Optional[Tensor] = None  # [generated tokens, V] float32 (return_generation_logits)
 
     @property
     def length(self) -> int:
@@ -70,3 +73,4 @@ class RequestOutput:
     finished: bool = False
     prompt_logprobs: Optional[list[Optional[PositionLogprobs]]] = None  # None for the first prompt token
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    context_logits: Optional[Tensor] = None  # [len(prompt_token_ids), V] float32 (return_context_logits)

@@ -8,28 +8,14 @@ import asyncio
 import pytest
 import torch
 
-from tritium import BuildConfig, SamplingParams
-from tritium.default_model import default_model_path
-from tritium.llm.llm import LLM
+from tritium import SamplingParams
 
 PROMPT = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def llm():
-    with LLM(default_model_path(), dtype="float32", build_config=BuildConfig(max_batch_size=16, max_seq_len=512)) as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def hf_smol():
-    import os
-
-    from transformers import AutoModelForCausalLM
-
-    path = default_model_path()
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                torch_dtype=torch.float32).eval()
+def llm(smol_llm):
+    return smol_llm
 
 
 def test_generate_text_matches_hugging_face_greedy(llm, hf_smol):

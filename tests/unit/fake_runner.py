@@ -11,12 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from tritium.core.sched_output import BeamCandidates, ModelRunnerOutput, SchedulerOutput
 
 
 def toy_model(tokens: list[int]) -> int:
     """Deterministic next token from the whole sequence (never 0, the tests' EOS)."""
     return hash(tuple(tokens)) % 97 + 1
+
+
+def toy_beam_candidates(tokens: list[int], k: int) -> BeamCandidates:
+    """A beam row's k most likely next tokens under a deterministic toy distribution over 0..97."""
+    scores = sorted(((-(hash((tuple(tokens), t)) % 1000) / 100.0, t) for t in range(98)), reverse=True)[:k]
+    return BeamCandidates(token_ids=[t for _, t in scores], logprobs=[s for s, _ in scores])
 
 
 @dataclass
@@ -32,6 +38,8 @@ class FakeRunner:
         self.model = model
         self.reqs: dict[str, _State] = {}
         self.kv: dict[int, int] = {}  # slot -> fingerprint of the prefix ending there
+        self.beam_k: dict[str, int] = {}  # beam rows -> candidates to report
+        self.num_blocks_copied = 0
 
     def _slot(self, st: _State, pos: int) -> int:
         return st.block_ids[pos // self.block_size] * self.block_size + pos % self.block_size
@@ -40,9 +48,17 @@ class FakeRunner:
         """Run one step; `tokens` overrides the toy model's sample for chosen requests."""
         for req_id in so.finished_req_ids:
             self.reqs.pop(req_id, None)
+            self.beam_k.pop(req_id, None)
         for new in so.scheduled_new_reqs:
             assert new.req_id not in self.reqs, f"{new.req_id} sent as new while the runner holds it"
             self.reqs[new.req_id] = _State(list(new.token_ids), new.num_computed_tokens, list(new.block_ids))
+            if new.num_beam_candidates:
+                self.beam_k[new.req_id] = new.num_beam_candidates
+        for src, dst in so.blocks_to_copy:  # before the step's writes, like the real runner
+            self.num_blocks_copied += 1
+            for offset in range(self.block_size):
+                if src * self.block_size + offset in self.kv:
+                    self.kv[dst * self.block_size + offset] = self.kv[src * self.block_size + offset]
         for cached in so.scheduled_cached_reqs:
             st = self.reqs[cached.req_id]
             assert st.num_computed == cached.num_computed_tokens, cached
@@ -59,7 +75,7 @@ class FakeRunner:
             assert len(st.block_ids) == -(-end // self.block_size), (req_id, st.block_ids, end)
             for p in range(st.num_computed, end):
                 self.kv[self._slot(st, p)] = hash(tuple(st.tokens[:p + 1]))
-        req_ids, sampled = [], []
+        req_ids, sampled, beams = [], [], {}
         for req_id, n in so.num_scheduled_tokens.items():
             st = self.reqs[req_id]
             st.num_computed += n
@@ -67,8 +83,12 @@ class FakeRunner:
                 assert self.kv.get(self._slot(st, p)) == hash(tuple(st.tokens[:p + 1])), \
                     f"{req_id}: wrong KV at position {p} (block {st.block_ids[p // self.block_size]})"
             if st.num_computed == len(st.tokens):
+                if req_id in self.beam_k:  # the scheduler picks the beam's next token
+                    beams[req_id] = toy_beam_candidates(st.tokens, self.beam_k[req_id])
+                    continue
                 tok = (tokens or {}).get(req_id, self.model(st.tokens))
                 st.tokens.append(tok)
                 req_ids.append(req_id)
                 sampled.append(tok)
-        return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled, logprobs=[None] * len(req_ids))
+        return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled, logprobs=[None] * len(req_ids),
+                                 beam_candidates=beams)

@@ -28,3 +28,17 @@ def test_bos_is_added_once(bos_tokenizer):
 def test_accepted_prompt_shapes(prompts, single, count):
     items, is_single = normalize_prompts(prompts)
     assert is_single == single and len(items) == count
+
+
+def test_add_special_tokens_and_truncation(bos_tokenizer):
+    from tritium import SamplingParams
+
+    assert tokenize_prompt("hello world", bos_tokenizer, 5, 100,
+                           SamplingParams(add_special_tokens=False)).token_ids == [3, 4]
+    truncated = tokenize_prompt("hello world world hello", bos_tokenizer, 5, 100,
+                                SamplingParams(truncate_prompt_tokens=2))
+    assert truncated.token_ids == [4, 3] and truncated.prompt == "hello world world hello"  # the last 2, text as given
+    longer = SamplingParams(truncate_prompt_tokens=5)
+    assert tokenize_prompt([3, 4, 3], bos_tokenizer, 5, 100, longer).token_ids == [3, 4, 3]
+    with pytest.raises(ValueError, match="max_input_len=2"):
+        tokenize_prompt("hello world", bos_tokenizer, 5, 100, max_input_len=2)

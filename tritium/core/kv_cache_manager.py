@@ -52,8 +52,9 @@ class KVCacheManager:
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """Longest prefix of the request's full blocks found in the cache, and the tokens they
         cover. No side effects on the pool (allocate_slots takes the references)."""
-        if not self.enable_caching or request.sampling_params.prompt_logprobs is not None:
-            return [], 0  # prompt logprobs need the logits of every prompt position
+        params = request.sampling_params
+        if not self.enable_caching or params.prompt_logprobs is not None or params.return_context_logits:
+            return [], 0  # prompt logprobs and context logits need the logits of every prompt position
         hashes = update_block_hashes(request, self.block_size)
         # At least one token must remain to compute: cap at (num_tokens - 1) // block_size.
         max_hit_blocks = min(len(hashes), (request.num_tokens - 1) // self.block_size)
@@ -126,6 +127,49 @@ class KVCacheManager:
         blocks = self.req_to_blocks.pop(request.request_id, [])
         self.num_cached_blocks.pop(request.request_id, None)
         self.block_pool.free_blocks(reversed(blocks))
+
+    # ---- beam search: beams share blocks through ref counts --------------------------------
+    def reparent(self, req_ids: list[str], parents: list[int], old_ids: list[str]) -> None:
+        """Beam j (req_ids[j]) takes over the blocks old beam parents[j] (old_ids[parents[j]]) held;
+        old beams' blocks nobody takes over are freed. Shared blocks gain one reference per holder
+        (a partly filled one is copied before it is written: copy_on_write)."""
+        old_lists = [self.req_to_blocks.get(rid, []) for rid in old_ids]
+        old_cached = [self.num_cached_blocks.get(rid, 0) for rid in old_ids]
+        new_lists = [list(old_lists[p]) for p in parents]
+        for blocks in new_lists:  # take the new references first: no kept block reaches ref_cnt 0
+            self.block_pool.touch(blocks)
+        for rid in old_ids:
+            self.block_pool.free_blocks(reversed(self.req_to_blocks.pop(rid, [])))
+            self.num_cached_blocks.pop(rid, None)
+        for rid, p, blocks in zip(req_ids, parents, new_lists):
+            self.req_to_blocks[rid] = blocks
+            self.num_cached_blocks[rid] = old_cached[p]
+
+    def shared_write_block(self, request: Request) -> Optional[KVCacheBlock]:
+        """The block the request's next token goes into, if other holders share it (a beam's
+        partly filled last block after a fork); None when there is none or it is its own."""
+        blocks = self.req_to_blocks.get(request.request_id, [])
+        index = request.num_computed_tokens // self.block_size
+        if index < len(blocks) and blocks[index].ref_cnt > 1:
+            return blocks[index]
+        return None
+
+    def copy_on_write(self, request: Request) -> Optional[tuple[int, int]]:
+        """Give the request its own copy of a shared block about to be written: returns (source,
+        destination) block ids for the runner to copy before the step, or None. Needs a free block."""
+        block = self.shared_write_block(request)
+        if block is None:
+            return None
+        copy = self.block_pool.get_new_blocks(1)[0]
+        self.block_pool.free_blocks([block])
+        self.req_to_blocks[request.request_id][request.num_computed_tokens // self.block_size] = copy
+        return block.block_id, copy.block_id
+
+    def num_new_blocks(self, request: Request, num_new_tokens: int, num_hit_blocks: int = 0) -> int:
+        """Blocks allocate_slots would take from the pool for a request (no copy-on-write)."""
+        held = len(self.req_to_blocks.get(request.request_id, [])) + num_hit_blocks
+        num_known = request.num_computed_tokens + num_hit_blocks * self.block_size + num_new_tokens
+        return max(0, -(-num_known // self.block_size) - held)
 
     def get_block_ids(self, req_id: str) -> list[int]:
         return [b.block_id for b in self.req_to_blocks.get(req_id, [])]

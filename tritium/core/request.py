@@ -44,7 +44,9 @@ class Request:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.sampling_params = sampling_params
-        # EOS ends the request unless ignore_eos; stop_token_ids always do.
+        # EOS (end_id when given; -1: none) ends the request unless ignore_eos; stop_token_ids always do.
+        if sampling_params.end_id is not None:
+            eos_token_ids = () if sampling_params.end_id == -1 else (sampling_params.end_id,)
         self.eos_token_ids = frozenset(() if sampling_params.ignore_eos else eos_token_ids)
         self.stop_token_ids = frozenset(sampling_params.stop_token_ids or ())
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
@@ -60,9 +62,11 @@ class Request:
         # Prompt positions whose logprobs were sent; kept across preemption (a resumed request
         # recomputes its prompt and the runner reports those positions again).
         self.num_prompt_logprobs_sent = 0
+        self.num_context_logits_sent = 0  # the same for context logits (return_context_logits)
         self.stop_reason: Union[int, str, None] = None
         # Chained hashes of the request's full blocks, filled in by the KV cache manager.
         self.block_hashes: list[int] = []
+        self.beam = None  # the BeamSearch this request is a beam of (core/beam_search.py), if any
 
     @property
     def num_tokens(self) -> int:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from tritium.sampling_params import SamplingParams
+
+Tensor = Any  # torch.Tensor: core imports no torch, tensors only pass through it
 
 
 @dataclass
@@ -21,6 +23,8 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int
+    # A beam of a beam search: how many of its most likely next tokens to report (0: samples).
+    num_beam_candidates: int = 0
 
 
 @dataclass
@@ -40,6 +44,8 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     # Requests whose runner state must be dropped: finished, aborted or preempted since last step.
     finished_req_ids: set[str] = field(default_factory=set)
+    # (source, destination) KV blocks to copy before the step runs (a beam's copy-on-write).
+    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -66,6 +72,14 @@ class TopLogprobs:
 
 
 @dataclass
+class BeamCandidates:
+    """A beam's most likely next tokens, most likely first, with their log-probabilities."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+
+
+@dataclass
 class ModelRunnerOutput:
     # Requests that sampled a token this step (their computed tokens reached num_tokens).
     req_ids: list[str]
@@ -73,6 +87,17 @@ class ModelRunnerOutput:
     logprobs: list[Optional[TopLogprobs]]  # per sampled request; None unless it asked
     # req_id -> one entry per prompt position computed this step (positions 1.. of the prompt).
     prompt_logprobs: dict[str, list[TopLogprobs]] = field(default_factory=dict)
+    # req_id -> float32 host logits [n, V] of the prompt positions computed this step (return_context_logits).
+    context_logits: dict[str, Tensor] = field(default_factory=dict)
+    # req_id -> float32 host logits [V] its sampled token came from (return_generation_logits).
+    generation_logits: dict[str, Tensor] = field(default_factory=dict)
+    # Beam search rows (they sample nothing): beam req_id -> its most likely next tokens.
+    beam_candidates: dict[str, BeamCandidates] = field(default_factory=dict)
+
+    @property
+    def has_extras(self) -> bool:
+        """Anything besides sampled tokens and their logprobs."""
+        return bool(self.prompt_logprobs or self.context_logits or self.generation_logits)
 
     @staticmethod
     def empty() -> "ModelRunnerOutput":
@@ -87,9 +112,13 @@ class EngineCoreOutput:
     new_token_ids: list[int]
     new_logprobs: list[TopLogprobs] = field(default_factory=list)
     new_prompt_logprobs: list[TopLogprobs] = field(default_factory=list)
+    new_context_logits: Optional[Tensor] = None  # [n, V] float32, the prompt positions not sent before
+    new_generation_logits: Optional[Tensor] = None  # [len(new_token_ids), V] float32
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort"
     stop_reason: Optional[int] = None
     num_cached_tokens: int = 0
+    beam_hypotheses: Optional[list] = None  # beam search, when finished: the n best BeamHypothesis
+    beam_step: bool = False  # a beam search took a step (sent when perf metrics are asked for, and at the end)
 
     @property
     def finished(self) -> bool:

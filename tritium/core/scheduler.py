@@ -9,12 +9,19 @@ prefill, decode, prefix-cache hits and resumption after preemption are all that 
 
 Preemption is by recompute: blocks are freed, num_computed_tokens = 0, and the request goes back
 to the front of the waiting queue; it is resumed as a NewRequestData holding prompt + outputs.
+
+Beam search (core/beam_search.py): the request the user submitted is the first beam and the only
+one in `running` / `waiting`; all its beams are scheduled, preempted and resumed together, with
+the same tokens computed (so they sample in the same step). After a step the beams are rebuilt
+from their parents: each takes over its parent's KV blocks (ref counts; nothing copied) and a
+partly filled last block shared by several is copied once it is written to (blocks_to_copy).
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Optional
 
+from tritium.core.beam_search import BeamSearch, Selection
 from tritium.core.kv_cache_manager import KVCacheManager
 from tritium.core.request import Request, RequestStatus, check_stop
 from tritium.core.sched_output import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
@@ -63,6 +70,8 @@ class Scheduler:
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        if request.sampling_params.use_beam_search:
+            request.beam = BeamSearch(request, self.max_model_len)
 
     def abort_requests(self, req_ids: Iterable[str]) -> list[Request]:
         if isinstance(req_ids, str):
@@ -72,6 +81,8 @@ class Scheduler:
             request = self.requests.get(req_id)
             if request is None or request.is_finished:
                 continue
+            if request.beam is not None:
+                request = request.beam.root  # a beam stands for its whole search
             if request.status == RequestStatus.RUNNING:
                 self.running.remove(request)
             else:
@@ -82,24 +93,34 @@ class Scheduler:
         return aborted
 
     def _release(self, request: Request) -> None:
-        """A finished request gives back its blocks and leaves the scheduler."""
-        self.kv_cache_manager.free(request)
-        del self.requests[request.request_id]
-        self.finished_req_ids.add(request.request_id)
+        """A finished request (all its beams) gives back its blocks and leaves the scheduler."""
+        for seq in request.beam.beams if request.beam is not None else (request,):
+            self.kv_cache_manager.free(seq)
+            del self.requests[seq.request_id]
+            self.finished_req_ids.add(seq.request_id)
 
     def _blocks_at_full_length(self, request: Request) -> int:
-        """KV blocks the request holds once it has generated all it may (guaranteed_no_evict)."""
+        """KV blocks the request (all its beams) holds once it has generated all it may
+        (guaranteed_no_evict); a beam's copy of a shared block replaces the one it copies."""
         max_tokens = request.sampling_params.max_tokens
         full = self.max_model_len if max_tokens is None else min(
             request.num_prompt_tokens + max_tokens, self.max_model_len)
-        return -(-full // self.kv_cache_manager.block_size)
+        width = request.sampling_params.beam_width if request.beam is not None else 1
+        return width * -(-full // self.kv_cache_manager.block_size)
 
     def _blocks_still_needed(self) -> int:
         """Blocks the running requests will still allocate before they finish."""
         held = self.kv_cache_manager.req_to_blocks
-        return sum(self._blocks_at_full_length(r) - len(held.get(r.request_id, ())) for r in self.running)
+        return sum(self._blocks_at_full_length(r) - sum(len(held.get(seq.request_id, ()))
+                                                        for seq in (r.beam.beams if r.beam is not None else (r,)))
+                   for r in self.running)
 
     def _preempt(self, request: Request) -> None:
+        if request.beam is not None:
+            for beam in request.beam.beams[1:]:  # the first beam is the request itself
+                self.kv_cache_manager.free(beam)
+                beam.num_computed_tokens = 0
+                self.finished_req_ids.add(beam.request_id)
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0  # a token still in flight is appended when it arrives
@@ -114,11 +135,21 @@ class Scheduler:
         num_scheduled: dict[str, int] = {}
         cached_reqs: list[CachedRequestData] = []
         new_reqs: list[Request] = []
+        blocks_to_copy: list[tuple[int, int]] = []
         preempted = False
 
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
+            if request.beam is not None:  # every beam of the search together
+                num, preempted_any = self._schedule_beams(request, budget, num_scheduled, cached_reqs, new_reqs,
+                                                          blocks_to_copy)
+                preempted |= preempted_any
+                if num is None:
+                    break  # the search preempted itself: nothing after it is left to schedule
+                budget -= num
+                i += 1
+                continue
             num_new = min(request.num_tokens + request.num_output_placeholders - request.num_computed_tokens, budget)
             if num_new <= 0 or (request.num_output_placeholders and request.length_capped(self.max_model_len)):
                 i += 1  # nothing to do until its outputs arrive
@@ -142,6 +173,19 @@ class Scheduler:
         while (self.waiting and not preempted and budget > 0
                and len(self.running) < self.max_num_seqs):
             request = self.waiting[0]
+            if request.beam is not None:
+                need = self._blocks_at_full_length(request) if self.no_evict else 0
+                free_before = self.kv_cache_manager.num_free_blocks
+                if reserved + need > free_before:
+                    break  # guaranteed_no_evict: wait for room for every beam at full length
+                num = self._admit_beams(request, budget, num_scheduled, new_reqs)
+                if num is None:
+                    break  # FCFS: later requests do not overtake it
+                reserved += need - (free_before - self.kv_cache_manager.num_free_blocks)
+                self.waiting.popleft()
+                self.running.append(request)
+                budget -= num
+                continue
             hit_blocks, num_hit_tokens = self.kv_cache_manager.get_computed_blocks(request)
             need = 0
             if self.no_evict:  # `reserved`: blocks the admitted requests will still allocate
@@ -171,12 +215,14 @@ class Scheduler:
                 NewRequestData(req_id=r.request_id, token_ids=list(r.all_token_ids),
                                num_prompt_tokens=r.num_prompt_tokens, sampling_params=r.sampling_params,
                                block_ids=self.kv_cache_manager.get_block_ids(r.request_id),
-                               num_computed_tokens=r.num_computed_tokens)
+                               num_computed_tokens=r.num_computed_tokens,
+                               num_beam_candidates=r.beam.num_candidates if r.beam is not None else 0)
                 for r in new_reqs],
             scheduled_cached_reqs=cached_reqs,
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=self.max_num_batched_tokens - budget,
             finished_req_ids=self.finished_req_ids,
+            blocks_to_copy=blocks_to_copy,
         )
         self.finished_req_ids = set()
         # The tokens count as computed once scheduled (the runner computes exactly these); a
@@ -192,7 +238,7 @@ class Scheduler:
                            model_runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
         mro = model_runner_output
         outputs: list[EngineCoreOutput] = []
-        any_finished = False
+        finished: list[Request] = []
         for req_id, token_id, logprobs in zip(mro.req_ids, mro.sampled_token_ids, mro.logprobs):
             request = self.requests.get(req_id)
             if request is None or request.is_finished:
@@ -208,38 +254,182 @@ class Scheduler:
             outputs.append(EngineCoreOutput(
                 req_id=req_id, new_token_ids=[token_id],
                 new_logprobs=[logprobs] if logprobs is not None else [],
-                new_prompt_logprobs=(self._new_prompt_logprobs(request, scheduler_output, mro)
-                                     if mro.prompt_logprobs else []),
                 finish_reason=request.finish_reason if stopped else None,
                 stop_reason=request.stop_reason if stopped else None,
                 num_cached_tokens=max(request.num_cached_tokens, 0)))
             if stopped:
-                any_finished = True
-                self._release(request)
-
-        # A prefill chunk that sampled nothing may still carry prompt logprobs.
-        sampled = set(mro.req_ids)
-        for req_id in mro.prompt_logprobs:
-            request = self.requests.get(req_id)
-            if req_id in sampled or request is None:
-                continue
-            prompt_logprobs = self._new_prompt_logprobs(request, scheduler_output, mro)
-            if not prompt_logprobs:
-                continue
-            outputs.append(EngineCoreOutput(req_id=req_id, new_token_ids=[],
-                                            new_prompt_logprobs=prompt_logprobs,
-                                            num_cached_tokens=max(request.num_cached_tokens, 0)))
-        if any_finished:
+                finished.append(request)
+        if mro.beam_candidates:
+            self._advance_beams(mro, outputs, finished)
+        if mro.has_extras:
+            self._attach_extras(outputs, scheduler_output, mro)
+        for request in finished:
+            self._release(request)
+        if finished:
             self.running = [r for r in self.running if not r.is_finished]
         return outputs
 
+    def _attach_extras(self, outputs: list[EngineCoreOutput], so: SchedulerOutput, mro: ModelRunnerOutput) -> None:
+        """Prompt logprobs and context logits (less the prompt positions sent before a preemption)
+        and generation logits onto this step's outputs; a prefill chunk that sampled nothing gets
+        an output of its own."""
+        by_id = {out.req_id: out for out in outputs}
+        for req_id, logits in mro.generation_logits.items():
+            if req_id in by_id:
+                by_id[req_id].new_generation_logits = logits.unsqueeze(0)  # [1, V]
+        for req_id in mro.prompt_logprobs.keys() | mro.context_logits.keys():
+            request = self.requests.get(req_id)
+            if request is None:
+                continue
+            start = so.num_computed_before(req_id)
+            prompt_logprobs = self._unsent(request, "num_prompt_logprobs_sent", start,
+                                           mro.prompt_logprobs.get(req_id, []))
+            context_logits = self._unsent(request, "num_context_logits_sent", start, mro.context_logits.get(req_id))
+            out = by_id.get(req_id)
+            if out is None:
+                if not prompt_logprobs and (context_logits is None or not len(context_logits)):
+                    continue
+                out = EngineCoreOutput(req_id=req_id, new_token_ids=[],
+                                       num_cached_tokens=max(request.num_cached_tokens, 0))
+                outputs.append(out)
+            out.new_prompt_logprobs = prompt_logprobs
+            out.new_context_logits = context_logits
+
     @staticmethod
-    def _new_prompt_logprobs(request: Request, so: SchedulerOutput, mro: ModelRunnerOutput) -> list:
-        """This step's prompt logprobs less the positions already sent before a preemption."""
-        entries = mro.prompt_logprobs.get(request.request_id, [])
-        if not entries:
-            return []
-        start = so.num_computed_before(request.request_id)
-        skip = max(request.num_prompt_logprobs_sent - start, 0)
-        request.num_prompt_logprobs_sent = max(request.num_prompt_logprobs_sent, start + len(entries))
-        return entries[skip:]
+    def _unsent(request: Request, counter: str, start: int, entries):
+        """entries cover prompt positions start, start + 1, ...; drop those already sent (a resumed
+        request recomputes its prompt) and advance the request's counter."""
+        if entries is None or not len(entries):
+            return entries
+        sent = getattr(request, counter)
+        setattr(request, counter, max(sent, start + len(entries)))
+        return entries[max(sent - start, 0):]
+
+    # ---- beam search ------------------------------------------------------------------------
+    def _schedule_beams(self, request: Request, budget: int, num_scheduled: dict[str, int],
+                        cached_reqs: list[CachedRequestData], new_reqs: list[Request],
+                        blocks_to_copy: list[tuple[int, int]]) -> tuple[Optional[int], bool]:
+        """Schedule every beam of a running search for the same tokens, or none. Returns (tokens
+        scheduled, None if the search preempted itself; whether anything was preempted)."""
+        search = request.beam
+        beams = search.beams
+        num_new = min(request.num_tokens - request.num_computed_tokens, budget // len(beams))
+        if num_new <= 0:
+            return 0, False
+        kv = self.kv_cache_manager
+        # Blocks this needs: new ones, plus one copy per extra holder of a shared block to be written.
+        shared = [kv.shared_write_block(b) for b in beams]
+        need = sum(kv.num_new_blocks(b, num_new) for b in beams) + sum(
+            min(blk.ref_cnt, shared.count(blk)) - 1 for blk in set(shared) if blk is not None)
+        preempted = False
+        while need > kv.num_free_blocks:
+            victim = self.running.pop()  # lowest priority; never one scheduled before this search
+            self._preempt(victim)
+            preempted = True
+            if victim is request:
+                return None, True
+        for beam in beams:
+            copy = kv.copy_on_write(beam)
+            if copy is not None:
+                blocks_to_copy.append(copy)
+            new_blocks = kv.allocate_slots(beam, num_new)
+            if search.resend:
+                new_reqs.append(beam)
+            else:
+                cached_reqs.append(CachedRequestData(beam.request_id, [b.block_id for b in new_blocks],
+                                                     beam.num_computed_tokens))
+            num_scheduled[beam.request_id] = num_new
+        search.resend = False
+        return num_new * len(beams), preempted
+
+    def _admit_beams(self, request: Request, budget: int, num_scheduled: dict[str, int],
+                     new_reqs: list[Request]) -> Optional[int]:
+        """Admit a waiting search (new, or resumed after preemption) with every beam at the same
+        computed length (the prefix all of them hit in the cache). None when it does not fit."""
+        beams = request.beam.beams
+        kv = self.kv_cache_manager
+        hits = [kv.get_computed_blocks(b)[0] for b in beams]
+        num_hit_blocks = min(len(h) for h in hits)
+        hits = [h[:num_hit_blocks] for h in hits]
+        num_hit_tokens = num_hit_blocks * kv.block_size
+        num_new = request.num_tokens - num_hit_tokens
+        if not self.enable_chunked_prefill and num_new * len(beams) > budget:
+            return None
+        num_new = min(num_new, budget // len(beams))
+        evictable = {b.block_id for h in hits for b in h if b.ref_cnt == 0}  # leave the free queue when hit
+        if num_new <= 0 or (sum(kv.num_new_blocks(b, num_new, num_hit_blocks) for b in beams) + len(evictable)
+                            > kv.num_free_blocks):
+            return None
+        for beam, hit in zip(beams, hits):
+            kv.allocate_slots(beam, num_new, hit)
+            beam.num_computed_tokens = num_hit_tokens
+            beam.status = RequestStatus.RUNNING
+            new_reqs.append(beam)
+            num_scheduled[beam.request_id] = num_new
+        if request.num_cached_tokens < 0:
+            request.num_cached_tokens = num_hit_tokens
+        request.beam.resend = False  # they go to the runner in full now
+        return num_new * len(beams)
+
+    def _advance_beams(self, mro: ModelRunnerOutput, outputs: list[EngineCoreOutput],
+                       finished: list[Request]) -> None:
+        """One step of each search whose beams reported their candidates: finished sequences and
+        the next beams; a search that is done gets its final output."""
+        roots = {}
+        for beam_id in mro.beam_candidates:
+            beam = self.requests.get(beam_id)
+            if beam is not None and not beam.is_finished:
+                roots[beam.beam.root.request_id] = beam.beam.root
+        for root in roots.values():
+            search = root.beam
+            missing = [b.request_id for b in search.beams if b.request_id not in mro.beam_candidates]
+            if missing:
+                raise RuntimeError(f"beam search {root.request_id}: beams {missing} reported no candidates")
+            generation_logits = ([mro.generation_logits[b.request_id] for b in search.beams]
+                                 if root.sampling_params.return_generation_logits else None)
+            selection = search.step([mro.beam_candidates[b.request_id] for b in search.beams], generation_logits)
+            for beam in search.beams:
+                beam.num_output_placeholders = 0
+                self.finished_req_ids.add(beam.request_id)  # the runner's copies are outdated either way
+            if not selection.done:
+                self._rebuild_beams(search, selection)
+                if root.sampling_params.return_perf_metrics:  # the front times each step
+                    outputs.append(EngineCoreOutput(req_id=root.request_id, new_token_ids=[], beam_step=True,
+                                                    num_cached_tokens=max(root.num_cached_tokens, 0)))
+                continue
+            best = search.best(root.sampling_params.n)
+            stopped = best[0].finish_reason == "stop"
+            root.status = RequestStatus.FINISHED_STOPPED if stopped else RequestStatus.FINISHED_LENGTH
+            outputs.append(EngineCoreOutput(req_id=root.request_id, new_token_ids=[],
+                                            finish_reason=root.finish_reason, beam_hypotheses=best, beam_step=True,
+                                            num_cached_tokens=max(root.num_cached_tokens, 0)))
+            finished.append(root)
+
+    def _rebuild_beams(self, search: BeamSearch, selection: Selection) -> None:
+        """Beam j becomes its parent's sequence plus its token, on its parent's KV blocks."""
+        old = search.beams
+        snapshots = [(b.output_token_ids, b.block_hashes) for b in old]
+        beams = [old[j] if j < len(old) else self._new_beam(search, j) for j in range(len(selection.parents))]
+        for dropped in old[len(beams):]:
+            del self.requests[dropped.request_id]
+        self.kv_cache_manager.reparent([b.request_id for b in beams], selection.parents,
+                                       [b.request_id for b in old])
+        num_computed = old[0].num_computed_tokens
+        for beam, parent, token in zip(beams, selection.parents, selection.tokens):
+            outputs, hashes = snapshots[parent]
+            beam.output_token_ids = outputs + [token]
+            beam.all_token_ids = beam.prompt_token_ids + beam.output_token_ids
+            beam.block_hashes = list(hashes)
+            beam.num_computed_tokens = num_computed
+        search.beams = beams
+        search.resend = True
+
+    def _new_beam(self, search: BeamSearch, index: int) -> Request:
+        root = search.root
+        beam = Request(f"{root.request_id}#beam{index}", root.prompt_token_ids, root.sampling_params,
+                       arrival_time=root.arrival_time)
+        beam.eos_token_ids = root.eos_token_ids
+        beam.status = RequestStatus.RUNNING
+        beam.beam = search
+        self.requests[beam.request_id] = beam
+        return beam

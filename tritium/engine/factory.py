@@ -62,11 +62,12 @@ def make_attention_backend(dev: torch.device) -> AttentionBackend:
 def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                  kv_cache_config: KvCacheConfig, load_format: str = "auto",
                  device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False,
-                 enforce_eager: bool = False) -> EngineParts:
-    """enforce_eager: no CUDA graphs (every step runs eagerly), for debugging."""
+                 enforce_eager: bool = False, runner_options: Optional[dict[str, Any]] = None) -> EngineParts:
+    """enforce_eager: no CUDA graphs (every step runs eagerly), for debugging. runner_options:
+    extra ModelRunner arguments (batched_logits_processor, allow_overlap)."""
     dev = resolve_device(device)
     args = (model, tokenizer, dtype, build_config, kv_cache_config, load_format, dev, skip_tokenizer_init,
-            enforce_eager)
+            enforce_eager, runner_options or {})
     if dev.type != "cpu":
         return _build_engine(*args)
     # On CPU, build in a short-lived thread so that the caller's thread starts no OpenMP thread
@@ -80,7 +81,7 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
 
 def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                   kv_cache_config: KvCacheConfig, load_format: str, dev: torch.device,
-                  skip_tokenizer_init: bool, enforce_eager: bool) -> EngineParts:
+                  skip_tokenizer_init: bool, enforce_eager: bool, runner_options: dict[str, Any]) -> EngineParts:
     clock = _PhaseClock()
     source = resolve_model_source(model, load_format)
     model_config = model_config_from_source(source, dtype=dtype, device=dev)
@@ -120,7 +121,8 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     grammar = GrammarBackend(tok, model_config.vocab_size, model_config.eos_token_ids) if tok is not None else None
     runner = ModelRunner(nn_model, model_config, cache, dev, backend, max_num_seqs=sched.max_num_seqs,
                          max_model_len=sched.max_model_len, use_cuda_graphs=use_graphs,
-                         structured_output=StructuredOutputManager(grammar) if grammar is not None else None)
+                         structured_output=StructuredOutputManager(grammar) if grammar is not None else None,
+                         max_beam_width=sched.max_beam_width, **runner_options)
     if runner.graphs is not None:
         logger.info("CUDA graph pool: %.2f GiB used of %.2f GiB reserved", runner.graphs.pool_bytes / 2**30,
                     graph_reserve / 2**30)

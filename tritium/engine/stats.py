@@ -114,7 +114,8 @@ class IterationStatsLog:
             iteration=self._iteration, timestamp=time.time(), step_time_s=end - start,
             num_scheduled_requests=len(so.num_scheduled_tokens), num_running=probe.num_running,
             num_waiting=probe.num_waiting, num_scheduled_tokens=so.total_num_scheduled_tokens,
-            num_prompt_tokens=probe.num_prompt_tokens, num_generation_tokens=len(runner_out.req_ids),
+            num_prompt_tokens=probe.num_prompt_tokens,
+            num_generation_tokens=len(runner_out.req_ids) + len(runner_out.beam_candidates),  # beams: one each
             kv_cache_usage=probe.kv_cache_usage, num_preemptions=probe.num_preemptions)
         with self._lock:
             self._iteration += 1

@@ -1,6 +1,7 @@
 """Sampler: one engine step's logits [N, V] -> one token per row, without a host sync.
 
-Order (vLLM v1): penalties and min_tokens on the raw logits -> greedy argmax; for random rows
+Order (vLLM v1): logits extras (user processors, bias, bans: layers/logits_processors.py),
+penalties and min_tokens on the raw logits -> greedy argmax; for random rows
 temperature -> min_p -> top_k -> top_p -> softmax -> inverse-CDF draw in two levels
 (sample_from_probs): picks token i with probability probs[i], like torch.multinomial but with no
 device->host sync, from two uniforms per row (an exponential race would draw V random numbers per
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tritium.core.sched_output import TopLogprobs
+from tritium.layers.logits_processors import apply_logits_extras
 from tritium.layers.sampling_metadata import SamplingMetadata
 from tritium.structured_output.bitmask import apply_token_bitmask_
 
@@ -175,19 +177,8 @@ class Sampler:
         self._row_generators: dict[torch.device, list[torch.Generator]] = {}
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
-        assert logits.shape == (meta.num_rows, meta.vocab_size), (logits.shape, meta.num_rows)
         raw = logits
-        logits = logits.float()  # [N, V]
-        if not meta.no_penalties or meta.min_tokens_rows is not None or meta.token_bitmask is not None:
-            logits = logits.clone() if logits is raw else logits  # keep the caller's raw logits
-        if not meta.no_penalties:
-            apply_penalties(logits, meta)
-        if meta.min_tokens_rows is not None:
-            blocked = torch.full_like(meta.min_tokens_rows, float("-inf"), dtype=logits.dtype)
-            logits.index_put_((meta.min_tokens_rows, meta.min_tokens_cols), blocked)
-        if meta.token_bitmask is not None:
-            apply_token_bitmask_(logits, meta.token_bitmask)
-
+        logits = self.process_logits(logits, meta)  # [N, V] float32
         if meta.all_greedy:
             sampled = logits.argmax(dim=-1)  # [N]
         else:
@@ -200,6 +191,28 @@ class Sampler:
         return SamplerOutput(sampled_token_ids=sampled,
                              logprobs_tensors=top_logprobs_tensors(raw, sampled, meta.max_num_logprobs),
                              num_logprobs=meta.num_logprobs)
+
+    @staticmethod
+    def process_logits(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """Float32 logits [N, V] after the per-request changes that come before sampling (and
+        before beam search's log-softmax): logits extras, penalties, min_tokens, the grammar's
+        bitmask. The caller's tensor is left as it was (logprobs are computed from it)."""
+        assert logits.shape == (meta.num_rows, meta.vocab_size), (logits.shape, meta.num_rows)
+        raw = logits
+        logits = logits.float()  # [N, V]
+        if (not meta.no_penalties or meta.min_tokens_rows is not None or meta.logits_extras is not None
+                or meta.token_bitmask is not None):
+            logits = logits.clone() if logits is raw else logits  # keep the caller's raw logits
+        if meta.logits_extras is not None:
+            apply_logits_extras(logits, meta.logits_extras)
+        if not meta.no_penalties:
+            apply_penalties(logits, meta)
+        if meta.min_tokens_rows is not None:
+            blocked = torch.full_like(meta.min_tokens_rows, float("-inf"), dtype=logits.dtype)
+            logits.index_put_((meta.min_tokens_rows, meta.min_tokens_cols), blocked)
+        if meta.token_bitmask is not None:  # guided decoding: the tokens its grammar allows
+            apply_token_bitmask_(logits, meta.token_bitmask)
+        return logits
 
     def _sample_random(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         logits = logits / meta.temperature.view(-1, 1)  # [N, V]

@@ -15,6 +15,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from tritium.layers.logits_processors import LogitsExtras
 from tritium.sampling_params import SamplingParams
 
 
@@ -60,6 +61,9 @@ class SamplingMetadata:
     max_num_logprobs: Optional[int]
     # Guided decoding: bit t of row i is 1 where token t is allowed; None when no row is guided.
     token_bitmask: Optional[torch.Tensor] = None  # [N, ceil(V / 32)] int32
+    # User processors, embedding_bias, bad words, n-gram bans (layers/logits_processors.py); set
+    # by the runner only for steps where some row uses one.
+    logits_extras: Optional["LogitsExtras"] = None
 
     @property
     def no_top_k(self) -> bool:

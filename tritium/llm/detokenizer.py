@@ -14,6 +14,7 @@ back, offsets unmoved, until a later token completes it, or until flush() at the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 # Prompt tokens decoded as context in front of the first output token.
 _PROMPT_CONTEXT_TOKENS = 5
@@ -22,9 +23,13 @@ _REPLACEMENT_CHAR = "\ufffd"
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer, prompt_token_ids: Sequence[int],
-                 skip_special_tokens: bool = True):
+                 skip_special_tokens: bool = True, spaces_between_special_tokens: Optional[bool] = None):
         self._tokenizer = tokenizer
         self._skip_special_tokens = skip_special_tokens
+        # None: as the tokenizer decodes (fast tokenizers put no spaces around added tokens).
+        self._spaces_between_special_tokens = spaces_between_special_tokens
+        self._added_tokens = (tokenizer.added_tokens_decoder  # {id: AddedToken}; built per call: keep it
+                              if spaces_between_special_tokens is not None and not skip_special_tokens else None)
         context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self._ids: list[int] = context  # context + all output ids
         self._num_context = len(context)
@@ -67,4 +72,24 @@ class IncrementalDetokenizer:
         return delta
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special_tokens)
+        if self._spaces_between_special_tokens is None or self._skip_special_tokens:
+            return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special_tokens)
+        return decode_spacing_added_tokens(self._tokenizer, self._added_tokens, ids,
+                                           self._spaces_between_special_tokens)
+
+
+def decode_spacing_added_tokens(tokenizer, added: dict, ids: Sequence[int], spaces: bool) -> str:
+    """Decode with added (special) tokens as separate pieces, joined by a space when `spaces`: what
+    transformers' slow tokenizers did for spaces_between_special_tokens (fast ones ignore it)."""
+    pieces, run = [], []
+    for token in ids:
+        if token in added:
+            if run:
+                pieces.append(tokenizer.decode(run))
+                run = []
+            pieces.append(added[token].content)
+        else:
+            run.append(token)
+    if run:
+        pieces.append(tokenizer.decode(run))
+    return (" " if spaces else "").join(pieces)

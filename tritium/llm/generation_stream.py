@@ -1,7 +1,7 @@
 """GenerationStream: what `LLM.generate_async` returns.
 
-Fed from the engine thread; consumed with `async for`, `await stream.aresult()` or the
-blocking `stream.result()`. Each item is a RequestOutput snapshot (cumulative text, with
+Fed from the engine thread; consumed with `async for`, `await stream` (or `stream.aresult()`) or
+the blocking `stream.result()`. Each item is a RequestOutput snapshot (cumulative text, with
 `text_diff` holding what is new); the last one has finished=True.
 """
 from __future__ import annotations
@@ -79,6 +79,10 @@ class GenerationStream:
         async for _ in self:
             pass
         return self._final
+
+    def __await__(self):
+        """`output = await llm.generate_async(...)`: the final output (TensorRT-LLM's form)."""
+        return self.aresult().__await__()
 
     def result(self, timeout: Optional[float] = None) -> RequestOutput:
         with self._cond:

@@ -22,7 +22,9 @@ from tritium.engine.background import BackgroundEngine
 from tritium.engine.factory import build_engine
 from tritium.engine.stats import EngineTotals, IterationStats
 from tritium.llm.generation_stream import GenerationStream
-from tritium.llm.inputs import PromptInput, normalize_params, normalize_prompts, tokenize_prompt
+from tritium.llm.inputs import (EngineLimits, PromptInput, check_beam_fits, check_params, normalize_params,
+                                normalize_prompts, tokenize_prompt)
+from tritium.llm.llm_args import resolve_llm_args
 from tritium.llm.output_processor import OutputProcessor
 from tritium.outputs import RequestOutput
 from tritium.sampling_params import SamplingParams
@@ -31,24 +33,30 @@ Messages = list[dict[str, str]]
 
 
 class LLM:
+    """kwargs: TensorRT-LLM's top-level arguments (max_batch_size, max_num_tokens, max_seq_len,
+    max_beam_width, max_input_len, enable_chunked_prefill, batched_logits_processor,
+    disable_overlap_scheduler, cuda_graph_config=None, trust_remote_code, ...: see
+    tritium/llm/llm_args.py); any other is a ValueError naming it."""
+
     def __init__(self, model: Optional[str] = None, tokenizer: Optional[str] = None, dtype: str = "auto",
                  build_config: Optional[BuildConfig] = None, kv_cache_config: Optional[KvCacheConfig] = None,
                  tensor_parallel_size: int = 1, load_format: str = "auto", device: Optional[str] = None,
                  skip_tokenizer_init: bool = False, enforce_eager: bool = False, **kwargs: Any):
-        if kwargs:
-            raise ValueError(f"unknown LLM argument(s): {', '.join(sorted(kwargs))}")
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: only 1 is supported in this version")
+        self.build_config, self.kv_cache_config, options = resolve_llm_args(build_config, kv_cache_config,
+                                                                             enforce_eager, kwargs)
         if model is None:
             from tritium.default_model import default_model_path
 
             model = default_model_path()
         self.model_path = model
-        self.build_config = build_config or BuildConfig()
-        self.kv_cache_config = kv_cache_config or KvCacheConfig()
+        self.batched_logits_processor = options.batched_logits_processor
         parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
                              load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init,
-                             enforce_eager=enforce_eager)
+                             enforce_eager=options.enforce_eager,
+                             runner_options=dict(batched_logits_processor=options.batched_logits_processor,
+                                                 allow_overlap=not options.disable_overlap_scheduler))
         self.model_config = parts.model_config
         self.scheduler_config = parts.scheduler_config
         self.kv_cache_plan = parts.kv_plan
@@ -78,26 +86,29 @@ class LLM:
         items, single = normalize_prompts(prompts)
         params = normalize_params(sampling_params, len(items))
         # Validate everything before submitting anything.
-        tokenized = [tokenize_prompt(p, self.tokenizer, self.model_config.vocab_size, self.max_seq_len)
-                     for p in items]
-        vocab_size = self.model_config.vocab_size
+        limits = EngineLimits(vocab_size=self.model_config.vocab_size, max_seq_len=self.max_seq_len,
+                              max_beam_width=self.scheduler_config.max_beam_width,
+                              max_input_len=self.build_config.max_input_len,
+                              num_kv_blocks=self.kv_cache_plan.num_blocks, block_size=self.kv_cache_plan.block_size,
+                              has_batched_processor=self.batched_logits_processor is not None)
         for p in params:
-            if p.stop_strings and self.tokenizer is None:
-                raise ValueError("SamplingParams.stop needs a tokenizer; this model has none")
-            for name in ("logprobs", "prompt_logprobs"):
-                k = getattr(p, name)
-                if k is not None and k > vocab_size:  # would fail the whole engine step (topk)
-                    raise ValueError(f"SamplingParams.{name}={k} exceeds the vocabulary size {vocab_size}")
+            check_params(p, self.tokenizer, limits)
             if p.guided_decoding is not None:
                 if self.grammar_backend is None:
                     raise ValueError("SamplingParams.guided_decoding needs a tokenizer; this model has none")
                 self.grammar_backend.validate(p.guided_decoding)
+        tokenized = [tokenize_prompt(item, self.tokenizer, limits.vocab_size, limits.max_seq_len, p,
+                                     limits.max_input_len) for item, p in zip(items, params)]
+        for prompt, p in zip(tokenized, params):
+            check_beam_fits(prompt.token_ids, p, limits)
         return tokenized, params, single
 
     def _submit(self, prompt, params: SamplingParams, sink, streaming: bool) -> str:
         request_id = str(next(self._ids))
-        if streaming and params.best_of > params.n:
+        if streaming and params.best_of > params.n and not params.use_beam_search:
             raise ValueError("SamplingParams.best_of > n cannot be streamed: the best ones are known only at the end")
+        if streaming and params.use_beam_search:
+            raise ValueError("SamplingParams.use_beam_search cannot be streamed: beams are reordered until the end")
         with self._lock:
             child_ids = self._processor.add_request(request_id, prompt.prompt, prompt.token_ids, params, sink,
                                                     streaming)
@@ -164,9 +175,10 @@ class LLM:
         outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
         return outs[0] if single else outs
 
-    def get_stats(self) -> list[IterationStats]:
+    def get_stats(self, timeout: Optional[float] = None) -> list[IterationStats]:
         """Per-step engine statistics recorded since the last call, oldest first (TensorRT-LLM's
-        llm.get_stats()); the engine keeps the last 16384 steps when nobody asks."""
+        llm.get_stats()); the engine keeps the last 16384 steps when nobody asks. `timeout` is
+        accepted for TensorRT-LLM's signature: the statistics are already here, nothing waits."""
         return self._engine.core.stats.drain()
 
     def get_stats_totals(self) -> EngineTotals:

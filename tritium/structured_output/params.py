@@ -16,12 +16,18 @@ from typing import Any, Optional, Union
 
 @dataclass(frozen=True)
 class GuidedDecodingParams:
-    json: Union[None, str, dict[str, Any]] = None  # a JSON schema (dict or its JSON text)
+    json: Union[None, str, dict[str, Any], Any] = None  # a JSON schema: dict, its JSON text, or a pydantic model
     regex: Optional[str] = None
     grammar: Optional[str] = None
     json_object: bool = False
+    structural_tag: Optional[str] = None  # TensorRT-LLM's xgrammar-only guide: not supported here
 
     def __post_init__(self):
+        if self.structural_tag is not None:
+            raise ValueError("GuidedDecodingParams.structural_tag is not supported (TensorRT-LLM serves it with "
+                             "xgrammar only); use json, regex or grammar")
+        if hasattr(self.json, "model_json_schema"):  # a pydantic model (class or instance), as TensorRT-LLM takes
+            object.__setattr__(self, "json", self.json.model_json_schema())
         chosen = [name for name in ("json", "regex", "grammar") if getattr(self, name) is not None]
         if self.json_object:
             chosen.append("json_object")

@@ -82,7 +82,7 @@ def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCache
     if kv.max_tokens is not None and kv.max_tokens < num_blocks * block_size:
         num_blocks = -(-kv.max_tokens // block_size)
         reason = f"max_tokens={kv.max_tokens}"
-    useful = sched.max_num_seqs * -(-sched.max_model_len // block_size)
+    useful = sched.max_num_seqs * sched.max_beam_width * -(-sched.max_model_len // block_size)
     if useful < num_blocks:
         num_blocks = useful
         reason = "all max_batch_size sequences at max_seq_len fit"

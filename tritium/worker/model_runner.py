@@ -21,11 +21,14 @@ from torch import nn
 from tritium.attention.backend import AttentionBackend, ForwardContext, forward_context
 from tritium.config import CacheConfig, ModelConfig
 from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
-from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata, compute_top_logprobs
+from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata
 from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import DecodeGraphs
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
+from tritium.worker.beam_search import BeamCandidateTensors, BeamRows, beam_groups, copy_kv_blocks
+from tritium.worker.logits_outputs import LogitsOutputs
 from tritium.worker.memory_plan import allocate_kv_caches
+from tritium.worker.sampling_features import SamplingFeatures
 
 
 @dataclass
@@ -38,13 +41,20 @@ class StepHandle:
     logprobs: Optional[LogprobsTensors] = None  # host copies
     num_logprobs: Optional[list[Optional[int]]] = None
     prompt_logprobs: dict = field(default_factory=dict)
+    context_logits: dict = field(default_factory=dict)
+    generation_logits: Optional[tuple[list[str], torch.Tensor]] = None  # (req ids, host copy [n, V])
+    beam_candidates: Optional[BeamCandidateTensors] = None  # beam rows' next tokens (host copies)
     structured_output: Optional[StructuredOutputManager] = None  # set when a row is guided: advance its matcher
 
     def result(self) -> ModelRunnerOutput:
         if self.done is not None:
             self.done.synchronize()
         out = ModelRunnerOutput(req_ids=[s.req_id for s in self.states], sampled_token_ids=[], logprobs=[],
-                                prompt_logprobs=self.prompt_logprobs)
+                                prompt_logprobs=self.prompt_logprobs, context_logits=self.context_logits)
+        if self.generation_logits is not None:
+            out.generation_logits = dict(zip(self.generation_logits[0], self.generation_logits[1]))
+        if self.beam_candidates is not None:
+            out.beam_candidates = self.beam_candidates.tolists()
         if not self.states:
             return out
         out.sampled_token_ids = self.sampled_host.tolist()
@@ -61,6 +71,7 @@ class ModelRunner:
     def __init__(self, model: nn.Module, model_config: ModelConfig, cache_config: CacheConfig,
                  device: torch.device, backend: AttentionBackend, max_num_seqs: int = 256,
                  max_model_len: Optional[int] = None, use_cuda_graphs: bool = False,
+                 max_beam_width: int = 1, batched_logits_processor=None, allow_overlap: bool = True,
                  structured_output: Optional[StructuredOutputManager] = None):
         self.model = model
         self.model_config = model_config
@@ -68,17 +79,23 @@ class ModelRunner:
         self.device = device
         self.backend = backend
         self.sampler = Sampler()
+        # Logits processors, embedding_bias, bad words, n-gram bans, top_p decay, end_id.
+        self.sampling_features = SamplingFeatures(device, model_config.vocab_size, model_config.eos_token_ids,
+                                                  batched_logits_processor)
+        self.logits_outputs = LogitsOutputs(device)  # prompt logprobs, context and generation logits
+        self.beam_rows = BeamRows()  # beam search rows: candidates instead of a sampled token
         self.structured_output = structured_output  # grammar matchers of guided requests
         self.requests: dict[str, CachedRequestState] = {}
         self.kv_caches = allocate_kv_caches(model_config, cache_config, device)
         max_model_len = max_model_len or cache_config.num_blocks * cache_config.block_size
         max_blocks = -(-max_model_len // cache_config.block_size)
-        self.block_table = BlockTable(max_num_seqs, max_blocks)
+        max_rows = max_num_seqs * max_beam_width  # a beam search holds one row per beam
+        self.block_table = BlockTable(max_rows, max_blocks)
         # Overlap needs asynchronous devices; two staging sets alternate (see StagingBuffers).
         self._is_async = device.type == "cuda"  # kernels run asynchronously to the host
-        self.supports_overlap = self._is_async
+        self.supports_overlap = self._is_async and allow_overlap
         self._staging = [StagingBuffers(device), StagingBuffers(device)]
-        self._sampled_host = [torch.empty(max_num_seqs, dtype=torch.long, pin_memory=self._is_async)
+        self._sampled_host = [torch.empty(max_rows, dtype=torch.long, pin_memory=self._is_async)
                               for _ in range(2)]
         self._step = 0
         # The last step's sampled tokens on the device, and the row of each request in it.
@@ -98,8 +115,11 @@ class ModelRunner:
             if state is not None:
                 self.block_table.remove(state.row)
                 self._sync_req_ids.discard(req_id)
-            if self.structured_output is not None:
-                self.structured_output.remove(req_id)
+                self.sampling_features.remove(req_id)
+                self.logits_outputs.remove(req_id)
+                self.beam_rows.remove(req_id)
+                if self.structured_output is not None:
+                    self.structured_output.remove(req_id)
         for new in so.scheduled_new_reqs:
             state = CachedRequestState(
                 req_id=new.req_id, token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens,
@@ -109,6 +129,9 @@ class ModelRunner:
             self.requests[new.req_id] = state
             if needs_host_tokens(new.sampling_params):
                 self._sync_req_ids.add(new.req_id)
+            self.sampling_features.add(new.req_id, new.sampling_params)
+            self.logits_outputs.add(new.req_id, new.sampling_params)
+            self.beam_rows.add(new.req_id, new.num_beam_candidates)
             if self.structured_output is not None:
                 self.structured_output.add_request(new.req_id, new.sampling_params,
                                                    new.token_ids[new.num_prompt_tokens:])
@@ -131,6 +154,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> StepHandle:
         self._update_states(so)
+        if so.blocks_to_copy:  # beams about to write into a block they shared: each its own copy first
+            copy_kv_blocks(self.kv_caches, so.blocks_to_copy)
         if so.is_empty:
             return StepHandle()
         states = [self.requests[req_id] for req_id in so.num_scheduled_tokens]
@@ -141,16 +166,17 @@ class ModelRunner:
             self._fill_placeholders(inputs, states)
         self._prev_sampled, self._prev_rows = None, {}
         handle = StepHandle()
-        wants_prompt_logprobs = any(s.sampling_params.prompt_logprobs is not None for s in states)
-        if (self.graphs is not None and inputs.is_pure_decode and not wants_prompt_logprobs
+        wants_prompt_outputs = self.logits_outputs.wants_prompt_outputs(so.num_scheduled_tokens)
+        if (self.graphs is not None and inputs.is_pure_decode and not wants_prompt_outputs
                 and self.graphs.bucket(len(states)) is not None):
             logits = self.graphs.run(inputs)  # [R, V]: every request of a decode step samples
         else:
             ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=self.kv_caches, backend=self.backend)
             with forward_context(ctx):
                 hidden = self.model(inputs.input_ids, inputs.positions)  # [T, H]
-            if wants_prompt_logprobs:
-                self._prompt_logprobs(states, inputs, hidden, handle)
+            if wants_prompt_outputs:
+                self.logits_outputs.prompt_outputs(self.model, states, inputs, hidden, handle.prompt_logprobs,
+                                                   handle.context_logits)
             logits = self.model.compute_logits(hidden[inputs.logits_indices]) if inputs.samples.any() else None
 
         sampling = [i for i, samples in enumerate(inputs.samples.tolist()) if samples]
@@ -177,16 +203,18 @@ class ModelRunner:
 
     def _sample(self, sampling: list[CachedRequestState], seq_lens: list[int], logits: torch.Tensor,
                 handle: StepHandle) -> None:
-        # Token lists are copied only for rows whose penalties need them (and those rows never
-        # overlap, so their lists are complete). Outputs so far = sequence length - prompt.
-        penalised = [s.sampling_params.needs_penalties for s in sampling]
-        meta = SamplingMetadata.build(
-            [s.sampling_params for s in sampling],
-            [s.token_ids[:s.num_prompt_tokens] if p else [] for s, p in zip(sampling, penalised)],
-            [s.token_ids[s.num_prompt_tokens:] if p else [] for s, p in zip(sampling, penalised)],
-            device=self.device, vocab_size=self.model_config.vocab_size,
-            eos_token_ids=self.model_config.eos_token_ids,
-            num_output_tokens=[n - s.num_prompt_tokens for s, n in zip(sampling, seq_lens)])
+        if self.logits_outputs.generation_req_ids:
+            handle.generation_logits = self.logits_outputs.generation_logits(sampling, logits, self._is_async)
+        if self.beam_rows.active:  # beams report candidates instead of sampling
+            beams, others = self.beam_rows.split([s.req_id for s in sampling])
+            if beams:
+                self._beam_candidates([sampling[i] for i in beams], [seq_lens[i] for i in beams], logits[beams],
+                                      handle)
+                if not others:
+                    return
+                sampling, seq_lens = [sampling[i] for i in others], [seq_lens[i] for i in others]
+                logits = logits[others]
+        meta = self._sampling_metadata(sampling, seq_lens)
         if self.structured_output is not None:
             meta.token_bitmask = self.structured_output.bitmask([s.req_id for s in sampling], self.device)
             if meta.token_bitmask is not None:
@@ -202,25 +230,36 @@ class ModelRunner:
             handle.num_logprobs = result.num_logprobs
         handle.states, handle.sampled_host = sampling, host
 
-    def _prompt_logprobs(self, states: list[CachedRequestState], inputs: StepInputs, hidden: torch.Tensor,
+    def _sampling_metadata(self, sampling: list[CachedRequestState], seq_lens: list[int],
+                           groups: Optional[list[list[int]]] = None) -> SamplingMetadata:
+        params = [s.sampling_params for s in sampling]
+        eos, extras = self.model_config.eos_token_ids, None
+        if self.sampling_features.active:  # some request in the runner uses a feature of sampling_features
+            step = self.sampling_features.prepare([s.req_id for s in sampling], params, [s.token_ids for s in sampling],
+                                                  [s.num_prompt_tokens for s in sampling], groups)
+            params, extras, eos = step.params, step.logits_extras, step.eos_token_ids
+        # Token lists are copied only for rows whose penalties need them (and those rows never
+        # overlap, so their lists are complete). Outputs so far = sequence length - prompt.
+        penalised = [p.needs_penalties for p in params]
+        meta = SamplingMetadata.build(
+            params,
+            [s.token_ids[:s.num_prompt_tokens] if p else [] for s, p in zip(sampling, penalised)],
+            [s.token_ids[s.num_prompt_tokens:] if p else [] for s, p in zip(sampling, penalised)],
+            device=self.device, vocab_size=self.model_config.vocab_size, eos_token_ids=eos,
+            num_output_tokens=[n - s.num_prompt_tokens for s, n in zip(sampling, seq_lens)])
+        meta.logits_extras = extras
+        return meta
+
+    def _beam_candidates(self, beams: list[CachedRequestState], seq_lens: list[int], logits: torch.Tensor,
                          handle: StepHandle) -> None:
-        """Top-k logprobs of the next prompt token at each prompt position computed this step."""
-        qsl = inputs.query_start_loc.tolist()
-        for r, state in enumerate(states):
-            k = state.sampling_params.prompt_logprobs
-            if k is None:
-                continue
-            start = state.num_computed_tokens
-            end = min(start + qsl[r + 1] - qsl[r], state.num_prompt_tokens - 1)
-            if end <= start:
-                continue
-            logits = self.model.compute_logits(hidden[qsl[r]:qsl[r] + end - start])  # [n, V]
-            targets = torch.tensor(state.token_ids[start + 1:end + 1], device=self.device)
-            handle.prompt_logprobs[state.req_id] = compute_top_logprobs(logits, targets, k)
+        req_ids = [s.req_id for s in beams]
+        meta = self._sampling_metadata(beams, seq_lens, beam_groups(req_ids))
+        processed = self.sampler.process_logits(logits, meta)  # [n, V] float32
+        handle.beam_candidates = self.beam_rows.candidates(
+            processed, [s.sampling_params.temperature for s in beams], req_ids, self._is_async)
 
 
 def needs_host_tokens(params) -> bool:
     """Features that read a request's previous tokens on the host each step (penalties count
-    them; a grammar matcher must see each token before it masks the next): such requests run
-    without overlap."""
-    return params.needs_penalties or params.guided_decoding is not None
+    them, processors and bans read them, beams are chosen there): such requests run without overlap."""
+    return params.needs_host_tokens
