@@ -25,6 +25,7 @@ from tritium.llm.generation_stream import GenerationStream
 from tritium.llm.inputs import PromptInput, normalize_params, normalize_prompts, tokenize_prompt
 from tritium.llm.output_processor import OutputProcessor
 from tritium.outputs import RequestOutput
+from tritium.quantization import CalibConfig, QuantConfig
 from tritium.sampling_params import SamplingParams
 
 Messages = list[dict[str, str]]
@@ -34,7 +35,9 @@ class LLM:
     def __init__(self, model: Optional[str] = None, tokenizer: Optional[str] = None, dtype: str = "auto",
                  build_config: Optional[BuildConfig] = None, kv_cache_config: Optional[KvCacheConfig] = None,
                  tensor_parallel_size: int = 1, load_format: str = "auto", device: Optional[str] = None,
-                 skip_tokenizer_init: bool = False, enforce_eager: bool = False, **kwargs: Any):
+                 skip_tokenizer_init: bool = False, enforce_eager: bool = False,
+                 quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None,
+                 **kwargs: Any):
         if kwargs:
             raise ValueError(f"unknown LLM argument(s): {', '.join(sorted(kwargs))}")
         if tensor_parallel_size != 1:
@@ -48,7 +51,9 @@ class LLM:
         self.kv_cache_config = kv_cache_config or KvCacheConfig()
         parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
                              load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init,
-                             enforce_eager=enforce_eager)
+                             enforce_eager=enforce_eager, quant_config=quant_config, calib_config=calib_config)
+        self._parts = parts
+        self.quant_config = parts.quant_config
         self.model_config = parts.model_config
         self.scheduler_config = parts.scheduler_config
         self.kv_cache_plan = parts.kv_plan
@@ -163,6 +168,15 @@ class LLM:
         prompts = [self.apply_chat_template(c) for c in conversations]
         outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
         return outs[0] if single else outs
+
+    def save(self, engine_dir: str) -> None:
+        """Write this engine (quantized weights, configs, memory plan, tokenizer) to `engine_dir`;
+        `LLM(model=engine_dir)` loads it without re-quantizing. See loader/saved_engine.py."""
+        from tritium.engine.engine_dir import engine_description
+        from tritium.loader.saved_engine import save_engine
+
+        save_engine(engine_dir, self._parts.model, engine_description(self._parts, self.build_config),
+                    self.tokenizer)
 
     def get_stats(self) -> list[IterationStats]:
         """Per-step engine statistics recorded since the last call, oldest first (TensorRT-LLM's

@@ -38,15 +38,12 @@ class Fp8LinearMethod(QuantizedLinearMethod):
         super().__init__(serialized)
         self.dynamic = per_channel_per_token
 
-    def create_weights(self, layer, input_size, output_size, params_dtype):
-        super().create_weights(layer, input_size, output_size, params_dtype)
-        if not self.dynamic:  # filled by calibration (online) or the checkpoint (serialized)
-            layer.input_scale = new_param((1,), torch.float32, _max_loader, f"{layer.prefix}.input_scale")
-            layer.input_scale.data.zero_()
-
     def create_quantized(self, layer, input_size, output_size, dtype):
         loaded_param(layer, "weight", (output_size, input_size), FP8_DTYPE)
         loaded_param(layer, "weight_scale", (output_size,), torch.float32)
+        if not self.dynamic:
+            layer.input_scale = new_param((1,), torch.float32, _max_loader, f"{layer.prefix}.input_scale")
+            layer.input_scale.data.zero_()
 
     def quantize(self, layer, weight):
         if self.dynamic:
@@ -56,16 +53,18 @@ class Fp8LinearMethod(QuantizedLinearMethod):
             q = quantize_fp8(weight, scale[:, None])
         replace_param(layer, "weight", q)
         replace_param(layer, "weight_scale", scale)
-        amax = getattr(layer, "input_amax", None)
-        if not self.dynamic and amax is not None:  # calibration's activation range
-            layer.input_scale.data.copy_(fp8_scale(amax).reshape(1))
+        if not self.dynamic:  # from calibration's activation range
+            amax = getattr(layer, "input_amax", None)
+            if amax is None:
+                raise ValueError(f"{layer.prefix}: FP8 needs a static activation scale and calibration gave none")
+            replace_param(layer, "input_scale", fp8_scale(amax).reshape(1))
 
     def prepare(self, layer):
         if self.dynamic:
             return
         if not float(layer.input_scale.max()) > 0:
-            raise ValueError(f"{layer.prefix}: FP8 needs a static activation scale (input_scale) from calibration "
-                             "or the checkpoint, and has none")
+            raise ValueError(f"{layer.prefix}: FP8 needs a static activation scale (input_scale) and the "
+                             "checkpoint has none")
         scale = layer.weight_scale.data
         top = scale.max()
         if not torch.all(scale == top):  # fused shards with their own scales: requantize to the largest

@@ -16,6 +16,8 @@ from tritium.quantization.quant_utils import dequantize_int4, padded_k, quantize
 
 # Rows up to which the weight-streaming kernels beat dequantize + cuBLAS (decode batches).
 WEIGHT_ONLY_KERNEL_MAX_ROWS = 64
+# ATen's int8-weight CPU kernel is fast for a few rows, far slower than dequantize + matmul for a prefill.
+CPU_INT8_KERNEL_MAX_ROWS = 4
 
 
 def _use_kernel(x: torch.Tensor) -> bool:
@@ -43,9 +45,9 @@ class Int8WeightOnlyMethod(QuantizedLinearMethod):
             from tritium.kernels.weight_only_gemm import w8a16_gemm
 
             y = w8a16_gemm(x2.contiguous(), layer.weight, layer.weight_scale, bias)
-        elif x.is_cuda:
+        elif x.is_cuda or x2.shape[0] > CPU_INT8_KERNEL_MAX_ROWS:
             y = F.linear(x2, layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None], bias)
-        else:  # ATen's CPU kernel reads the int8 weight directly
+        else:  # decode rows: ATen's CPU kernel reads the int8 weight directly
             y = torch._weight_int8pack_mm(x2.contiguous(), layer.weight, layer.weight_scale.to(x.dtype))
             if bias is not None:
                 y = y + bias
