@@ -61,11 +61,14 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, scale: float, cos_sin: Optional[torch.Tensor] = None) -> torch.Tensor:
+                meta: AttentionMetadata, scale: float, cos_sin: Optional[torch.Tensor] = None,
+                kv_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """q: [num_tokens, num_heads, head_dim]; k, v: [num_tokens, num_kv_heads, head_dim];
         kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; cos_sin: None when q and
         k are already rotated, else the tokens' RoPE rows [num_tokens, head_dim] float32
-        (cos | sin halves, neox layout) to rotate them with (q and k may be rotated in place).
+        (cos | sin halves, neox layout) to rotate them with (q and k may be rotated in place);
+        kv_scale: for an FP8 / INT8 cache, the layer's dequant multipliers [2, num_kv_heads]
+        float32 (k, v): values are stored divided by them and multiplied back when read.
         Returns [num_tokens, num_heads, head_dim]: causal attention of each token over its
         request's cached context and the request's tokens up to and including itself."""
 

@@ -9,24 +9,47 @@ by request. Correctness first: this is the test reference for the fast kernels.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from tritium.attention.backend import AttentionBackend, AttentionMetadata
+from tritium.quantization.kv_cache import dequantize_kv, quantize_kv
 
 # A prefill step attends in one call while (its tokens) x (its requests' keys) stays below this:
 # the batched call computes every query-key pair, most of them masked when the requests are long.
 MAX_BATCHED_PAIRS = 1 << 22
 
 
-def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Scatter this step's k/v ([num_tokens, num_kv_heads, head_dim]) into their cache slots."""
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor,
+             kv_scale: Optional[torch.Tensor] = None) -> None:
+    """Scatter this step's k/v ([num_tokens, num_kv_heads, head_dim]) into their cache slots;
+    kv_scale [2, kvh]: a quantized cache's dequant multipliers (values are divided by them)."""
     flat = kv_cache.view(2, -1, *kv_cache.shape[3:])  # [2, num_blocks * block_size, kvh, d]
-    flat.index_copy_(1, slot_mapping, torch.stack((k, v)).to(kv_cache.dtype))  # k and v in one scatter
+    kv = torch.stack((k, v))  # [2, T, kvh, d]
+    if kv_scale is not None:
+        kv = quantize_kv(kv, kv_scale[:, None, :, None], kv_cache.dtype)
+    kv = kv.to(kv_cache.dtype)
+    if kv_cache.dtype == torch.float8_e4m3fn:  # CPU index ops lack FP8: move the bytes
+        flat, kv = flat.view(torch.uint8), kv.view(torch.uint8)
+    flat.index_copy_(1, slot_mapping, kv)  # k and v in one scatter
+
+
+def _index_select(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """index_select that also takes FP8 tensors (through their bytes)."""
+    if x.dtype == torch.float8_e4m3fn:
+        return x.view(torch.uint8).index_select(dim, index).view(x.dtype)
+    return x.index_select(dim, index)
+
+
+def _read(kv: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Cache values -> `dtype`; scale broadcasts against kv (None: not quantized)."""
+    return kv.to(dtype) if scale is None else dequantize_kv(kv, scale, dtype)
 
 
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One request's first seq_len cached k and v: each [seq_len, num_kv_heads, head_dim]."""
+    """One request's first seq_len cached k and v, as stored: each [seq_len, num_kv_heads, head_dim]."""
     block_size = kv_cache.shape[2]
     num_blocks = (seq_len + block_size - 1) // block_size
     blocks = block_table[:num_blocks].long()
@@ -45,32 +68,35 @@ def rotate_neox(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
-    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float, cos_sin=None) -> torch.Tensor:
+    def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float, cos_sin=None,
+                kv_scale=None) -> torch.Tensor:
         if cos_sin is not None:
             q, k = rotate_neox(q, cos_sin), rotate_neox(k, cos_sin)
         n = meta.num_actual_tokens
         if n < q.shape[0]:  # padded batch: attend the first n rows; the rest stay uninitialised
             out = torch.empty_like(q)
-            out[:n] = self.forward(q[:n], k[:n], v[:n], kv_cache, meta, scale)  # already rotated
+            out[:n] = self.forward(q[:n], k[:n], v[:n], kv_cache, meta, scale, kv_scale=kv_scale)  # rotated
             return out
-        write_kv(kv_cache, k, v, meta.slot_mapping[:n])
+        write_kv(kv_cache, k, v, meta.slot_mapping[:n], kv_scale)
         if meta.is_pure_decode:
-            return self._decode(q, kv_cache, meta, scale)
+            return self._decode(q, kv_cache, meta, scale, kv_scale)
         if n * sum(meta.seq_lens_cpu) <= MAX_BATCHED_PAIRS:
-            return self._prefill_batched(q, kv_cache, meta, scale)
+            return self._prefill_batched(q, kv_cache, meta, scale, kv_scale)
         out = torch.empty_like(q)
         for r in range(meta.num_reqs):
             start, end = meta.query_start_loc_cpu[r], meta.query_start_loc_cpu[r + 1]
             out[start:end] = self._prefill_one(q[start:end], kv_cache, meta.block_tables[r],
-                                               meta.seq_lens_cpu[r], scale)
+                                               meta.seq_lens_cpu[r], scale, kv_scale)
         return out
 
     @staticmethod
     def _prefill_one(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int,
-                     scale: float) -> torch.Tensor:
+                     scale: float, kv_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         # q: [q_len, num_heads, d]; the q_len new tokens are the last of seq_len.
         q_len, num_heads, _ = q.shape
         k, v = gather_kv(kv_cache, block_table, seq_len)  # [seq_len, kvh, d]
+        if kv_scale is not None:
+            k, v = _read(k, kv_scale[0][:, None], q.dtype), _read(v, kv_scale[1][:, None], q.dtype)
         context_len = seq_len - q_len
         q_pos = torch.arange(context_len, seq_len, device=q.device)[:, None]  # [q_len, 1]
         k_pos = torch.arange(seq_len, device=q.device)[None, :]  # [1, seq_len]
@@ -107,11 +133,12 @@ class TorchAttentionBackend(AttentionBackend):
 
     @classmethod
     def _prefill_batched(cls, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata,
-                         scale: float) -> torch.Tensor:
+                         scale: float, kv_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         # q: [T, num_heads, d], every request's new tokens.
         slots, mask = cls._prefill_plan(kv_cache, meta)
         flat = kv_cache.view(2, -1, *kv_cache.shape[3:])  # [2, num_blocks * block_size, kvh, d]
-        kv = flat.index_select(1, slots).to(q.dtype).transpose(1, 2)  # [2, kvh, K, d]
+        kv_scale = None if kv_scale is None else kv_scale[:, None, :, None]  # [2, 1, kvh, 1]
+        kv = _read(_index_select(flat, 1, slots), kv_scale, q.dtype).transpose(1, 2)  # [2, kvh, K, d]
         o = F.scaled_dot_product_attention(q.transpose(0, 1), kv[0], kv[1], attn_mask=mask, scale=scale,
                                            enable_gqa=True)  # [num_heads, T, d]
         return o.transpose(0, 1)  # [T, num_heads, d]
@@ -133,15 +160,18 @@ class TorchAttentionBackend(AttentionBackend):
         return plan
 
     @classmethod
-    def _decode(cls, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def _decode(cls, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+                kv_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         # q: [R, num_heads, d], one token per request.
         num_reqs, num_heads, d = q.shape
         _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
         group, seq = num_heads // num_kv_heads, meta.max_seq_len
         blocks, mask = cls._decode_plan(kv_cache, meta)
-        kv = kv_cache.view(2, num_blocks, -1).index_select(1, blocks)  # [2, R * B, block_size * kvh * d]
+        kv = _index_select(kv_cache.view(2, num_blocks, -1), 1, blocks)  # [2, R * B, block_size * kvh * d]
         kv = kv.view(2, num_reqs, -1, num_kv_heads, d)[:, :, :seq].transpose(2, 3)  # [2, R, kvh, S, d]
         kv_f = torch.empty(kv.shape, dtype=torch.float32, device=q.device).copy_(kv)  # contiguous float32
+        if kv_scale is not None:
+            kv_f *= kv_scale[:, None, :, None, None]  # [2, 1, kvh, 1, 1]
         k = kv_f[0].view(num_reqs * num_kv_heads, seq, d)
         v = kv_f[1].view(num_reqs * num_kv_heads, seq, d)
         # Query heads h * group .. (h + 1) * group - 1 share KV head h (HF's repeat_interleave order).

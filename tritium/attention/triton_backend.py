@@ -26,15 +26,15 @@ class TritonAttentionBackend(AttentionBackend):
         self.num_sms = num_sms or 132
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
-                cos_sin: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cos_sin: Optional[torch.Tensor] = None, kv_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         # q: [T, H, D]; k, v: [T, KVH, D] (views into the fused qkv projection)
-        rope_and_write_kv(q, k, v, cos_sin, kv_cache, meta.slot_mapping[:q.shape[0]])
+        rope_and_write_kv(q, k, v, cos_sin, kv_cache, meta.slot_mapping[:q.shape[0]], kv_scale)
         if meta.is_pure_decode:
             splits = meta.num_kv_splits
             if splits is None:
                 splits = num_kv_splits(meta.num_reqs, kv_cache.shape[3], meta.max_seq_len, self.num_sms)
             workspace = meta.backend_cache.get("decode_workspace")
             return paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, scale,
-                                          num_splits=splits, workspace=workspace)
+                                          num_splits=splits, workspace=workspace, kv_scale=kv_scale)
         return paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-                                       meta.max_query_len, scale)
+                                       meta.max_query_len, scale, kv_scale=kv_scale)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from tritium.bench.model_shapes import resolve_model_arg
 
@@ -22,6 +22,8 @@ class EngineSpec:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False  # GPU: no CUDA graphs
+    quant_config: Any = None  # quantization.QuantConfig (--quantization / --kv-cache-dtype)
+    calib_config: Any = None  # quantization.CalibConfig
 
     @property
     def model_path(self) -> str:

@@ -39,7 +39,8 @@ class TritiumBackend:
                            max_tokens=spec.kv_cache_max_tokens)
         self.llm = LLM(spec.model_path, tokenizer=spec.tokenizer, dtype=spec.dtype, build_config=build,
                        kv_cache_config=kv, load_format=spec.load_format, device=spec.device,
-                       enforce_eager=spec.enforce_eager)
+                       enforce_eager=spec.enforce_eager, quant_config=spec.quant_config,
+                       calib_config=spec.calib_config)
         self.device = self.llm.device
         self.tokenizer = self.llm.tokenizer
         self.vocab_size = self.llm.model_config.vocab_size
@@ -57,7 +58,8 @@ class TritiumBackend:
                 "dtype": str(mc.dtype).replace("torch.", ""), "max_batch_size": sc.max_num_seqs,
                 "max_num_tokens": sc.max_num_batched_tokens, "max_seq_len": sc.max_model_len,
                 "prefix_caching": self.spec.enable_prefix_caching,
-                "chunked_prefill": sc.enable_chunked_prefill}
+                "chunked_prefill": sc.enable_chunked_prefill,
+                "quantization": self.llm.quant_config.to_dict() if self.llm.quant_config is not None else None}
         if self.device.type == "cuda":
             info["cuda_graphs"] = not self.spec.enforce_eager
             info["kv_cache_free_gpu_memory_fraction"] = self.spec.kv_cache_free_gpu_memory_fraction

@@ -17,6 +17,8 @@ from tritium.core.scheduler import Scheduler
 from tritium.engine.engine_core import EngineCore
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
 from tritium.loader.source import ModelSource
+from tritium.quantization import CalibConfig, ModelQuantization, QuantConfig
+from tritium.quantization.config import check_device_support
 from tritium.structured_output.backend import GrammarBackend
 from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import capture_sizes
@@ -36,6 +38,10 @@ class EngineParts:
     tokenizer: Any
     device: torch.device
     grammar_backend: Optional[GrammarBackend] = None  # None without a tokenizer: no guided decoding
+    quant_config: Optional[QuantConfig] = None  # what the weights / KV cache were quantized with
+    model: Any = None  # the nn.Module (LLM.save writes its parameters)
+    activation_bytes: int = 0  # profiled activation peak (GPU), for the memory plan
+    graph_reserve_bytes: int = 0  # CUDA graph pool reserve (GPU)
     startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # phase -> wall seconds
 
 
@@ -62,12 +68,15 @@ def make_attention_backend(dev: torch.device) -> AttentionBackend:
 def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                  kv_cache_config: KvCacheConfig, load_format: str = "auto",
                  device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False,
-                 enforce_eager: bool = False, runner_options: Optional[dict[str, Any]] = None) -> EngineParts:
+                 enforce_eager: bool = False, runner_options: Optional[dict[str, Any]] = None,
+                 quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None) -> EngineParts:
     """enforce_eager: no CUDA graphs (every step runs eagerly), for debugging. runner_options:
-    extra ModelRunner arguments (batched_logits_processor, allow_overlap)."""
+    extra ModelRunner arguments (batched_logits_processor, allow_overlap). quant_config: quantize
+    the weights / KV cache at load (calibrating with calib_config when needed); a saved engine
+    brings its own."""
     dev = resolve_device(device)
     args = (model, tokenizer, dtype, build_config, kv_cache_config, load_format, dev, skip_tokenizer_init,
-            enforce_eager, runner_options or {})
+            enforce_eager, runner_options or {}, quant_config, calib_config)
     if dev.type != "cpu":
         return _build_engine(*args)
     # On CPU, build in a short-lived thread so that the caller's thread starts no OpenMP thread
@@ -81,14 +90,25 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
 
 def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                   kv_cache_config: KvCacheConfig, load_format: str, dev: torch.device,
-                  skip_tokenizer_init: bool, enforce_eager: bool, runner_options: dict[str, Any]) -> EngineParts:
+                  skip_tokenizer_init: bool, enforce_eager: bool, runner_options: dict[str, Any],
+                  quant_config: Optional[QuantConfig], calib_config: Optional[CalibConfig]) -> EngineParts:
     clock = _PhaseClock()
     source = resolve_model_source(model, load_format)
+    quant = resolve_quantization(source, quant_config, dev)
+    if source.format == "engine":
+        dtype = engine_dtype(source, dtype)
     model_config = model_config_from_source(source, dtype=dtype, device=dev)
     # The tokenizer (Python and Rust, one core) loads while the weights load and pack (torch).
     with ThreadPoolExecutor(1, thread_name_prefix="tritium-tokenizer") as pool:
         tok_future = None if skip_tokenizer_init else pool.submit(load_tokenizer, source, tokenizer)
-        nn_model = load_model(source, model_config, dev)
+
+        def samples():  # calibration text, tokenized once the tokenizer is there
+            from tritium.quantization.calibration import calibration_samples
+
+            tok = tok_future.result() if tok_future is not None else None
+            return calibration_samples(tok, calib_config or CalibConfig(), model_config.vocab_size)
+
+        nn_model = load_model(source, model_config, dev, quant, samples)
         tok = tok_future.result() if tok_future is not None else None
     if tok is not None and not model_config.eos_token_ids and tok.eos_token_id is not None:
         model_config = dataclasses.replace(model_config, eos_token_ids=(tok.eos_token_id,))
@@ -105,7 +125,8 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
             graph_reserve = (profile_activation_bytes(nn_model, model_config, sched, dev, backend, num_tokens=top)
                              + top * model_config.vocab_size * 4)
     clock.lap("memory profile")
-    plan = plan_kv_cache(model_config, sched, kv_cache_config, model_config.dtype, dev, activation + graph_reserve)
+    kv_dtype = (quant.kv_cache_dtype if quant is not None else None) or model_config.dtype
+    plan = plan_kv_cache(model_config, sched, kv_cache_config, kv_dtype, dev, activation + graph_reserve)
     if plan.max_tokens < sched.max_model_len:
         if build_config.max_seq_len is not None:
             raise ValueError(
@@ -117,7 +138,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     logger.info(describe_memory(nn_model, plan, activation, graph_reserve, sched.max_model_len))
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
-                        enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=model_config.dtype)
+                        enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=kv_dtype)
     grammar = GrammarBackend(tok, model_config.vocab_size, model_config.eos_token_ids) if tok is not None else None
     runner = ModelRunner(nn_model, model_config, cache, dev, backend, max_num_seqs=sched.max_num_seqs,
                          max_model_len=sched.max_model_len, use_cuda_graphs=use_graphs,
@@ -132,7 +153,38 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
                 ", ".join(f"{k} {v:.1f} s" for k, v in clock.laps.items()))
     return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
                        kv_plan=plan, tokenizer=tok, device=dev, grammar_backend=grammar,
-                       startup_seconds=clock.laps)
+                       startup_seconds=clock.laps, quant_config=quant.config if quant is not None else None,
+                       model=nn_model, activation_bytes=activation, graph_reserve_bytes=graph_reserve)
+
+
+def resolve_quantization(source: ModelSource, quant_config: Optional[QuantConfig],
+                         dev: torch.device) -> Optional[ModelQuantization]:
+    """The quantization to build with: a saved engine's own (a quant_config argument must then be
+    absent or equal), else quant_config applied to the float checkpoint; checked for this device."""
+    if source.format == "engine":
+        from tritium.loader.saved_engine import check_engine_device
+
+        check_engine_device(source.engine, dev)
+        saved = QuantConfig.from_dict(source.engine.quant_config) if source.engine.quant_config else None
+        if quant_config is not None and quant_config.is_quantized and (
+                saved is None or quant_config.to_dict() != saved.to_dict()):
+            raise ValueError(f"{source.path} is a saved engine built with quantization "
+                             f"{saved.to_dict() if saved else None}; it cannot be requantized at load (rebuild it "
+                             "from its source checkpoint with `tritium build`)")
+        return ModelQuantization(saved, serialized=True) if saved is not None and saved.is_quantized else None
+    if quant_config is None or not quant_config.is_quantized:
+        return None
+    check_device_support(quant_config, dev)
+    return ModelQuantization(quant_config)
+
+
+def engine_dtype(source: ModelSource, dtype: str) -> str:
+    """A saved engine runs in the dtype it was built in."""
+    saved = source.engine.dtype
+    if dtype not in ("auto", saved, None):
+        raise ValueError(f"{source.path} is a saved engine built for dtype {saved}; dtype={dtype!r} would need a "
+                         "rebuild (`tritium build ... --dtype`)")
+    return saved
 
 
 class _PhaseClock:

@@ -104,8 +104,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _engine_spec(args: argparse.Namespace):
     from tritium.bench.spec import EngineSpec
+    from tritium.entrypoints.cli import quant_configs
 
-    return EngineSpec(
+    quant, calib = quant_configs(args)
+    return EngineSpec(quant_config=quant, calib_config=calib,
         model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, load_format=args.load_format,
         device=args.device, max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
         max_seq_len=args.max_seq_len, kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,

@@ -23,9 +23,9 @@ With no --model, tritium uses its embedded SmolLM2-135M-Instruct (pip install --
 """
 
 
-def _opt(parser, name: str, **kwargs):
-    """Add --a-b and its --a_b alias."""
-    names = [name] + (["--" + name[2:].replace("-", "_")] if "-" in name[2:] else [])
+def _opt(parser, name: str, *short: str, **kwargs):
+    """Add --a-b and its --a_b alias (and any short option)."""
+    names = [name] + (["--" + name[2:].replace("-", "_")] if "-" in name[2:] else []) + list(short)
     parser.add_argument(*names, **kwargs)
 
 
@@ -35,7 +35,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                            "default: the embedded SmolLM2-135M-Instruct")
     _opt(g, "--tokenizer", default=None, help="tokenizer folder if not the model's")
     _opt(g, "--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    _opt(g, "--load-format", default="auto", choices=["auto", "hf", "gguf", "dummy"])
+    _opt(g, "--load-format", default="auto", choices=["auto", "hf", "gguf", "dummy", "engine"])
     _opt(g, "--device", default=None, help="cuda or cpu (default: cuda when available)")
     g = p.add_argument_group("engine limits")
     _opt(g, "--max-batch-size", type=int, default=256, help="requests in flight at once")
@@ -46,6 +46,34 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     _opt(g, "--kv-cache-max-tokens", type=int, default=None, help="cap on KV cache tokens")
     _opt(g, "--disable-prefix-caching", action="store_true", help="turn off KV block reuse across requests")
     _opt(g, "--disable-chunked-prefill", action="store_true")
+    add_quantization_args(p)
+
+
+def add_quantization_args(p: argparse.ArgumentParser) -> None:
+    from tritium.quantization.config import KV_CACHE_ALGOS, WEIGHT_ALGOS
+
+    g = p.add_argument_group("quantization (at load; a saved engine from `tritium build` brings its own)")
+    _opt(g, "--quantization", "-q", default=None, metavar="ALGO",
+         help=f"weights: {', '.join(a.value for a in WEIGHT_ALGOS)} (TensorRT-LLM's QuantAlgo names)")
+    _opt(g, "--kv-cache-dtype", default="auto", metavar="DTYPE",
+         help=f"auto (the model dtype), {', '.join(a.value.lower() for a in KV_CACHE_ALGOS)}")
+    _opt(g, "--quant-group-size", type=int, default=128, help="input channels per int4 scale (default 128)")
+    _opt(g, "--calib-file", default=None, help="calibration text (.txt, or .jsonl with a \"text\" field); "
+                                               "default: tritium's own English text")
+    _opt(g, "--calib-size", type=int, default=64, help="calibration samples (default 64)")
+    _opt(g, "--calib-max-seq-len", type=int, default=512, help="tokens per calibration sample (default 512)")
+
+
+def quant_configs(args):
+    """(QuantConfig or None, CalibConfig) from the quantization flags."""
+    from tritium.quantization import CalibConfig, QuantConfig
+
+    kv = None if args.kv_cache_dtype in (None, "auto") else args.kv_cache_dtype
+    quant = None
+    if args.quantization is not None or kv is not None:
+        quant = QuantConfig(quant_algo=args.quantization, kv_cache_quant_algo=kv, group_size=args.quant_group_size)
+    return quant, CalibConfig(calib_dataset=args.calib_file, calib_batches=args.calib_size,
+                              calib_max_seq_length=args.calib_max_seq_len)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -85,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tritium.entrypoints.bench_cli import add_bench_parser
 
     add_bench_parser(sub)
-    from tritium.entrypoints import serve_cli
+    from tritium.entrypoints import build_cli, serve_cli
 
     serve_cli.add_parser(sub)
+    build_cli.add_parser(sub)
     return parser
 
 
@@ -134,10 +163,12 @@ def run_generate(args) -> int:
         kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
                            free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
                            max_tokens=args.kv_cache_max_tokens)
+        quant, calib = quant_configs(args)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     with LLM(model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build,
-             kv_cache_config=kv, load_format=args.load_format, device=args.device) as llm:
+             kv_cache_config=kv, load_format=args.load_format, device=args.device, quant_config=quant,
+             calib_config=calib) as llm:
         if args.chat:
             prompts = [llm.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         if args.stream:
@@ -191,6 +222,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         from tritium.entrypoints.bench_cli import run_bench
 
         return run_bench(args)
+    if args.command == "build":
+        from tritium.entrypoints.build_cli import run_build
+
+        try:
+            return run_build(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         from tritium.entrypoints.serve_cli import run_serve
 

@@ -79,12 +79,15 @@ def run_serve(args) -> int:
     kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
                        free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
                        max_tokens=args.kv_cache_max_tokens)
+    from tritium.entrypoints.cli import quant_configs
+
+    quant, calib = quant_configs(args)
 
     def load_llm():
         from tritium.llm.llm import LLM
 
         return LLM(model=model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
-                   load_format=args.load_format, device=args.device)
+                   load_format=args.load_format, device=args.device, quant_config=quant, calib_config=calib)
 
     config = ServerConfig(load_llm=load_llm, served_model_name=args.served_model_name or model or DEFAULT_MODEL_NAME,
                           api_key=args.api_key, max_queued_requests=args.max_queued_requests,

@@ -32,6 +32,13 @@ def dot_precision(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def kv_quant_mode(dtype) -> int:
+    """How kernels treat a KV cache of `dtype`: 0 as is, 1 FP8 e4m3 with scales, 2 int8 with scales."""
+    import torch
+
+    return {torch.float8_e4m3fn: 1, torch.int8: 2}.get(dtype, 0)
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 

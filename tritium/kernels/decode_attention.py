@@ -17,20 +17,20 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels import dot_precision, interpreting, next_pow2
-from tritium.kernels.paged_kv import load_kv_tile, online_softmax_step
+from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2
+from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step
 
 BLOCK_N = 64  # keys per tile
 
 
 @triton.jit
-def _decode_stage1(q_ptr, kv_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_o_ptr, part_lse_ptr,
+def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_o_ptr, part_lse_ptr,
                    scale_log2e,
                    stride_qs, stride_qh, stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt,
                    stride_os, stride_oh,
                    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                   DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+                   DOT_F32: tl.constexpr, PRECISION: tl.constexpr, QUANT: tl.constexpr, NUM_KV_HEADS: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -49,6 +49,7 @@ def _decode_stage1(q_ptr, kv_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_
     if DOT_F32:
         q = q.to(tl.float32)
 
+    k_scale, v_scale = load_kv_scales(kv_scale_ptr, kv_head, NUM_KV_HEADS, QUANT)
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
@@ -56,7 +57,8 @@ def _decode_stage1(q_ptr, kv_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
         t_mask = toks < end
         k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
-                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32)
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32,
+                            k_scale, v_scale, QUANT, q.dtype)
         m, l, acc = online_softmax_step(q, k, v, t_mask[None, :], m, l, acc, scale_log2e, PRECISION)
 
     safe_l = tl.where(l > 0, l, 1.0)
@@ -104,16 +106,19 @@ def num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: i
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                            seq_lens: torch.Tensor, scale: float, num_splits: int = 1,
                            out: torch.Tensor | None = None,
-                           workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                           workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           kv_scale: torch.Tensor | None = None) -> torch.Tensor:
     """q: [S, H, D] (D contiguous); kv_cache: [2, blocks, block_size, KVH, D]; block_tables: [S, max_blocks]
     int32; seq_lens: [S] int32 (keys per sequence, this step's included). Returns [S, H, D].
     `workspace` (part_o [S, H, splits, BLOCK_D] float32, part_lse [S, H, splits] float32) may be
-    preallocated (CUDA graphs)."""
+    preallocated (CUDA graphs). A float8_e4m3fn / int8 cache needs kv_scale [2, KVH] float32."""
     num_seqs, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, kv_dim = kv_cache.shape
     assert kv_dim == head_dim and num_heads % num_kv_heads == 0, (q.shape, kv_cache.shape)
     assert q.stride(2) == 1 and kv_cache.stride(4) == 1 and block_tables.shape[0] >= num_seqs
     group = num_heads // num_kv_heads
+    quant = kv_quant_mode(kv_cache.dtype)
+    assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     block_d = max(next_pow2(head_dim), 16)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -125,13 +130,13 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     else:
         part_o = part_lse = out  # unused
     _decode_stage1[(num_seqs, num_kv_heads, num_splits)](
-        q, kv_cache, block_tables, seq_lens, out, part_o, part_lse,
+        q, kv_cache, kv_scale if quant else q, block_tables, seq_lens, out, part_o, part_lse,
         scale * 1.4426950408889634,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits,
-        DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype),
+        DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype), QUANT=quant, NUM_KV_HEADS=num_kv_heads,
         num_warps=4, num_stages=2)
     if num_splits > 1:
         _decode_stage2[(num_seqs, num_heads)](

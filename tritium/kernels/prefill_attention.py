@@ -12,18 +12,19 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels import dot_precision, interpreting, next_pow2
-from tritium.kernels.paged_kv import load_kv_tile, online_softmax_step
+from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2
+from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step
 
 
 @triton.jit
-def _prefill_kernel(q_ptr, kv_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
+def _prefill_kernel(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, out_ptr,
                     scale_log2e,
                     stride_qt, stride_qh, stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt,
                     stride_ot, stride_oh,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, QUANT: tl.constexpr,
+                    NUM_KV_HEADS: tl.constexpr):
     m_block = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -45,6 +46,7 @@ def _prefill_kernel(q_ptr, kv_ptr, block_tables_ptr, query_start_loc_ptr, seq_le
         q = q.to(tl.float32)
     q_pos = context_len + rows  # [BLOCK_M] position of each query token
 
+    k_scale, v_scale = load_kv_scales(kv_scale_ptr, kv_head, NUM_KV_HEADS, QUANT)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -53,7 +55,8 @@ def _prefill_kernel(q_ptr, kv_ptr, block_tables_ptr, query_start_loc_ptr, seq_le
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] key positions
         t_mask = toks < end
         k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
-                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32)
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32,
+                            k_scale, v_scale, QUANT, q.dtype)
         visible = (toks[None, :] <= q_pos[:, None]) & t_mask[None, :]  # causal; key 0 is visible to every row
         m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, scale_log2e, PRECISION)
 
@@ -64,23 +67,29 @@ def _prefill_kernel(q_ptr, kv_ptr, block_tables_ptr, query_start_loc_ptr, seq_le
 
 def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                             query_start_loc: torch.Tensor, seq_lens: torch.Tensor, max_query_len: int,
-                            scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+                            scale: float, out: torch.Tensor | None = None,
+                            kv_scale: torch.Tensor | None = None) -> torch.Tensor:
     """q: [T, H, D] (the step's tokens, sequence after sequence); query_start_loc: [S + 1] int32;
-    seq_lens: [S] int32 (cached context + this step's tokens). Returns [T, H, D]."""
+    seq_lens: [S] int32 (cached context + this step's tokens). Returns [T, H, D]. A float8_e4m3fn /
+    int8 cache needs kv_scale [2, KVH] float32 (dequant multipliers)."""
     num_tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     assert q.stride(2) == 1 and kv_cache.stride(4) == 1 and num_heads % num_kv_heads == 0
     num_seqs = seq_lens.shape[0]
+    quant = kv_quant_mode(kv_cache.dtype)
+    assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     block_d = max(next_pow2(head_dim), 16)
     block_m = 64 if block_d <= 128 else 32
     grid = (triton.cdiv(max_query_len, block_m), num_seqs, num_heads)
     _prefill_kernel[grid](
-        q, kv_cache, block_tables, query_start_loc, seq_lens, out, scale * 1.4426950408889634,
+        q, kv_cache, kv_scale if quant else q, block_tables, query_start_loc, seq_lens, out,
+        scale * 1.4426950408889634,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
         BLOCK_M=block_m, BLOCK_N=64, DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype),
+        QUANT=quant, NUM_KV_HEADS=num_kv_heads,
         num_warps=4 if block_d <= 64 else 8, num_stages=2)
     return out

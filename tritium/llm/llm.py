@@ -27,6 +27,7 @@ from tritium.llm.inputs import (EngineLimits, PromptInput, check_beam_fits, chec
 from tritium.llm.llm_args import resolve_llm_args
 from tritium.llm.output_processor import OutputProcessor
 from tritium.outputs import RequestOutput
+from tritium.quantization import CalibConfig, QuantConfig
 from tritium.sampling_params import SamplingParams
 
 Messages = list[dict[str, str]]
@@ -41,7 +42,9 @@ class LLM:
     def __init__(self, model: Optional[str] = None, tokenizer: Optional[str] = None, dtype: str = "auto",
                  build_config: Optional[BuildConfig] = None, kv_cache_config: Optional[KvCacheConfig] = None,
                  tensor_parallel_size: int = 1, load_format: str = "auto", device: Optional[str] = None,
-                 skip_tokenizer_init: bool = False, enforce_eager: bool = False, **kwargs: Any):
+                 skip_tokenizer_init: bool = False, enforce_eager: bool = False,
+                 quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None,
+                 **kwargs: Any):
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: only 1 is supported in this version")
         self.build_config, self.kv_cache_config, options = resolve_llm_args(build_config, kv_cache_config,
@@ -56,7 +59,10 @@ class LLM:
                              load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init,
                              enforce_eager=options.enforce_eager,
                              runner_options=dict(batched_logits_processor=options.batched_logits_processor,
-                                                 allow_overlap=not options.disable_overlap_scheduler))
+                                                 allow_overlap=not options.disable_overlap_scheduler),
+                             quant_config=quant_config, calib_config=calib_config)
+        self._parts = parts
+        self.quant_config = parts.quant_config
         self.model_config = parts.model_config
         self.scheduler_config = parts.scheduler_config
         self.kv_cache_plan = parts.kv_plan
@@ -174,6 +180,15 @@ class LLM:
         prompts = [self.apply_chat_template(c) for c in conversations]
         outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
         return outs[0] if single else outs
+
+    def save(self, engine_dir: str) -> None:
+        """Write this engine (quantized weights, configs, memory plan, tokenizer) to `engine_dir`;
+        `LLM(model=engine_dir)` loads it without re-quantizing. See loader/saved_engine.py."""
+        from tritium.engine.engine_dir import engine_description
+        from tritium.loader.saved_engine import save_engine
+
+        save_engine(engine_dir, self._parts.model, engine_description(self._parts, self.build_config),
+                    self.tokenizer)
 
     def get_stats(self, timeout: Optional[float] = None) -> list[IterationStats]:
         """Per-step engine statistics recorded since the last call, oldest first (TensorRT-LLM's

@@ -23,7 +23,7 @@ BUILD_FIELDS = ("max_batch_size", "max_num_tokens", "max_seq_len", "max_beam_wid
 # Arguments tritium accepts only at the value that means "feature off" (what it implements).
 _ONLY_DEFAULT = {
     "pipeline_parallel_size": 1, "context_parallel_size": 1, "enable_attention_dp": False, "enable_lora": False,
-    "lora_config": None, "quant_config": None, "speculative_config": None, "scheduler_config": None,
+    "lora_config": None, "speculative_config": None, "scheduler_config": None,
     "peft_cache_config": None, "revision": None, "tokenizer_revision": None, "num_postprocess_workers": 0,
     "moe_expert_parallel_size": None, "moe_tensor_parallel_size": None, "moe_cluster_parallel_size": None,
     "tokenizer_mode": "auto", "reasoning_parser": None, "normalize_log_probs": False,

@@ -14,6 +14,10 @@ file has its recorded size and CRC32 (else it is corrupt); either way it is rebu
 Entries are written to a temporary folder and renamed into place, so a reader never sees half an
 entry. A cache folder that cannot be written (read-only, full) only costs the speed-up: a warning,
 and the work is done without it.
+
+The manifest machinery (write_checked_folder / check_folder: sizes and CRC32s of every file, per
+CHECK_CHUNK bytes so big files verify on every core at once) also serves saved engines
+(loader/saved_engine.py).
 """
 from __future__ import annotations
 
@@ -28,11 +32,12 @@ from typing import Any, Callable, Optional, TypeVar
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-chunk CRC32s
 MANIFEST = "manifest.json"
 _OFF = ("", "0", "off", "none", "false", "no")
 _EDGE_BYTES = 1 << 20  # the source's first and last MiB go into its identity
 _CHUNK = 16 << 20
+CHECK_CHUNK = 256 << 20  # manifest CRCs cover this many bytes each
 _warned: set[str] = set()
 
 T = TypeVar("T")
@@ -77,6 +82,76 @@ def source_identity(path: str) -> dict[str, Any]:
     return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "edges_crc32": edges}
 
 
+def chunk_crc32s(path: str) -> list[int]:
+    """CRC32 of each CHECK_CHUNK-byte piece of the file, computed on every core (zlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = os.path.getsize(path)
+    starts = range(0, max(size, 1), CHECK_CHUNK)
+    if len(starts) == 1:
+        return [file_crc32(path)]
+    with ThreadPoolExecutor(min(len(starts), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda start: file_crc32(path, start, CHECK_CHUNK), starts))
+
+
+def write_manifest(folder: str, key: Any, extra: Optional[dict[str, Any]] = None) -> None:
+    """Record every file under `folder` (size and CRC32s) with `key` in folder/manifest.json."""
+    files = {}
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            rel = os.path.relpath(full, folder)
+            if rel != MANIFEST:
+                files[rel] = {"size": os.path.getsize(full), "crc32": chunk_crc32s(full)}
+    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump({"key": key, "files": files, **(extra or {})}, f, indent=1)
+
+
+def read_manifest(folder: str) -> dict[str, Any]:
+    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+        manifest = json.load(f)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("the manifest has no file list")
+    return manifest
+
+
+def check_files(folder: str, manifest: dict[str, Any]) -> Optional[str]:
+    """None if every file the manifest lists has its size and CRC32s, else what is wrong."""
+    for name, meta in manifest["files"].items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != meta["size"]:
+            return f"{name} has {os.path.getsize(path)} bytes, {meta['size']} were written"
+        if chunk_crc32s(path) != meta["crc32"]:
+            return f"{name} fails its CRC32 check (its content changed after it was written)"
+    return None
+
+
+def write_folder_atomically(dest: str, writer: Callable[[str], None], key: Any,
+                            extra: Optional[dict[str, Any]] = None) -> None:
+    """writer(tmp) fills a temporary folder beside `dest`; its manifest is written and the folder
+    renamed to `dest`, replacing an existing one only once the new one is complete. OSError
+    propagates (the temporary folder is removed)."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        writer(tmp)
+        write_manifest(tmp, key, extra)
+        old = None
+        if os.path.exists(dest):  # a stale or concurrent entry: move it aside, then drop it
+            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+            os.rename(dest, os.path.join(old, "entry"))
+        os.rename(tmp, dest)
+        tmp = None
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class CacheSlot:
     """One entry's place: load() -> the reader's value or None; store(writer) fills it."""
 
@@ -114,19 +189,13 @@ class CacheSlot:
     def _check(self) -> Optional[str]:
         """None if the entry matches the key and its files are intact, else what is wrong."""
         try:
-            with open(os.path.join(self.path, MANIFEST), encoding="utf-8") as f:
-                manifest = json.load(f)
+            manifest = read_manifest(self.path)
         except (OSError, ValueError) as e:
             return f"without a readable manifest ({e})"
         if manifest.get("key") != self.key:
             return "stale (its source file, tritium or the cache format changed)"
-        for name, meta in manifest.get("files", {}).items():
-            path = os.path.join(self.path, name)
-            if not os.path.isfile(path) or os.path.getsize(path) != meta["size"]:
-                return f"corrupt ({name} is missing or has the wrong size)"
-            if file_crc32(path) != meta["crc32"]:
-                return f"corrupt ({name} fails its CRC32 check)"
-        return None
+        problem = check_files(self.path, manifest)
+        return f"corrupt ({problem})" if problem else None
 
     def store(self, writer: Callable[[str], None]) -> bool:
         """writer(folder) writes the entry's files; they are checksummed and the folder renamed
@@ -134,34 +203,13 @@ class CacheSlot:
         if self.path is None:
             return False
         parent = os.path.dirname(self.path)
-        tmp = None
         try:
-            os.makedirs(parent, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-            writer(tmp)
-            files = {}
-            for dirpath, _, names in os.walk(tmp):
-                for n in names:
-                    full = os.path.join(dirpath, n)
-                    files[os.path.relpath(full, tmp)] = {"size": os.path.getsize(full), "crc32": file_crc32(full)}
-            with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
-                json.dump({"key": self.key, "files": files}, f, indent=1)
-            old = None
-            if os.path.exists(self.path):  # a stale or concurrent entry: move it aside, then drop it
-                old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-                os.rename(self.path, os.path.join(old, "entry"))
-            os.rename(tmp, self.path)
-            tmp = None
-            if old:
-                self._remove(old)
+            write_folder_atomically(self.path, writer, self.key)
             return True
         except OSError as e:
             _warn_once(f"tritium cache: cannot write {parent} ({e}); running without the cache "
                        f"(set TRITIUM_CACHE_DIR to a writable folder, or to 'off')")
             return False
-        finally:
-            if tmp:
-                self._remove(tmp)
 
     @staticmethod
     def _remove(path: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from tritium.loader.gguf_loader import iterate_gguf
 from tritium.loader.hf_loader import iterate_safetensors
 from tritium.loader.source import ModelSource
 from tritium.models.registry import get_model_class
+
+if TYPE_CHECKING:
+    from tritium.quantization import ModelQuantization
 
 
 @contextlib.contextmanager
@@ -44,17 +47,27 @@ def model_config_from_source(source: ModelSource, dtype: str | torch.dtype = "au
                                eos_token_ids=source.generation_eos_ids)
 
 
-def load_model(source: ModelSource, model_config: ModelConfig, device: torch.device | str) -> nn.Module:
-    """The model for `source`, its weights loaded (or random for 'dummy'), in eval mode."""
+def load_model(source: ModelSource, model_config: ModelConfig, device: torch.device | str,
+               quant: Optional["ModelQuantization"] = None,
+               calibration_samples: Optional[Callable[[], list[list[int]]]] = None) -> nn.Module:
+    """The model for `source`, its weights loaded (or random for 'dummy'), in eval mode.
+
+    quant: quantization (quantization.ModelQuantization) of its linear layers and KV cache;
+    online quantization that needs statistics runs calibration_samples() through the float
+    model before the weights are quantized."""
     device = torch.device(device)
     model_cls = get_model_class(model_config.architecture)
     with _default_dtype(model_config.dtype), device:
-        model = model_cls(model_config)
+        model = model_cls(model_config, quant=quant) if quant is not None else model_cls(model_config)
     with torch.no_grad():
         if source.format == "dummy":
             init_dummy_weights(model)
         elif source.format == "hf":
             _load_checkpoint(model, source, iterate_safetensors(source.path))
+        elif source.format == "engine":
+            from tritium.loader.saved_engine import load_engine_state
+
+            load_engine_state(model, source.path)
         elif source.format == "gguf":
             slot = CacheSlot("weights", source.path, {"dtype": str(model_config.dtype).replace("torch.", ""),
                                                       "tp": [get_tp_rank(), get_tp_world_size()]})
@@ -63,6 +76,13 @@ def load_model(source: ModelSource, model_config: ModelConfig, device: torch.dev
                    lambda folder, _: _save_parameters(model, os.path.join(folder, WEIGHTS_FILE)))
         else:
             raise ValueError(f"unknown model source format {source.format!r}")
+        if quant is not None and not quant.serialized and quant.config.needs_calibration:
+            from tritium.quantization.calibration import calibrate
+
+            if calibration_samples is None:
+                raise ValueError(f"{quant.config.quant_algo or quant.config.kv_cache_quant_algo} needs calibration "
+                                 "samples")
+            calibrate(model, model_config, quant.config, calibration_samples())
         for module in model.modules():  # e.g. repack linear weights for the CPU's matmul kernels
             if hasattr(module, "process_weights_after_loading"):
                 module.process_weights_after_loading()

@@ -4,6 +4,7 @@
     a *.gguf file                               -> format 'gguf' (config and tokenizer from its metadata)
     load_format='dummy': folder with config.json, a config.json path, or a *.gguf file
                                                 -> random weights, same shapes
+    a saved engine (folder with tritium_engine.json) -> format 'engine' (loader/saved_engine.py)
 Every failure is raised here, naming the file, so no model is built from a broken checkpoint.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-LOAD_FORMATS = ("auto", "hf", "safetensors", "gguf", "dummy")
+LOAD_FORMATS = ("auto", "hf", "safetensors", "gguf", "dummy", "engine")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -24,6 +25,7 @@ class ModelSource:
     hf_config: dict[str, Any]  # config.json contents (for gguf: built from the file's metadata)
     tokenizer_path: Optional[str] = None  # folder or .gguf file; None when there is no tokenizer
     generation_eos_ids: Optional[tuple[int, ...]] = None  # generation_config.json's eos_token_id
+    engine: Any = None  # format 'engine': its saved_engine.EngineInfo
 
 
 def read_json(path: str) -> dict[str, Any]:
@@ -97,6 +99,15 @@ def resolve_model_source(model: str, load_format: str = "auto") -> ModelSource:
             raise ValueError(f"load_format='gguf' needs a .gguf file, got {path}")
         return _gguf_source(_find_gguf(path), "gguf")
 
+    from tritium.loader.saved_engine import is_engine_dir, read_engine
+
+    if is_engine_dir(path):
+        if load_format not in ("auto", "engine"):
+            raise ValueError(f"{path} is a saved engine; load_format={load_format!r} does not apply to it")
+        info = read_engine(path)
+        eos = info.config.get("generation_eos_ids")
+        return ModelSource("engine", path, info.hf_config, _tokenizer_dir(path),
+                           tuple(eos) if eos is not None else None, engine=info)
     if os.path.isfile(path):
         if load_format != "dummy" or os.path.basename(path) != "config.json":
             raise ValueError(f"{path} is a file; pass a checkpoint folder, a .gguf file, or (with "

@@ -24,12 +24,19 @@ from tritium.layers.rotary import RopeTables, apply_rotary, get_rope
 from tritium.models.weights import load_named_weights
 
 
+def _linear_method(quant, prefix: str):
+    """The quantization method of linear layer `prefix` (None: unquantized)."""
+    return quant.linear_method(prefix) if quant is not None else None
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, prefix: str):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, prefix: str, quant=None):
         super().__init__()
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads,
-                                          cfg.num_key_value_heads, bias=cfg.attention_bias, prefix=f"{prefix}.qkv_proj")
-        self.o_proj = RowParallelLinear(cfg.q_size, cfg.hidden_size, bias=False, prefix=f"{prefix}.o_proj")
+                                          cfg.num_key_value_heads, bias=cfg.attention_bias, prefix=f"{prefix}.qkv_proj",
+                                          linear_method=_linear_method(quant, f"{prefix}.qkv_proj"))
+        self.o_proj = RowParallelLinear(cfg.q_size, cfg.hidden_size, bias=False, prefix=f"{prefix}.o_proj",
+                                        linear_method=_linear_method(quant, f"{prefix}.o_proj"))
         nh, nkv, d = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, cfg.head_dim
         self.q_size, self.kv_size, self.head_dim = nh * d, nkv * d, d
         self.qk_norm = cfg.qk_norm
@@ -37,7 +44,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, prefix=f"{prefix}.q_norm")
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps, prefix=f"{prefix}.k_norm")
         self.num_heads = nh
-        self.attn = Attention(nh, nkv, d, layer_idx)
+        self.attn = Attention(nh, nkv, d, layer_idx, kv_cache_dtype=quant.kv_cache_dtype if quant else None)
 
     def forward(self, rope: RopeTables, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)  # [T, (heads + 2 * kv_heads) * d]
@@ -60,12 +67,14 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, prefix: str):
+    def __init__(self, cfg: ModelConfig, prefix: str, quant=None):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=False,
-                                                       prefix=f"{prefix}.gate_up_proj")
+                                                       prefix=f"{prefix}.gate_up_proj",
+                                                       linear_method=_linear_method(quant, f"{prefix}.gate_up_proj"))
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=False,
-                                           prefix=f"{prefix}.down_proj")
+                                           prefix=f"{prefix}.down_proj",
+                                           linear_method=_linear_method(quant, f"{prefix}.down_proj"))
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,10 +82,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, prefix: str):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, prefix: str, quant=None):
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, f"{prefix}.self_attn")
-        self.mlp = LlamaMLP(cfg, f"{prefix}.mlp")
+        self.self_attn = LlamaAttention(cfg, layer_idx, f"{prefix}.self_attn", quant)
+        self.mlp = LlamaMLP(cfg, f"{prefix}.mlp", quant)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, prefix=f"{prefix}.input_layernorm")
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
                                                 prefix=f"{prefix}.post_attention_layernorm")
@@ -93,11 +102,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, prefix: str = "model"):
+    def __init__(self, cfg: ModelConfig, prefix: str = "model", quant=None):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, prefix=f"{prefix}.embed_tokens")
         self.rotary_emb = get_rope(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, f"{prefix}.layers.{i}")
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, f"{prefix}.layers.{i}", quant)
                                     for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, prefix=f"{prefix}.norm")
 
@@ -118,11 +127,12 @@ class LlamaForCausalLM(nn.Module):
         ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
     }
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, quant=None):
+        """quant: a quantization.ModelQuantization (linear methods by layer name, KV cache dtype) or None."""
         super().__init__()
         self.config = config
         self.tp_size = get_tp_world_size()
-        self.model = LlamaModel(config)
+        self.model = LlamaModel(config, quant=quant)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         if config.tie_word_embeddings:
             self.lm_head.tie_to(self.model.embed_tokens)

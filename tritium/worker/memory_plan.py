@@ -131,13 +131,23 @@ def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerC
     return max(int(peak), 0)
 
 
+def memory_plan_summary(model, plan: KvCachePlan, activation_bytes: int, graph_reserve_bytes: int,
+                        max_model_len: int) -> dict:
+    """Where the device memory goes and what the KV cache holds (bytes; saved with an engine)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # quantized bytes as stored
+    blocks_per_seq = -(-max_model_len // plan.block_size)
+    return {"weights_bytes": weights, "activation_bytes": activation_bytes, "cuda_graph_bytes": graph_reserve_bytes,
+            "kv_cache_bytes": plan.num_blocks * plan.bytes_per_block, "kv_cache_tokens": plan.max_tokens,
+            "kv_bytes_per_token": plan.bytes_per_block // plan.block_size, "max_seq_len": max_model_len,
+            "sequences_at_max_seq_len": plan.num_blocks // blocks_per_seq, "kv_plan_reason": plan.reason}
+
+
 def describe_memory(model, plan: KvCachePlan, activation_bytes: int, graph_reserve_bytes: int,
                     max_model_len: int) -> str:
     """One line for the start-up log: where the device memory goes, and what the cache holds."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    kv = plan.num_blocks * plan.bytes_per_block
-    blocks_per_seq = -(-max_model_len // plan.block_size)
-    return (f"memory plan: weights {weights / 2**30:.2f} GiB, activations {activation_bytes / 2**30:.2f} GiB, "
-            f"CUDA graphs {graph_reserve_bytes / 2**30:.2f} GiB, KV cache {kv / 2**30:.2f} GiB = "
-            f"{plan.max_tokens} tokens ({plan.num_blocks // blocks_per_seq} sequences of max_seq_len "
-            f"{max_model_len} at once)")
+    m = memory_plan_summary(model, plan, activation_bytes, graph_reserve_bytes, max_model_len)
+    gib = 2**30
+    return (f"memory plan: weights {m['weights_bytes'] / gib:.2f} GiB, activations {activation_bytes / gib:.2f} GiB, "
+            f"CUDA graphs {graph_reserve_bytes / gib:.2f} GiB, KV cache {m['kv_cache_bytes'] / gib:.2f} GiB = "
+            f"{plan.max_tokens} tokens, {m['kv_bytes_per_token']} bytes each "
+            f"({m['sequences_at_max_seq_len']} sequences of max_seq_len {max_model_len} at once)")

@@ -1,0 +1,44 @@
+"""What a saved engine records about the engine it was saved from (tritium_engine.json's
+contents besides the format version): the model's config, dtype, quantization, limits, memory
+plan, and the command that rebuilds it from its source."""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from typing import Any
+
+from tritium.config import BuildConfig
+
+
+def rebuild_command(source_path: str, quant: dict[str, Any] | None, dtype: str) -> str:
+    parts = ["tritium", "build", source_path, "--output", "<folder>", "--dtype", dtype]
+    if quant and quant.get("quant_algo"):
+        parts += ["--quantization", quant["quant_algo"]]
+    if quant and quant.get("kv_cache_quant_algo"):
+        parts += ["--kv-cache-dtype", quant["kv_cache_quant_algo"].lower()]
+    return shlex.join(parts).replace("'<folder>'", "<folder>")
+
+
+def engine_description(parts, build_config: BuildConfig) -> dict[str, Any]:
+    """parts: the factory's EngineParts of a built engine."""
+    from tritium import __version__
+    from tritium.worker.memory_plan import memory_plan_summary
+
+    dtype = str(parts.model_config.dtype).replace("torch.", "")
+    quant = parts.quant_config.to_dict() if parts.quant_config is not None else None
+    source = parts.source.engine.config.get("source") if parts.source.format == "engine" else parts.source.path
+    rebuild = (parts.source.engine.config.get("rebuild_command") if parts.source.format == "engine"
+               else rebuild_command(source, quant, dtype))
+    return {
+        "tritium_version": __version__,
+        "architecture": parts.model_config.architecture,
+        "hf_config": parts.source.hf_config,
+        "dtype": dtype,
+        "quant_config": quant,
+        "build_config": dataclasses.asdict(build_config),
+        "generation_eos_ids": list(parts.model_config.eos_token_ids),
+        "memory_plan": memory_plan_summary(parts.model, parts.kv_plan, parts.activation_bytes,
+                                           parts.graph_reserve_bytes, parts.scheduler_config.max_model_len),
+        "source": source,
+        "rebuild_command": rebuild,
+    }

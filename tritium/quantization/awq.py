@@ -1,0 +1,100 @@
+"""AWQ (W4A16_AWQ): activation-aware scales and clipping before int4 group quantization.
+
+For each foldable linear (smoothing.py), on its calibration inputs X [n, K]:
+  1. scale search: x_mean = mean |x| per channel, w_mean = mean over rows of |W| normalised by
+     its group's max; for r in 0, 0.05, ..., 0.95: s = x_mean^r / (w_mean^(1-r) + 1e-4),
+     normalised by sqrt(max(s) * min(s)); loss = || X W^T - (X / s) Q(W * s)^T ||^2; the best s
+     is folded (r = 0 gives s = 1 up to the weights' own spread, so plain RTN is always a
+     candidate and AWQ cannot do worse than it on the calibration text);
+  2. clip search (every quantized linear but qkv, whose outputs feed softmax): per output row
+     and group, the max |w| kept among amax * (1 - i/20), i = 0..9, minimising the group's share
+     of the output error; Int4WeightOnlyMethod.quantize clips to it.
+The loss is taken on the linear's own output (AutoAWQ measures whole blocks; per-linear is
+ModelOpt's awq_lite choice, and much cheaper).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from tritium.quantization.quant_utils import fake_quantize_int4, padded_k
+from tritium.quantization.smoothing import fold_groups
+
+GRID = 20
+CLIP_STEPS = 10
+ROW_CHUNK = 256
+
+
+def _pad(t: torch.Tensor, kp: int) -> torch.Tensor:
+    return F.pad(t, (0, kp - t.shape[-1]))
+
+
+def _fake_quant(w: torch.Tensor, group: int) -> torch.Tensor:
+    """w [N, K] -> int4 groups and back (K zero-padded to the group size), float32 [N, K]."""
+    k = w.shape[1]
+    return fake_quantize_int4(_pad(w.float(), padded_k(k, group)), group)[:, :k]
+
+
+@torch.no_grad()
+def search_scale(x: torch.Tensor, x_mean: torch.Tensor, w: torch.Tensor, group: int) -> torch.Tensor:
+    """x [n, K], x_mean [K], w [N, K] (float32) -> the best per-channel scale s [K]."""
+    n, k = w.shape
+    kp = padded_k(k, group)
+    wg = _pad(w.abs(), kp).view(n, -1, group)
+    w_mean = (wg / wg.amax(dim=-1, keepdim=True).clamp(min=1e-8)).view(n, kp)[:, :k].mean(dim=0)  # [K]
+    ref = x @ w.t()  # [n, N]
+    best, best_loss = torch.ones_like(x_mean), float("inf")
+    for i in range(GRID):
+        r = i / GRID
+        s = (x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4)).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        out = (x / s) @ _fake_quant(w * s, group).t()
+        loss = (out - ref).pow(2).mean().item()
+        if loss < best_loss:
+            best, best_loss = s, loss
+    return best
+
+
+@torch.no_grad()
+def search_clip(x: torch.Tensor, w: torch.Tensor, group: int) -> torch.Tensor:
+    """x [n, K], w [N, K] (float32) -> max |w| to keep per (row, group) [N, Kp/G]."""
+    n, k = w.shape
+    kp = padded_k(k, group)
+    xg = _pad(x, kp).view(x.shape[0], -1, group)  # [t, groups, G]
+    wg = _pad(w, kp).view(n, -1, group)  # [N, groups, G]
+    amax = wg.abs().amax(dim=-1)  # [N, groups]
+    best = amax.clone()
+    for r0 in range(0, n, ROW_CHUNK):
+        rows = slice(r0, r0 + ROW_CHUNK)
+        w_rows = wg[rows]  # [R, groups, G]
+        ref = torch.einsum("tgk,rgk->rgt", xg, w_rows)  # [R, groups, t]
+        best_err = torch.full(amax[rows].shape, float("inf"), device=w.device)
+        for i in range(CLIP_STEPS):
+            max_val = amax[rows] * (1 - i / GRID)  # [R, groups]
+            clipped = torch.maximum(torch.minimum(w_rows, max_val[..., None]), -max_val[..., None])
+            q = fake_quantize_int4(clipped.reshape(-1, group), group).view_as(w_rows)
+            err = (torch.einsum("tgk,rgk->rgt", xg, q) - ref).pow(2).mean(dim=-1)  # [R, groups]
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best[rows] = torch.where(better, max_val, best[rows])
+    return best
+
+
+@torch.no_grad()
+def apply_awq(model: nn.Module, model_config, stats: dict, group: int) -> None:
+    """Fold AWQ scales into the float model and set each linear's `awq_clip` ([N, Kp/G])."""
+    groups = list(fold_groups(model))
+    for g in tqdm(groups, desc="AWQ search", unit="linear"):
+        s_in = stats[g.linear.prefix]
+        x = s_in.kept_rows().to(g.linear.weight.device)  # [n, K] float32
+        w = g.linear.weight.data.float()
+        s = search_scale(x, s_in.channel_mean.to(x.device), w, group)
+        g.fold(s)
+        s_in.rows = [x / s]  # what the linear sees now
+    for m in tqdm([g.linear for g in groups], desc="AWQ clip", unit="linear"):
+        if m.prefix.endswith("qkv_proj"):
+            continue
+        x = stats[m.prefix].kept_rows().to(m.weight.device)
+        m.awq_clip = search_clip(x, m.weight.data.float(), group)
