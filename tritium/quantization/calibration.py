@@ -9,6 +9,7 @@ hundred input rows), and per attention layer the max |k| and |v| of each KV head
   FP8                  static activation scale = max |x| / 448 (layer.input_amax)
   W8A8_SQ_PER_CHANNEL  SmoothQuant scales folded into norms / linears (smoothquant.py)
   W4A16_AWQ            AWQ scale search, folded, and clip search (awq.py)
+  W4A16_GPTQ           GPTQ's error-compensating rounding from each input's X^T X (gptq.py)
   KV cache FP8 / INT8  per-head scales = max / format max (attention layer kv_scale)
 """
 from __future__ import annotations
@@ -80,6 +81,7 @@ class InputStats:
     channel_abs_sum: torch.Tensor  # [K] sum |x| per input channel
     num_rows: int = 0
     rows: list[torch.Tensor] = field(default_factory=list)  # kept input rows, float32
+    xtx: Optional[torch.Tensor] = None  # [K, K] sum of x^T x (GPTQ's Hessian, up to a factor)
 
     @property
     def channel_mean(self) -> torch.Tensor:
@@ -93,8 +95,8 @@ class _ObservingMethod:
     """Stands in for a quantized layer's method during calibration: records the input, computes
     in float with the loaded weight."""
 
-    def __init__(self, stats: dict[str, InputStats], keep_rows: bool):
-        self.stats, self.keep_rows = stats, keep_rows
+    def __init__(self, stats: dict[str, InputStats], keep_rows: bool, keep_xtx: bool):
+        self.stats, self.keep_rows, self.keep_xtx = stats, keep_rows, keep_xtx
 
     def apply(self, layer, x, bias):
         x2 = x.reshape(-1, x.shape[-1]).float()  # [T, K]
@@ -110,10 +112,12 @@ class _ObservingMethod:
         kept = sum(r.shape[0] for r in s.rows)
         if self.keep_rows and kept < MAX_KEPT_ROWS:
             s.rows.append(x2[:MAX_KEPT_ROWS - kept].clone())
+        if self.keep_xtx:
+            s.xtx = x2.t() @ x2 if s.xtx is None else s.xtx.addmm_(x2.t(), x2)  # [K, K]
         return torch.nn.functional.linear(x, layer.weight, bias)
 
 
-def _quantized_linears(model: nn.Module) -> list[nn.Module]:
+def quantized_linears(model: nn.Module) -> list[nn.Module]:
     from tritium.quantization.base import QuantizedLinearMethod
 
     return [m for m in model.modules() if isinstance(getattr(m, "linear_method", None), QuantizedLinearMethod)]
@@ -126,15 +130,15 @@ def _attention_layers(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def collect_statistics(model: nn.Module, model_config, samples: list[list[int]], keep_rows: bool = False
-                       ) -> tuple[dict[str, InputStats], dict[int, torch.Tensor]]:
+def collect_statistics(model: nn.Module, model_config, samples: list[list[int]], keep_rows: bool = False,
+                       keep_xtx: bool = False) -> tuple[dict[str, InputStats], dict[int, torch.Tensor]]:
     """One float pass over `samples`: ({linear prefix: InputStats}, {layer index: kv amax [2, kvh]})."""
     from tritium.attention.torch_backend import TorchAttentionBackend
 
-    linears, attns = _quantized_linears(model), _attention_layers(model)
+    linears, attns = quantized_linears(model), _attention_layers(model)
     stats: dict[str, InputStats] = {}
     kv_amax: dict[int, torch.Tensor] = {}
-    observer = _ObservingMethod(stats, keep_rows)
+    observer = _ObservingMethod(stats, keep_rows, keep_xtx)
     methods = {m: m.linear_method for m in linears}
     scales = {a: a.kv_scale for a in attns}
 
@@ -187,10 +191,10 @@ def _prefill(model: nn.Module, model_config, ids: list[int], backend) -> None:
 def calibrate(model: nn.Module, model_config, config: QuantConfig, samples: list[list[int]]) -> None:
     """Run calibration for `config` on the loaded float model (before process_weights_after_loading)."""
     algo = config.quant_algo
-    keep_rows = algo == QuantAlgo.W4A16_AWQ
-    stats, kv_amax = collect_statistics(model, model_config, samples, keep_rows=keep_rows)
+    stats, kv_amax = collect_statistics(model, model_config, samples, keep_rows=algo == QuantAlgo.W4A16_AWQ,
+                                        keep_xtx=algo == QuantAlgo.W4A16_GPTQ)
     if algo == QuantAlgo.FP8:
-        for m in _quantized_linears(model):
+        for m in quantized_linears(model):
             m.input_amax = stats[m.prefix].amax
     elif algo == QuantAlgo.W8A8_SQ_PER_CHANNEL:
         from tritium.quantization.smoothquant import apply_smoothquant
@@ -201,8 +205,9 @@ def calibrate(model: nn.Module, model_config, config: QuantConfig, samples: list
 
         apply_awq(model, model_config, stats, config.group_size)
     elif algo == QuantAlgo.W4A16_GPTQ:
-        raise ValueError("quant_algo=W4A16_GPTQ: tritium loads GPTQ checkpoints but does not run GPTQ itself; "
-                         "use W4A16_AWQ to calibrate, or load a GPTQ-quantized checkpoint")
+        from tritium.quantization.gptq import apply_gptq
+
+        apply_gptq(model, stats, config.group_size)
     if kv_amax:
         from tritium.quantization.kv_cache import kv_scale_from_amax
 

@@ -12,7 +12,7 @@ as they are and are requantized to the largest one), input_scale float32 [1] (FP
 GPU (compute capability 8.9+): torch._scaled_mm, the weight passed transposed (column-major, as
 cuBLASLt wants). Per-token scaling uses the row-wise _scaled_mm from ROWWISE_MIN_ROWS rows and
 below that a unit-scale FP8 product rescaled in float32 (row-wise is slower at small M on an
-H200). CPU: the same arithmetic emulated: operands rounded through float8_e4m3fn, dequantized and
+H200; it also writes only bfloat16). CPU: the same arithmetic emulated: operands rounded through float8_e4m3fn, dequantized and
 multiplied in float32.
 """
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Fp8LinearMethod(QuantizedLinearMethod):
         if not self.dynamic:
             return torch._scaled_mm(xq, w_t, scale_a=x_scale.reshape(()), scale_b=layer.weight_scale_scalar,
                                     bias=bias, out_dtype=x2.dtype, use_fast_accum=True)
-        if x2.shape[0] >= ROWWISE_MIN_ROWS:
+        if x2.shape[0] >= ROWWISE_MIN_ROWS and x2.dtype == torch.bfloat16:  # row-wise writes bfloat16 only
             y = torch._scaled_mm(xq, w_t, scale_a=x_scale, scale_b=layer.weight_scale[None, :],
                                  out_dtype=x2.dtype)
             return y + bias if bias is not None else y

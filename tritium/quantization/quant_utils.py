@@ -94,14 +94,17 @@ def unpack_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def quantize_int4(w: torch.Tensor, group_size: int, max_val: torch.Tensor | None = None,
-                  scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  scale_dtype: torch.dtype = torch.float32,
+                  params: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w [N, K] -> (packed uint8 [N, Kp/2], scale [N, Kp/G] in scale_dtype, zero uint8 [N, Kp/G]).
     K is zero-padded to Kp; the scale is rounded to scale_dtype before the weights are rounded,
-    so dequantizing with the stored scale reproduces the rounding exactly."""
+    so dequantizing with the stored scale reproduces the rounding exactly. params: (scale, zero)
+    [N, Kp/G] chosen already (GPTQ's), instead of each group's min / max."""
     n, k = w.shape
     kp = padded_k(k, group_size)
     wp = torch.nn.functional.pad(w.float(), (0, kp - k))  # [N, Kp]
-    scale, zero = int4_group_params(wp, group_size, max_val)
+    scale, zero = params if params is not None else int4_group_params(wp, group_size, max_val)
     scale = scale.to(scale_dtype).float()
     g = wp.reshape(n, -1, group_size)
     q = (torch.round(g / scale[..., None]) + zero[..., None]).clamp(0, INT4_MAX).reshape(n, kp)

@@ -70,12 +70,14 @@ class Int4WeightOnlyMethod(QuantizedLinearMethod):
 
     def quantize(self, layer, weight):
         clip = getattr(layer, "awq_clip", None)  # [N, Kp/G] from AWQ's clip search
-        packed, scale, zero = quantize_int4(weight, self.group_size, clip, scale_dtype=layer.params_dtype)
+        params = getattr(layer, "gptq_params", None)  # (scale, zero) [N, Kp/G] GPTQ quantized with
+        packed, scale, zero = quantize_int4(weight, self.group_size, clip, scale_dtype=layer.params_dtype,
+                                            params=params)
         del layer._parameters["weight"]
         replace_param(layer, "weight_packed", packed)
         replace_param(layer, "weight_scale", scale)
         replace_param(layer, "weight_zero", zero)
-        layer.awq_clip = None
+        layer.awq_clip = layer.gptq_params = None
 
     def dequantized(self, layer, dtype: torch.dtype) -> torch.Tensor:
         """The dense [N, K] weight in `dtype`."""

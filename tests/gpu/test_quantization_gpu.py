@@ -1,0 +1,88 @@
+"""Quantization on the GPU (issue 9), run on an H200 by scripts/gpu_check.sh / the lead:
+
+- every linear method at Llama-3.1-8B sizes (q/o 4096x4096, gate/up 14336x4096, down 4096x14336)
+  and batches 1 / 16 / 256: the GPU path (Triton weight-only kernels up to 64 rows, dequantize +
+  cuBLAS above; torch._scaled_mm for FP8; torch._int_mm for W8A8) against the same arithmetic in
+  float64 and against the float layer (tests/quantization/linear_cases.py: the CPU tests run the
+  same checks at small sizes);
+- FP8 / INT8 KV cache: the fused RoPE + cache write, decode and prefill attention at real sizes
+  against torch references (tests/kernels/test_kv_quant_kernels.py's checks);
+- a tiny random Llama built with each algorithm on cuda (calibration included), saved, loaded back
+  on cuda (same tokens) and on the CPU (same logits within kernel tolerance: the CPU path emulates
+  the same arithmetic), and within the quantization error of the unquantized model.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels.test_kv_quant_kernels import KV_DTYPES, check_decode, check_prefill, check_quantized_write
+from tests.quantization.engine_cases import (ENGINE_CASES, FLOAT_LOGITS_TOL, build_save_reload, generate,
+                                             logits_rel_error, prompts, quant_config, tokens)
+from tests.quantization.linear_cases import ALGOS, EMULATED_TOL, FLOAT_TOL, emulated_reference, quantized_linear, rel_error
+
+CUDA = torch.device("cuda")
+SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (N, K): q/o, gate (or up), down of Llama-3.1-8B
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_linear_methods_at_llama_8b_sizes(algo, n, k):
+    x_all = torch.randn(256, k, generator=torch.Generator().manual_seed(n + k)).bfloat16()
+    layer, w = quantized_linear(algo, n, k, CUDA, torch.bfloat16, calib=x_all.float())
+    w_gpu = w.to(CUDA).double()
+    for rows in (1, 16, 256):
+        x = x_all[:rows].to(CUDA)
+        y = layer(x)
+        assert y.shape == (rows, n) and y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+        emulated = rel_error(y, emulated_reference(layer, algo, x))
+        assert emulated <= EMULATED_TOL[torch.bfloat16], f"{algo} {n}x{k} rows={rows}: {emulated:.2e}"
+        vs_float = rel_error(y, x.double() @ w_gpu.t())
+        assert vs_float <= FLOAT_TOL[algo], f"{algo} {n}x{k} rows={rows}: {vs_float:.3f} vs float"
+
+
+def test_fp8_needs_no_float32_rowwise_output():
+    """FP8 per-token on a float32 model with a large batch (the row-wise _scaled_mm only writes
+    bfloat16): still the emulated arithmetic."""
+    x = torch.randn(300, 512, generator=torch.Generator().manual_seed(3))
+    layer, _ = quantized_linear("FP8_PER_CHANNEL_PER_TOKEN", 256, 512, CUDA, torch.float32, calib=x)
+    y = layer(x.to(CUDA))
+    assert y.dtype == torch.float32
+    assert rel_error(y, emulated_reference(layer, "FP8_PER_CHANNEL_PER_TOKEN", x.to(CUDA))) <= 1e-2
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_quantized_kv_write_at_real_sizes(kv_dtype):
+    check_quantized_write(CUDA, kv_dtype, torch.bfloat16, t=512, num_heads=32, kvh=8, d=128, block_size=32)
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+@pytest.mark.parametrize("batch,ctx", [(1, 4096), (64, 700)])
+def test_quantized_kv_decode_at_real_sizes(kv_dtype, batch, ctx):
+    from tritium.kernels.decode_attention import num_kv_splits
+
+    seq_lens = [ctx - 7 * i for i in range(batch)]
+    check_decode(CUDA, kv_dtype, num_kv_splits(batch, 8, ctx), seq_lens=seq_lens, num_heads=32, kvh=8, d=128,
+                 block_size=16, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_quantized_kv_prefill_at_real_sizes(kv_dtype):
+    check_prefill(CUDA, kv_dtype, shapes=((0, 1024), (3000, 500), (17, 1)), num_heads=32, kvh=8, d=128,
+                  block_size=16, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def float_reference(tiny_llama):
+    return generate(tiny_llama, "cpu", prompts(), dtype="float32")
+
+
+@pytest.mark.parametrize("algo,kv", ENGINE_CASES)
+def test_quantized_engine_on_gpu_saves_loads_and_matches_the_cpu_path(tiny_llama, float_reference, tmp_path,
+                                                                      algo, kv):
+    engine = str(tmp_path / "engine")
+    run = build_save_reload(tiny_llama, "cuda", quant_config(algo, kv), engine)
+    assert tokens(run.loaded) == tokens(run.built)  # the saved engine is the built one
+    on_cpu = generate(engine, "cpu", prompts())  # same quantized tensors, the CPU's emulated arithmetic
+    assert logits_rel_error(run.built, on_cpu) <= 1e-2
+    assert logits_rel_error(run.built, float_reference) <= FLOAT_LOGITS_TOL[algo]
