@@ -159,23 +159,40 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
 
 def resolve_quantization(source: ModelSource, quant_config: Optional[QuantConfig],
                          dev: torch.device) -> Optional[ModelQuantization]:
-    """The quantization to build with: a saved engine's own (a quant_config argument must then be
-    absent or equal), else quant_config applied to the float checkpoint; checked for this device."""
+    """The quantization to build with: a saved engine's or a pre-quantized checkpoint's own (a
+    quant_config argument must then ask for nothing else), else quant_config applied to the
+    float checkpoint; checked for this device."""
     if source.format == "engine":
         from tritium.loader.saved_engine import check_engine_device
 
         check_engine_device(source.engine, dev)
         saved = QuantConfig.from_dict(source.engine.quant_config) if source.engine.quant_config else None
-        if quant_config is not None and quant_config.is_quantized and (
-                saved is None or quant_config.to_dict() != saved.to_dict()):
-            raise ValueError(f"{source.path} is a saved engine built with quantization "
-                             f"{saved.to_dict() if saved else None}; it cannot be requantized at load (rebuild it "
-                             "from its source checkpoint with `tritium build`)")
+        _check_no_requantization(saved, quant_config, f"{source.path} is a saved engine",
+                                 "rebuild it from its source checkpoint with `tritium build`")
         return ModelQuantization(saved, serialized=True) if saved is not None and saved.is_quantized else None
+    if source.checkpoint_quant is not None:
+        ckpt = source.checkpoint_quant
+        _check_no_requantization(ckpt.quant_config, quant_config, f"{source.path} is a pre-quantized "
+                                 f"{ckpt.format} checkpoint", "leave quant_config / --quantization out")
+        check_device_support(ckpt.quant_config, dev)
+        return ModelQuantization(ckpt.quant_config, serialized=True)
     if quant_config is None or not quant_config.is_quantized:
         return None
     check_device_support(quant_config, dev)
     return ModelQuantization(quant_config)
+
+
+def _check_no_requantization(saved: Optional[QuantConfig], asked: Optional[QuantConfig], what: str, fix: str) -> None:
+    """Weights already quantized are loaded as they are: asking for another algorithm (or a
+    KV cache quantization they were not calibrated for) is an error, not a silent choice."""
+    if asked is None or not asked.is_quantized:
+        return
+    have = (saved.quant_algo, saved.kv_cache_quant_algo) if saved is not None else (None, None)
+    want = (asked.quant_algo or have[0], asked.kv_cache_quant_algo or have[1])
+    if want != have:
+        names = lambda pair: "/".join(a.value if a else "none" for a in pair)  # noqa: E731
+        raise ValueError(f"{what} with quantization {names(have)} (weights / KV cache); it cannot be quantized "
+                         f"again at load as {names(want)}: {fix}")
 
 
 def engine_dtype(source: ModelSource, dtype: str) -> str:

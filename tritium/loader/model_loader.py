@@ -63,7 +63,13 @@ def load_model(source: ModelSource, model_config: ModelConfig, device: torch.dev
         if source.format == "dummy":
             init_dummy_weights(model)
         elif source.format == "hf":
-            _load_checkpoint(model, source, iterate_safetensors(source.path))
+            ckpt = source.checkpoint_quant  # a pre-quantized checkpoint: converted to tritium's layout
+            weights = iterate_safetensors(source.path)
+            _load_checkpoint(model, source, ckpt.convert(weights) if ckpt is not None else weights)
+            if ckpt is not None:
+                from tritium.quantization.hf_checkpoints import apply_kv_scales
+
+                apply_kv_scales(model, ckpt)
         elif source.format == "engine":
             from tritium.loader.saved_engine import load_engine_state
 

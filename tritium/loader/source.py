@@ -5,6 +5,8 @@
     load_format='dummy': folder with config.json, a config.json path, or a *.gguf file
                                                 -> random weights, same shapes
     a saved engine (folder with tritium_engine.json) -> format 'engine' (loader/saved_engine.py)
+    a pre-quantized HF folder (FP8, AWQ, GPTQ)   -> format 'hf' with checkpoint_quant
+                                                   (quantization/hf_checkpoints.py)
 Every failure is raised here, naming the file, so no model is built from a broken checkpoint.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ class ModelSource:
     tokenizer_path: Optional[str] = None  # folder or .gguf file; None when there is no tokenizer
     generation_eos_ids: Optional[tuple[int, ...]] = None  # generation_config.json's eos_token_id
     engine: Any = None  # format 'engine': its saved_engine.EngineInfo
+    checkpoint_quant: Any = None  # format 'hf' pre-quantized: quantization.hf_checkpoints.CheckpointQuantization
 
 
 def read_json(path: str) -> dict[str, Any]:
@@ -122,5 +125,8 @@ def resolve_model_source(model: str, load_format: str = "auto") -> ModelSource:
 
     from tritium.loader.hf_loader import list_safetensors_files
 
+    from tritium.quantization.hf_checkpoints import detect
+
     list_safetensors_files(folder)  # fails now, naming the file, if the weights are incomplete
-    return ModelSource("hf", folder, hf_config, _tokenizer_dir(folder), eos_ids)
+    return ModelSource("hf", folder, hf_config, _tokenizer_dir(folder), eos_ids,
+                       checkpoint_quant=detect(folder, hf_config))
