@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.quantization.engine_cases import (ENGINE_CASES, FLOAT_LOGITS_TOL, build_save_reload, generate,
+from tests.quantization.engine_cases import (CALIB, ENGINE_CASES, FLOAT_LOGITS_TOL, build_save_reload, generate,
                                              logits_rel_error, prompts, quant_config, tokens)
 
 
@@ -22,3 +22,115 @@ def test_quantized_engine_round_trip(tiny_llama, float_reference, tmp_path, algo
     err = logits_rel_error(run.built, float_reference)
     print(f"{algo} kv={kv}: context logits {err:.4f} from the float model")
     assert 0 < err <= FLOAT_LOGITS_TOL[algo]
+
+
+# ---- broken folders ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fp8_engine(tiny_llama, tmp_path_factory):
+    """A saved FP8 + FP8-KV engine of the tiny Llama (built once; tests corrupt copies)."""
+    from tritium.llm.llm import LLM
+
+    path = str(tmp_path_factory.mktemp("engines") / "fp8")
+    with LLM(tiny_llama, device="cpu", dtype="float32", max_seq_len=64, quant_config=quant_config("FP8", "FP8"),
+             calib_config=CALIB) as llm:
+        llm.save(path)
+    return path
+
+
+def _copy(engine: str, tmp_path) -> str:
+    import shutil
+
+    dst = str(tmp_path / "copy")
+    shutil.copytree(engine, dst)
+    return dst
+
+
+def _edit_json(path: str, **changes) -> None:
+    import json
+
+    with open(path) as f:
+        data = json.load(f)
+    data.update(changes)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def _flip_byte(path: str, offset_fraction: float) -> None:
+    import os
+
+    with open(path, "r+b") as f:
+        f.seek(int(os.path.getsize(path) * offset_fraction))
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _truncate(path: str) -> None:
+    import os
+
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+BREAKAGES = {
+    "format version": (lambda d: _edit_json(f"{d}/tritium_engine.json", format_version=99),
+                       "format version 99; this tritium reads version 1"),
+    "missing weights": (lambda d: __import__("os").remove(f"{d}/model.safetensors"), "model.safetensors is missing"),
+    "truncated weights": (lambda d: _truncate(f"{d}/model.safetensors"), "model.safetensors has .* bytes, .* were written"),
+    "bad checksum": (lambda d: _flip_byte(f"{d}/model.safetensors", 0.6), "model.safetensors fails its CRC32 check"),
+    "changed config": (lambda d: _edit_json(f"{d}/tritium_engine.json", dtype="float32", note="edited"),
+                       "tritium_engine.json fails its CRC32 check|tritium_engine.json has"),
+    "no manifest": (lambda d: __import__("os").remove(f"{d}/manifest.json"), "manifest.json is missing: the folder is "
+                                                                             "incomplete"),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_broken_engine_folders_say_what_is_wrong_and_how_to_rebuild(fp8_engine, tiny_llama, tmp_path, breakage):
+    from tritium.llm.llm import LLM
+    from tritium.loader.saved_engine import EngineFormatError
+
+    engine = _copy(fp8_engine, tmp_path)
+    breaker, problem = BREAKAGES[breakage]
+    breaker(engine)
+    with pytest.raises(EngineFormatError, match=problem) as err:
+        LLM(engine, device="cpu")
+    message = str(err.value)
+    assert engine in message
+    assert f"Rebuild it: tritium build {tiny_llama} --output <folder> --dtype float32 --quantization FP8 " \
+           "--kv-cache-dtype fp8" in message
+
+
+def test_fp8_engine_on_a_gpu_without_fp8_tensor_cores(fp8_engine, monkeypatch):
+    import torch
+
+    from tritium.loader.saved_engine import EngineFormatError, check_engine_device, read_engine
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    with pytest.raises(EngineFormatError, match=r"needs FP8 tensor cores \(compute capability 8.9\+.*this GPU is "
+                                                r"8.0.*Supported here: W8A16, W4A16.*Rebuild it: tritium build"):
+        check_engine_device(read_engine(fp8_engine), torch.device("cuda", 0))
+    check_engine_device(read_engine(fp8_engine), torch.device("cpu"))  # the CPU emulates FP8
+
+
+def test_engine_refuses_another_quantization_or_dtype(fp8_engine):
+    from tritium.llm.llm import LLM
+    from tritium.quantization import QuantConfig
+
+    with pytest.raises(ValueError, match="is a saved engine with quantization FP8/FP8.*cannot be quantized again "
+                                         "at load as W8A16/FP8.*tritium build"):
+        LLM(fp8_engine, device="cpu", quant_config=QuantConfig(quant_algo="W8A16"))
+    with pytest.raises(ValueError, match="built for dtype float32; dtype='bfloat16' would need a rebuild"):
+        LLM(fp8_engine, device="cpu", dtype="bfloat16")
+
+
+def test_save_never_overwrites_a_folder_that_is_not_an_engine(tiny_llama, tmp_path):
+    from tritium.llm.llm import LLM
+
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "todo.txt").write_text("mine")
+    with LLM(tiny_llama, device="cpu", dtype="float32", max_seq_len=64) as llm:
+        with pytest.raises(ValueError, match="exists and is not a saved engine; choose a new or empty folder"):
+            llm.save(str(keep))
+    assert (keep / "todo.txt").read_text() == "mine"

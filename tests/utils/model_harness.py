@@ -52,7 +52,9 @@ class SingleRequestHarness:
         self.device = next(model.parameters()).device
         num_blocks = -(-max_tokens // block_size)
         self.block_table = torch.arange(num_blocks)
-        self.kv_caches = make_kv_caches(config, num_blocks, block_size, config.dtype, self.device)
+        kv_dtype = next((m.kv_cache_dtype for m in model.modules() if getattr(m, "kv_cache_dtype", None) is not None),
+                        config.dtype)  # a quantized KV cache (FP8 / INT8) or the model dtype
+        self.kv_caches = make_kv_caches(config, num_blocks, block_size, kv_dtype, self.device)
         self.backend = backend or TorchAttentionBackend()
         self.num_cached_tokens = 0
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tritium.attention.backend import AttentionBackend, AttentionMetadata
-from tritium.quantization.kv_cache import dequantize_kv, quantize_kv
+from tritium.quantization.kv_cache import dequantize_kv, is_quantized_kv, quantize_kv
 
 # A prefill step attends in one call while (its tokens) x (its requests' keys) stays below this:
 # the batched call computes every query-key pair, most of them masked when the requests are long.
@@ -29,6 +29,7 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapp
     flat = kv_cache.view(2, -1, *kv_cache.shape[3:])  # [2, num_blocks * block_size, kvh, d]
     kv = torch.stack((k, v))  # [2, T, kvh, d]
     if kv_scale is not None:
+        assert is_quantized_kv(kv_cache.dtype), f"kv_scale given for a {kv_cache.dtype} cache"
         kv = quantize_kv(kv, kv_scale[:, None, :, None], kv_cache.dtype)
     kv = kv.to(kv_cache.dtype)
     if kv_cache.dtype == torch.float8_e4m3fn:  # CPU index ops lack FP8: move the bytes

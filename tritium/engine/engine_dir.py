@@ -22,8 +22,6 @@ def rebuild_command(source_path: str, quant: dict[str, Any] | None, dtype: str) 
 def engine_description(parts, build_config: BuildConfig) -> dict[str, Any]:
     """parts: the factory's EngineParts of a built engine."""
     from tritium import __version__
-    from tritium.worker.memory_plan import memory_plan_summary
-
     dtype = str(parts.model_config.dtype).replace("torch.", "")
     quant = parts.quant_config.to_dict() if parts.quant_config is not None else None
     source = parts.source.engine.config.get("source") if parts.source.format == "engine" else parts.source.path
@@ -37,8 +35,7 @@ def engine_description(parts, build_config: BuildConfig) -> dict[str, Any]:
         "quant_config": quant,
         "build_config": dataclasses.asdict(build_config),
         "generation_eos_ids": list(parts.model_config.eos_token_ids),
-        "memory_plan": memory_plan_summary(parts.model, parts.kv_plan, parts.activation_bytes,
-                                           parts.graph_reserve_bytes, parts.scheduler_config.max_model_len),
+        "memory_plan": parts.memory_plan,
         "source": source,
         "rebuild_command": rebuild,
     }

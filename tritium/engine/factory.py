@@ -22,7 +22,8 @@ from tritium.quantization.config import check_device_support
 from tritium.structured_output.backend import GrammarBackend
 from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import capture_sizes
-from tritium.worker.memory_plan import KvCachePlan, describe_memory, plan_kv_cache, profile_activation_bytes
+from tritium.worker.memory_plan import (KvCachePlan, describe_memory, memory_plan_summary, plan_kv_cache,
+                                       profile_activation_bytes, weights_bytes)
 from tritium.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,7 @@ class EngineParts:
     grammar_backend: Optional[GrammarBackend] = None  # None without a tokenizer: no guided decoding
     quant_config: Optional[QuantConfig] = None  # what the weights / KV cache were quantized with
     model: Any = None  # the nn.Module (LLM.save writes its parameters)
-    activation_bytes: int = 0  # profiled activation peak (GPU), for the memory plan
-    graph_reserve_bytes: int = 0  # CUDA graph pool reserve (GPU)
+    memory_plan: dict = dataclasses.field(default_factory=dict)  # memory_plan.memory_plan_summary()
     startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # phase -> wall seconds
 
 
@@ -135,7 +135,8 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
         logger.warning("max_seq_len lowered from %d to the KV cache capacity %d", sched.max_model_len, plan.max_tokens)
         sched = dataclasses.replace(sched, max_model_len=plan.max_tokens)
     logger.info(plan.describe())
-    logger.info(describe_memory(nn_model, plan, activation, graph_reserve, sched.max_model_len))
+    memory = memory_plan_summary(weights_bytes(nn_model), plan, activation, graph_reserve, sched.max_model_len)
+    logger.info(describe_memory(memory))
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
                         enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=kv_dtype)
@@ -154,7 +155,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
                        kv_plan=plan, tokenizer=tok, device=dev, grammar_backend=grammar,
                        startup_seconds=clock.laps, quant_config=quant.config if quant is not None else None,
-                       model=nn_model, activation_bytes=activation, graph_reserve_bytes=graph_reserve)
+                       model=nn_model, memory_plan=memory)
 
 
 def resolve_quantization(source: ModelSource, quant_config: Optional[QuantConfig],

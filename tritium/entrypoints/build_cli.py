@@ -8,7 +8,7 @@ role); `--dry-run` prints the memory plan a GPU would get, from config.json alon
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 import time
 
 EXAMPLES = """\
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tritium.entrypoints.cli import quant_configs
+    from tritium.entrypoints.cli import engine_configs, quant_configs
 
     if args.model_tag is not None:
         if args.model is not None and args.model != args.model_tag:
@@ -49,14 +49,9 @@ def run_build(args: argparse.Namespace) -> int:
         return _dry_run(args, quant)
     if not args.output:
         raise ValueError("--output <folder> is required (or --dry-run)")
-    from tritium import BuildConfig, KvCacheConfig
     from tritium.llm.llm import LLM
 
-    build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
-                        max_seq_len=args.max_seq_len, enable_chunked_prefill=not args.disable_chunked_prefill)
-    kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
-                       free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
-                       max_tokens=args.kv_cache_max_tokens)
+    build, kv = engine_configs(args)
     start = time.perf_counter()
     with LLM(model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
              load_format=args.load_format, device=args.device, quant_config=quant, calib_config=calib) as llm:
@@ -64,8 +59,7 @@ def run_build(args: argparse.Namespace) -> int:
         llm.save(args.output)
         from tritium.worker.memory_plan import describe_memory
 
-        plan = describe_memory(llm._parts.model, llm.kv_cache_plan, llm._parts.activation_bytes,
-                               llm._parts.graph_reserve_bytes, llm.max_seq_len)
+        plan = describe_memory(llm._parts.memory_plan)
     print(f"built in {built - start:.1f} s, saved in {time.perf_counter() - built:.1f} s: {args.output}")
     print(plan)
     return 0
@@ -75,23 +69,26 @@ def _dry_run(args: argparse.Namespace, quant) -> int:
     import torch
 
     from tritium.bench.model_shapes import resolve_model_arg
+    from tritium.entrypoints.cli import engine_configs
     from tritium.config import ModelConfig, resolve_dtype
     from tritium.loader.source import resolve_model_source
     from tritium.worker.memory_estimate import estimate_memory, parse_size
+    from tritium.worker.memory_plan import describe_memory
 
     source = resolve_model_source(resolve_model_arg(args.model, "dummy"), "dummy")  # config.json only
     config_dtype = source.hf_config.get("torch_dtype") or source.hf_config.get("dtype")
     model = ModelConfig.from_hf(source.hf_config, dtype=resolve_dtype(args.dtype, config_dtype, torch.device("cuda")))
-    gpu = parse_size(args.gpu_memory)
-    est = estimate_memory(model, gpu, args.max_batch_size, args.max_num_tokens, args.max_seq_len, quant,
-                          args.kv_cache_free_gpu_memory_fraction)
-    q = quant.to_dict() if quant is not None else {}
-    print(f"memory plan for {args.model or 'the embedded model'} ({model.architecture}, "
-          f"{str(model.dtype).replace('torch.', '')}, quantization {q.get('quant_algo') or 'none'}, "
-          f"KV cache {q.get('kv_cache_quant_algo') or 'model dtype'}) on a {gpu / 2**30:.0f} GiB GPU:")
-    print(est.describe(gpu))
-    if est.kv_tokens < est.max_seq_len:
-        print(f"warning: the KV cache cannot hold one sequence of {est.max_seq_len} tokens", file=sys.stderr)
-        return 1
-    return 0
+    if quant is None and os.path.isdir(source.path):  # a pre-quantized checkpoint brings its own
+        from tritium.quantization.hf_checkpoints import detect
 
+        ckpt = detect(source.path, source.hf_config)
+        quant = ckpt.quant_config if ckpt is not None else None
+    gpu = parse_size(args.gpu_memory)
+    build, kv = engine_configs(args)
+    plan = estimate_memory(model, gpu, build, kv, quant)
+    q = quant.to_dict() if quant is not None else {}
+    print(f"{args.model or 'the embedded model'} ({model.architecture}, {str(model.dtype).replace('torch.', '')}, "
+          f"quantization {q.get('quant_algo') or 'none'}, KV cache {q.get('kv_cache_quant_algo') or 'model dtype'}) "
+          f"on a GPU of {gpu / 2**30:.1f} GiB, from config.json alone:")
+    print(describe_memory(plan))
+    return 0

@@ -64,6 +64,18 @@ def add_quantization_args(p: argparse.ArgumentParser) -> None:
     _opt(g, "--calib-max-seq-len", type=int, default=512, help="tokens per calibration sample (default 512)")
 
 
+def engine_configs(args):
+    """(BuildConfig, KvCacheConfig) from the engine flags."""
+    from tritium import BuildConfig, KvCacheConfig
+
+    build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
+                        max_seq_len=args.max_seq_len, enable_chunked_prefill=not args.disable_chunked_prefill)
+    kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
+                       free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
+                       max_tokens=args.kv_cache_max_tokens)
+    return build, kv
+
+
 def quant_configs(args):
     """(QuantConfig or None, CalibConfig) from the quantization flags."""
     from tritium.quantization import CalibConfig, QuantConfig
@@ -148,7 +160,7 @@ def read_prompts(args) -> list[str]:
 
 
 def run_generate(args) -> int:
-    from tritium import BuildConfig, KvCacheConfig, SamplingParams
+    from tritium import SamplingParams
     from tritium.llm.llm import LLM
 
     prompts = read_prompts(args)
@@ -158,11 +170,7 @@ def run_generate(args) -> int:
             min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
             frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop, n=args.n,
             logprobs=args.logprobs, ignore_eos=args.ignore_eos)
-        build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
-                            max_seq_len=args.max_seq_len, enable_chunked_prefill=not args.disable_chunked_prefill)
-        kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
-                           free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
-                           max_tokens=args.kv_cache_max_tokens)
+        build, kv = engine_configs(args)
         quant, calib = quant_configs(args)
     except ValueError as e:
         raise SystemExit(f"error: {e}")

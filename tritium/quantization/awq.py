@@ -2,13 +2,14 @@
 
 For each foldable linear (smoothing.py), on its calibration inputs X [n, K]:
   1. scale search: x_mean = mean |x| per channel, w_mean = mean over rows of |W| normalised by
-     its group's max; for r in 0, 0.05, ..., 0.95: s = x_mean^r / (w_mean^(1-r) + 1e-4),
-     normalised by sqrt(max(s) * min(s)); loss = || X W^T - (X / s) Q(W * s)^T ||^2; the best s
-     is folded (r = 0 gives s = 1 up to the weights' own spread, so plain RTN is always a
-     candidate and AWQ cannot do worse than it on the calibration text);
+     its group's max; candidates s = 1 (plain round-to-nearest) and, for r in 0, 0.05, ..., 0.95,
+     s = x_mean^r / (w_mean^(1-r) + 1e-4) normalised by sqrt(max(s) * min(s)); loss =
+     || X W^T - (X / s) Q(W * s)^T ||^2; the best s is folded. With s = 1 among the candidates,
+     AWQ cannot do worse than round-to-nearest on the calibration text;
   2. clip search (every quantized linear but qkv, whose outputs feed softmax): per output row
-     and group, the max |w| kept among amax * (1 - i/20), i = 0..9, minimising the group's share
-     of the output error; Int4WeightOnlyMethod.quantize clips to it.
+     and group, the weights clipped to amax * (1 - i/20), i = 0..9 (i = 0: no clip), then
+     quantized as usual, minimising the group's share of the output error; the chosen clip is
+     applied to the weight and its (scale, zero) handed to Int4WeightOnlyMethod (int4_params).
 The loss is taken on the linear's own output (AutoAWQ measures whole blocks; per-linear is
 ModelOpt's awq_lite choice, and much cheaper).
 """
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from tritium.quantization.quant_utils import fake_quantize_int4, padded_k
+from tritium.quantization.quant_utils import fake_quantize_groups, fake_quantize_int4, int4_group_params, padded_k
 from tritium.quantization.smoothing import fold_groups
 
 GRID = 20
@@ -45,27 +46,31 @@ def search_scale(x: torch.Tensor, x_mean: torch.Tensor, w: torch.Tensor, group: 
     wg = _pad(w.abs(), kp).view(n, -1, group)
     w_mean = (wg / wg.amax(dim=-1, keepdim=True).clamp(min=1e-8)).view(n, kp)[:, :k].mean(dim=0)  # [K]
     ref = x @ w.t()  # [n, N]
-    best, best_loss = torch.ones_like(x_mean), float("inf")
+    candidates = [torch.ones_like(x_mean)]
     for i in range(GRID):
         r = i / GRID
         s = (x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4)).clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()
-        out = (x / s) @ _fake_quant(w * s, group).t()
-        loss = (out - ref).pow(2).mean().item()
+        candidates.append(s / (s.max() * s.min()).sqrt())
+    best, best_loss = candidates[0], float("inf")
+    for s in candidates:
+        loss = ((x / s) @ _fake_quant(w * s, group).t() - ref).pow(2).mean().item()
         if loss < best_loss:
             best, best_loss = s, loss
     return best
 
 
 @torch.no_grad()
-def search_clip(x: torch.Tensor, w: torch.Tensor, group: int) -> torch.Tensor:
-    """x [n, K], w [N, K] (float32) -> max |w| to keep per (row, group) [N, Kp/G]."""
+def search_clip(x: torch.Tensor, w: torch.Tensor, group: int
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """x [n, K], w [N, K] (float32) -> (max |w| to keep per (row, group) [N, Kp/G], and the
+    (scale, zero) [N, Kp/G] of the clipped groups)."""
     n, k = w.shape
     kp = padded_k(k, group)
     xg = _pad(x, kp).view(x.shape[0], -1, group)  # [t, groups, G]
     wg = _pad(w, kp).view(n, -1, group)  # [N, groups, G]
     amax = wg.abs().amax(dim=-1)  # [N, groups]
     best = amax.clone()
+    best_scale, best_zero = torch.empty_like(amax), torch.empty_like(amax)
     for r0 in range(0, n, ROW_CHUNK):
         rows = slice(r0, r0 + ROW_CHUNK)
         w_rows = wg[rows]  # [R, groups, G]
@@ -74,17 +79,22 @@ def search_clip(x: torch.Tensor, w: torch.Tensor, group: int) -> torch.Tensor:
         for i in range(CLIP_STEPS):
             max_val = amax[rows] * (1 - i / GRID)  # [R, groups]
             clipped = torch.maximum(torch.minimum(w_rows, max_val[..., None]), -max_val[..., None])
-            q = fake_quantize_int4(clipped.reshape(-1, group), group).view_as(w_rows)
+            scale, zero = int4_group_params(clipped.reshape(-1, group), group)  # [R * groups, 1]
+            scale, zero = scale.view(max_val.shape), zero.view(max_val.shape)
+            q = fake_quantize_groups(clipped, scale, zero)
             err = (torch.einsum("tgk,rgk->rgt", xg, q) - ref).pow(2).mean(dim=-1)  # [R, groups]
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best[rows] = torch.where(better, max_val, best[rows])
-    return best
+            best_scale[rows] = torch.where(better, scale, best_scale[rows])
+            best_zero[rows] = torch.where(better, zero, best_zero[rows])
+    return best, (best_scale, best_zero)
 
 
 @torch.no_grad()
 def apply_awq(model: nn.Module, model_config, stats: dict, group: int) -> None:
-    """Fold AWQ scales into the float model and set each linear's `awq_clip` ([N, Kp/G])."""
+    """Fold AWQ scales into the float model, clip the weights, and set each clipped linear's
+    `int4_params` (scale, zero) [N, Kp/G]."""
     groups = list(fold_groups(model))
     for g in tqdm(groups, desc="AWQ search", unit="linear"):
         s_in = stats[g.linear.prefix]
@@ -97,4 +107,8 @@ def apply_awq(model: nn.Module, model_config, stats: dict, group: int) -> None:
         if m.prefix.endswith("qkv_proj"):
             continue
         x = stats[m.prefix].kept_rows().to(m.weight.device)
-        m.awq_clip = search_clip(x, m.weight.data.float(), group)
+        w = m.weight.data
+        max_val, m.int4_params = search_clip(x, w.float(), group)
+        k = w.shape[1]
+        limit = max_val.repeat_interleave(group, dim=1)[:, :k].to(w.dtype)  # [N, K]
+        w.copy_(torch.maximum(torch.minimum(w, limit), -limit))

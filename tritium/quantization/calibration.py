@@ -103,11 +103,11 @@ class _ObservingMethod:
         a = x2.abs()
         s = self.stats.get(layer.prefix)
         if s is None:
-            s = self.stats[layer.prefix] = InputStats(a.max(), a.amax(0), a.sum(0))
+            s = self.stats[layer.prefix] = InputStats(a.max(), a.amax(0), torch.zeros_like(a[0]))
         else:
             s.amax = torch.maximum(s.amax, a.max())
             s.channel_amax = torch.maximum(s.channel_amax, a.amax(0))
-            s.channel_abs_sum += a.sum(0)
+        s.channel_abs_sum += a.sum(0)
         s.num_rows += x2.shape[0]
         kept = sum(r.shape[0] for r in s.rows)
         if self.keep_rows and kept < MAX_KEPT_ROWS:

@@ -8,7 +8,7 @@ Per quantized linear, with H = 2 X^T X / n over its calibration inputs X [n, K]:
     from its min / max when its first column comes up, as the weights stand then):
         q_c = dequant(quant(w_c));  e = (w_c - q_c) / U[c, c];  w_{c+1..} -= e U[c, c+1..]
 The result is on tritium's int4 grid (quant_utils' asymmetric groups): the layer keeps the
-quantized weight and its (scale, zero), which Int4WeightOnlyMethod.quantize stores as they are.
+quantized weight and its (scale, zero) (int4_params), which Int4WeightOnlyMethod.quantize stores.
 No act-order (columns in their own order), so a group is a contiguous run of inputs, as the
 kernels want. Statistics come from one float pass (calibration.py), not layer by layer.
 """
@@ -63,11 +63,11 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group: int, scale_dtyp
 @torch.no_grad()
 def apply_gptq(model: nn.Module, stats: dict, group: int) -> None:
     """Replace every quantized linear's float weight by its GPTQ solution (on the int4 grid) and
-    set `gptq_params` (scale, zero) for Int4WeightOnlyMethod.quantize."""
+    set `int4_params` (scale, zero) for Int4WeightOnlyMethod.quantize."""
     from tritium.quantization.calibration import quantized_linears
 
     for m in tqdm(quantized_linears(model), desc="GPTQ", unit="linear"):
         w = m.weight.data
         q, scale, zero = gptq_quantize(w, stats[m.prefix].xtx.to(w.device), group, m.params_dtype)
         w.copy_(q.to(w.dtype))
-        m.gptq_params = (scale, zero)
+        m.int4_params = (scale, zero)

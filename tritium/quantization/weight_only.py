@@ -69,15 +69,13 @@ class Int4WeightOnlyMethod(QuantizedLinearMethod):
         loaded_param(layer, "weight_zero", (output_size, kp // self.group_size), torch.uint8)
 
     def quantize(self, layer, weight):
-        clip = getattr(layer, "awq_clip", None)  # [N, Kp/G] from AWQ's clip search
-        params = getattr(layer, "gptq_params", None)  # (scale, zero) [N, Kp/G] GPTQ quantized with
-        packed, scale, zero = quantize_int4(weight, self.group_size, clip, scale_dtype=layer.params_dtype,
-                                            params=params)
+        params = getattr(layer, "int4_params", None)  # (scale, zero) [N, Kp/G] chosen by AWQ / GPTQ
+        packed, scale, zero = quantize_int4(weight, self.group_size, scale_dtype=layer.params_dtype, params=params)
         del layer._parameters["weight"]
         replace_param(layer, "weight_packed", packed)
         replace_param(layer, "weight_scale", scale)
         replace_param(layer, "weight_zero", zero)
-        layer.awq_clip = layer.gptq_params = None
+        layer.int4_params = None
 
     def dequantized(self, layer, dtype: torch.dtype) -> torch.Tensor:
         """The dense [N, K] weight in `dtype`."""

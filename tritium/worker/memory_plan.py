@@ -67,17 +67,28 @@ def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dty
 def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCacheConfig,
                   dtype: torch.dtype, device: torch.device, activation_bytes: int = 0) -> KvCachePlan:
     """activation_bytes: the peak a step of max_num_tokens needs (GPU), kept free of cache."""
-    block_size = kv.tokens_per_block
-    per_block = bytes_per_block(model_config, block_size, dtype)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        free = max(free - activation_bytes, 0)
-        budget = int(free * kv.free_gpu_memory_fraction)
-        reason = (f"{kv.free_gpu_memory_fraction:.0%} of {free / 2**30:.1f} GiB free GPU memory after weights "
-                  f"and {activation_bytes / 2**30:.2f} GiB of activations")
+        budget, reason = gpu_kv_budget(free, activation_bytes, kv.free_gpu_memory_fraction)
     else:
         budget = int(kv.cpu_memory_budget_gib * 2**30)
         reason = f"CPU budget {kv.cpu_memory_budget_gib:g} GiB, resident only as blocks are used"
+    return plan_kv_blocks(model_config, sched, kv, dtype, budget, reason)
+
+
+def gpu_kv_budget(free_bytes: int, activation_bytes: int, fraction: float) -> tuple[int, str]:
+    """The KV cache's share of a GPU whose weights are loaded and `free_bytes` are left."""
+    free = max(free_bytes - activation_bytes, 0)
+    return int(free * fraction), (f"{fraction:.0%} of {free / 2**30:.1f} GiB free GPU memory after weights "
+                                  f"and {activation_bytes / 2**30:.2f} GiB of activations")
+
+
+def plan_kv_blocks(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCacheConfig, dtype: torch.dtype,
+                   budget: int, reason: str) -> KvCachePlan:
+    """As many blocks as `budget` bytes hold, capped by max_tokens and by what max_batch_size
+    sequences of max_seq_len could ever use."""
+    block_size = kv.tokens_per_block
+    per_block = bytes_per_block(model_config, block_size, dtype)
     num_blocks = budget // per_block
     if kv.max_tokens is not None and kv.max_tokens < num_blocks * block_size:
         num_blocks = -(-kv.max_tokens // block_size)
@@ -131,23 +142,30 @@ def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerC
     return max(int(peak), 0)
 
 
-def memory_plan_summary(model, plan: KvCachePlan, activation_bytes: int, graph_reserve_bytes: int,
+def memory_plan_summary(weights_bytes: int, plan: KvCachePlan, activation_bytes: int, graph_reserve_bytes: int,
                         max_model_len: int) -> dict:
-    """Where the device memory goes and what the KV cache holds (bytes; saved with an engine)."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # quantized bytes as stored
+    """Where the device memory goes and what the KV cache holds (bytes; saved with an engine,
+    printed by `tritium build` and its --dry-run, logged at start)."""
     blocks_per_seq = -(-max_model_len // plan.block_size)
-    return {"weights_bytes": weights, "activation_bytes": activation_bytes, "cuda_graph_bytes": graph_reserve_bytes,
-            "kv_cache_bytes": plan.num_blocks * plan.bytes_per_block, "kv_cache_tokens": plan.max_tokens,
-            "kv_bytes_per_token": plan.bytes_per_block // plan.block_size, "max_seq_len": max_model_len,
-            "sequences_at_max_seq_len": plan.num_blocks // blocks_per_seq, "kv_plan_reason": plan.reason}
+    return {"weights_bytes": weights_bytes, "activation_bytes": activation_bytes,
+            "cuda_graph_bytes": graph_reserve_bytes, "kv_cache_bytes": plan.num_blocks * plan.bytes_per_block,
+            "kv_cache_tokens": plan.max_tokens, "kv_bytes_per_token": plan.bytes_per_block // plan.block_size,
+            "max_seq_len": max_model_len, "sequences_at_max_seq_len": plan.num_blocks // blocks_per_seq,
+            "kv_plan_reason": plan.reason}
 
 
-def describe_memory(model, plan: KvCachePlan, activation_bytes: int, graph_reserve_bytes: int,
-                    max_model_len: int) -> str:
-    """One line for the start-up log: where the device memory goes, and what the cache holds."""
-    m = memory_plan_summary(model, plan, activation_bytes, graph_reserve_bytes, max_model_len)
+def weights_bytes(model) -> int:
+    """The loaded model's parameters as stored (quantized layouts at their size; tied ones once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def describe_memory(summary: dict) -> str:
+    """memory_plan_summary() as the table `tritium build` prints and the start-up log shows."""
     gib = 2**30
-    return (f"memory plan: weights {m['weights_bytes'] / gib:.2f} GiB, activations {activation_bytes / gib:.2f} GiB, "
-            f"CUDA graphs {graph_reserve_bytes / gib:.2f} GiB, KV cache {m['kv_cache_bytes'] / gib:.2f} GiB = "
-            f"{plan.max_tokens} tokens, {m['kv_bytes_per_token']} bytes each "
-            f"({m['sequences_at_max_seq_len']} sequences of max_seq_len {max_model_len} at once)")
+    rows = [("weights", summary["weights_bytes"]), ("activations (one step)", summary["activation_bytes"]),
+            ("CUDA graph pool", summary["cuda_graph_bytes"]), ("KV cache", summary["kv_cache_bytes"])]
+    lines = ["memory plan:"] + [f"  {name:<24} {value / gib:8.2f} GiB" for name, value in rows]
+    lines.append(f"  KV cache capacity        {summary['kv_cache_tokens']} tokens "
+                 f"({summary['kv_bytes_per_token']} bytes each; {summary['kv_plan_reason']})")
+    lines.append(f"  sequences of {summary['max_seq_len']} tokens at once: {summary['sequences_at_max_seq_len']}")
+    return "\n".join(lines)
