@@ -258,13 +258,50 @@ class KvCacheConfig(_SettableFields):
             raise ValueError(f"cpu_memory_budget_gib must be positive, got {self.cpu_memory_budget_gib}")
 
 
+# TensorRT-LLM BuildConfig fields that steer TensorRT's engine builder, which tritium does not
+# have: accepted (a script written for TensorRT-LLM runs) and kept in BuildConfig.trtllm_fields,
+# with no effect, for the reason given.
+_TENSORRT_ONLY = "a TensorRT engine-builder setting; tritium builds no TensorRT engine"
+TRTLLM_NO_EFFECT_FIELDS = {
+    "opt_batch_size": "a TensorRT optimization-profile hint; tritium's kernels take any batch as it comes",
+    "opt_num_tokens": "a TensorRT optimization-profile hint; tritium's kernels take any batch as it comes",
+    "force_num_profiles": _TENSORRT_ONLY, "profiling_verbosity": _TENSORRT_ONLY,
+    "input_timing_cache": _TENSORRT_ONLY, "output_timing_cache": _TENSORRT_ONLY,
+    "use_strip_plan": _TENSORRT_ONLY, "use_refit": _TENSORRT_ONLY, "visualize_network": _TENSORRT_ONLY,
+    "enable_debug_output": _TENSORRT_ONLY, "monitor_memory": _TENSORRT_ONLY,
+    "strongly_typed": "tritium always runs the dtype and quantization it is given (no type inference to constrain)",
+    "plugin_config": "tritium's own kernels (Triton, cuBLAS) replace TensorRT's plugins and are always on",
+    "gather_context_logits": "logits are returned per request (SamplingParams.return_context_logits) without a "
+                             "build flag",
+    "gather_generation_logits": "logits are returned per request (SamplingParams.return_generation_logits) "
+                                "without a build flag",
+}
+# Fields of features tritium does not implement: only their "off" value is accepted.
+TRTLLM_UNSUPPORTED_FIELDS = {
+    "kv_cache_type": (("paged", "PAGED", "KVCacheType.PAGED"), "tritium's KV cache is always paged"),
+    "max_prompt_embedding_table_size": ((0,), "prompt-tuning tables are not implemented"),
+    "max_draft_len": ((0,), "speculative decoding is not implemented"),
+    "speculative_decoding_mode": ((None,), "speculative decoding is not implemented"),
+    "lora_config": ((None,), "LoRA adapters are not implemented"),
+    "weight_sparsity": ((False,), "sparse weights are not implemented"),
+    "weight_streaming": ((False,), "weight streaming is not implemented"),
+    "auto_parallel_config": ((None,), "auto parallelism is not implemented (tensor_parallel_size is the knob)"),
+    "max_encoder_input_len": ((1024,), "encoder-decoder models are not implemented"),
+    "use_mrope": ((False,), "multimodal RoPE is not implemented"),
+    "dry_run": ((False,), "`tritium build --dry-run` prints the memory plan"),
+}
+
+
 @dataclass
 class BuildConfig(_SettableFields):
     """Engine limits (TensorRT-LLM's names). max_seq_len=None takes the model's context length.
 
     Fields may be set one by one after construction (`build_config.max_batch_size = 128`, as
     TensorRT-LLM's examples do); every value is checked again when the LLM is built, and setting
-    a field BuildConfig does not have raises at once.
+    a field BuildConfig does not have raises at once. TensorRT-LLM's other BuildConfig fields
+    are accepted with no effect when they only steer TensorRT's builder (TRTLLM_NO_EFFECT_FIELDS
+    says why; kept in `trtllm_fields`), and only at their "off" value when they turn on a feature
+    tritium does not implement (TRTLLM_UNSUPPORTED_FIELDS); docs/TRTLLM_API.md lists them.
     """
 
     max_batch_size: int = 256
@@ -292,6 +329,39 @@ class BuildConfig(_SettableFields):
                              f"({self.max_beam_width}): a beam search's beams decode in the same step")
         if not isinstance(self.enable_chunked_prefill, bool):
             raise ValueError(f"enable_chunked_prefill must be True or False, got {self.enable_chunked_prefill!r}")
+
+    @property
+    def trtllm_fields(self) -> dict[str, Any]:
+        """TensorRT-LLM fields set on this config that have no effect in tritium."""
+        return self.__dict__.setdefault("_trtllm_fields", {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in TRTLLM_NO_EFFECT_FIELDS:
+            self.trtllm_fields[name] = value
+            return
+        if name in TRTLLM_UNSUPPORTED_FIELDS:
+            off, why = TRTLLM_UNSUPPORTED_FIELDS[name]
+            if not any(value == o or str(value) == str(o) for o in off):
+                raise ValueError(f"BuildConfig.{name}={value!r} is not supported: {why}")
+            return
+        super().__setattr__(name, value)
+
+
+def _build_config_init(dataclass_init):
+    """BuildConfig(...) also takes TensorRT-LLM's other field names (see BuildConfig.__setattr__)."""
+    trtllm = set(TRTLLM_NO_EFFECT_FIELDS) | set(TRTLLM_UNSUPPORTED_FIELDS)
+
+    @functools.wraps(dataclass_init)
+    def __init__(self, *args, **kwargs):
+        extra = {name: kwargs.pop(name) for name in list(kwargs) if name in trtllm}
+        dataclass_init(self, *args, **kwargs)
+        for name, value in extra.items():
+            setattr(self, name, value)
+
+    return __init__
+
+
+BuildConfig.__init__ = _build_config_init(BuildConfig.__init__)
 
 
 CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")

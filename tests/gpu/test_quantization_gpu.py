@@ -86,3 +86,31 @@ def test_quantized_engine_on_gpu_saves_loads_and_matches_the_cpu_path(tiny_llama
     on_cpu = generate(engine, "cpu", prompts())  # same quantized tensors, the CPU's emulated arithmetic
     assert logits_rel_error(run.built, on_cpu) <= 1e-2
     assert logits_rel_error(run.built, float_reference) <= FLOAT_LOGITS_TOL[algo]
+
+
+@pytest.mark.parametrize("algo,kv", [(None, None), ("FP8", "FP8"), ("W4A16", None)])
+def test_dry_run_agrees_with_the_start_up_plan(algo, kv):
+    """`tritium build --dry-run`'s estimate (config.json alone) against the plan the engine makes
+    at start on this GPU (measured free memory and activation peaks): the same weights and KV
+    bytes per token, KV tokens within 10%."""
+    from tritium import BuildConfig, KvCacheConfig
+    from tritium.bench.model_shapes import resolve_model_arg
+    from tritium.llm.llm import LLM
+    from tritium.quantization import QuantConfig
+    from tritium.worker.memory_estimate import estimate_memory
+
+    model = resolve_model_arg("qwen3-0.6b", "dummy")
+    quant = QuantConfig(quant_algo=algo, kv_cache_quant_algo=kv) if algo or kv else None
+    build = BuildConfig(max_batch_size=512, max_num_tokens=8192, max_seq_len=32768)  # the cache, not the cap, decides
+    kv_config = KvCacheConfig()
+    torch.cuda.empty_cache()
+    free_before = torch.cuda.mem_get_info()[0]
+    with LLM(model, load_format="dummy", dtype="bfloat16", build_config=build, kv_cache_config=kv_config,
+             quant_config=quant) as llm:
+        actual = llm._parts.memory_plan
+        config = llm.model_config
+    estimate = estimate_memory(config, free_before, build, kv_config, quant)
+    assert estimate["weights_bytes"] == actual["weights_bytes"]
+    assert estimate["kv_bytes_per_token"] == actual["kv_bytes_per_token"]
+    assert estimate["kv_cache_tokens"] == pytest.approx(actual["kv_cache_tokens"], rel=0.1)
+    assert estimate["sequences_at_max_seq_len"] == pytest.approx(actual["sequences_at_max_seq_len"], rel=0.1, abs=1)

@@ -115,27 +115,31 @@ def _save_parameters(model: nn.Module, path: str) -> None:
 
 
 def _assign_saved_parameters(model: nn.Module, path: str) -> bool:
-    """Point every parameter at its tensor in the safetensors file `path` (CPU: the mmapped pages
-    themselves; else a copy). Checks names, shapes and dtypes first, so a mismatch changes nothing."""
+    assign_saved_tensors(dict(model.named_parameters()), path)  # tied parameters once
+    return True
+
+
+def assign_saved_tensors(targets: dict[str, torch.Tensor], path: str) -> None:
+    """Point every target tensor (parameters, buffers) at its tensor in the safetensors file
+    `path` (CPU: the mmapped pages themselves; else a copy). Checks names, shapes and dtypes
+    first (ValueError naming the difference), so a mismatch changes nothing."""
     from safetensors import safe_open
 
-    params = dict(model.named_parameters())  # tied parameters once
     with safe_open(path, framework="pt", device="cpu") as f:
         names = set(f.keys())
-        if names != set(params):
-            raise ValueError(f"parameters differ: {sorted(names ^ set(params))[:5]}")
+        if names != set(targets):
+            raise ValueError(f"tensors differ: {sorted(names ^ set(targets))[:5]}")
         tensors = {name: f.get_tensor(name) for name in names}
     for name, t in tensors.items():
-        p = params[name]
+        p = targets[name]
         if t.shape != p.shape or t.dtype != p.dtype:
             raise ValueError(f"{name}: saved {tuple(t.shape)} {t.dtype}, model has {tuple(p.shape)} {p.dtype}")
     for name, t in tensors.items():
-        p = params[name]
+        p = targets[name]
         if p.device.type == "cpu":
             p.data = t
         else:
             p.data.copy_(t)
-    return True
 
 
 def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):

@@ -118,28 +118,15 @@ def engine_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_engine_state(model: nn.Module, path: str) -> None:
     """Point the model's parameters and saved buffers at the engine's tensors (checked first)."""
-    from safetensors import safe_open
+    from tritium.loader.model_loader import assign_saved_tensors
 
     targets: dict[str, torch.Tensor] = dict(model.named_parameters())
     targets.update({n: b for n, b in model.named_buffers() if n.rpartition(".")[2] in SAVED_BUFFERS})
-    with safe_open(os.path.join(path, WEIGHTS_FILE), framework="pt", device="cpu") as f:
-        names = set(f.keys())
-        if names != set(targets):
-            diff = sorted(names ^ set(targets))[:5]
-            raise EngineFormatError(f"saved engine {path}: its tensors do not match the model it describes "
-                                    f"(differ: {diff})")
-        tensors = {name: f.get_tensor(name) for name in names}
-    for name, t in tensors.items():
-        p = targets[name]
-        if t.shape != p.shape or t.dtype != p.dtype:
-            raise EngineFormatError(f"saved engine {path}: {name} is {tuple(t.shape)} {t.dtype}, the model "
-                                    f"needs {tuple(p.shape)} {p.dtype}")
-    for name, t in tensors.items():
-        p = targets[name]
-        if p.device.type == "cpu":
-            p.data = t
-        else:
-            p.data.copy_(t)
+    try:
+        assign_saved_tensors(targets, os.path.join(path, WEIGHTS_FILE))
+    except ValueError as e:
+        raise EngineFormatError(f"saved engine {path}: its tensors do not match the model it describes ({e})") \
+            from None
 
 
 def save_engine(path: str, model: nn.Module, engine_config: dict[str, Any], tokenizer=None) -> None:

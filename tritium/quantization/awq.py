@@ -7,8 +7,8 @@ For each foldable linear (smoothing.py), on its calibration inputs X [n, K]:
      || X W^T - (X / s) Q(W * s)^T ||^2; the best s is folded. With s = 1 among the candidates,
      AWQ cannot do worse than round-to-nearest on the calibration text;
   2. clip search (every quantized linear but qkv, whose outputs feed softmax): per output row
-     and group, the weights clipped to amax * (1 - i/20), i = 0..9 (i = 0: no clip), then
-     quantized as usual, minimising the group's share of the output error; the chosen clip is
+     and group, the weights clipped to amax * (1 - i/20), i = 1..9, or not clipped (quantized
+     with the usual range search, quant_utils.int4_group_params), minimising the group's share of the output error; the chosen clip is
      applied to the weight and its (scale, zero) handed to Int4WeightOnlyMethod (int4_params).
 The loss is taken on the linear's own output (AutoAWQ measures whole blocks; per-linear is
 ModelOpt's awq_lite choice, and much cheaper).
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from tritium.quantization.quant_utils import fake_quantize_groups, fake_quantize_int4, int4_group_params, padded_k
+from tritium.quantization.quant_utils import INT4_MAX, RANGE_STEPS, fake_quantize_groups, int4_group_params, padded_k
 from tritium.quantization.smoothing import fold_groups
 
 GRID = 20
@@ -33,9 +33,12 @@ def _pad(t: torch.Tensor, kp: int) -> torch.Tensor:
 
 
 def _fake_quant(w: torch.Tensor, group: int) -> torch.Tensor:
-    """w [N, K] -> int4 groups and back (K zero-padded to the group size), float32 [N, K]."""
+    """w [N, K] -> int4 groups (min / max, no range search: cheap enough to try every
+    candidate) and back, K zero-padded to the group size; float32 [N, K]."""
     k = w.shape[1]
-    return fake_quantize_int4(_pad(w.float(), padded_k(k, group)), group)[:, :k]
+    wg = _pad(w.float(), padded_k(k, group)).reshape(w.shape[0], -1, group)
+    q = fake_quantize_groups(wg, *int4_group_params(wg.reshape(w.shape[0], -1), group, (INT4_MAX,)))
+    return q.reshape(w.shape[0], -1)[:, :k]
 
 
 @torch.no_grad()
@@ -79,7 +82,8 @@ def search_clip(x: torch.Tensor, w: torch.Tensor, group: int
         for i in range(CLIP_STEPS):
             max_val = amax[rows] * (1 - i / GRID)  # [R, groups]
             clipped = torch.maximum(torch.minimum(w_rows, max_val[..., None]), -max_val[..., None])
-            scale, zero = int4_group_params(clipped.reshape(-1, group), group)  # [R * groups, 1]
+            steps = RANGE_STEPS if i == 0 else (INT4_MAX,)  # unclipped: the usual range search
+            scale, zero = int4_group_params(clipped.reshape(-1, group), group, steps)  # [R * groups, 1]
             scale, zero = scale.view(max_val.shape), zero.view(max_val.shape)
             q = fake_quantize_groups(clipped, scale, zero)
             err = (torch.einsum("tgk,rgk->rgt", xg, q) - ref).pow(2).mean(dim=-1)  # [R, groups]
