@@ -15,7 +15,11 @@ import math
 import os
 import time
 
-DEFAULT_TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ../shared beside the main checkout (a worktree sits one level deeper)
+DEFAULT_TEXT = next((p for p in (os.path.join(_ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
+                                 os.path.join(_ROOT, "..", "..", "shared", "data", "tinyshakespeare.txt"))
+                     if os.path.isfile(p)), "tinyshakespeare.txt")
 # (quant_algo, kv_cache_quant_algo, group_size): the methods, int4 at the default group
 # size and at 32 (the embedded model's own Q4_1 block size).
 METHODS = [(None, None, None), ("W8A16", None, None), ("FP8", None, None), ("FP8_PER_CHANNEL_PER_TOKEN", None, None),

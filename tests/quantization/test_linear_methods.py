@@ -33,3 +33,21 @@ def test_bfloat16_activations_keep_their_dtype(algo):
     assert y.dtype == torch.bfloat16
     assert rel_error(y, emulated_reference(layer, algo, x.bfloat16())) <= EMULATED_TOL[torch.bfloat16]
     assert rel_error(y, x.double() @ w.double().t()) <= FLOAT_TOL[algo]
+
+
+def test_gptq_is_plain_rounding_for_an_identity_hessian_and_beats_it_on_correlated_inputs():
+    from tritium.quantization.gptq import gptq_quantize
+    from tritium.quantization.quant_utils import dequantize_int4, quantize_int4
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 200, generator=gen)
+    packed, scale, zero = quantize_int4(w, 32)
+    rtn = dequantize_int4(packed, scale, zero, 32, 200)
+    q, q_scale, q_zero = gptq_quantize(w, torch.eye(200), 32, torch.float32)
+    assert torch.equal(q, rtn) and torch.equal(q_scale, scale) and torch.equal(q_zero, zero.float())
+
+    mix = torch.randn(200, 200, generator=gen) / 200 ** 0.5 + torch.eye(200)
+    x = torch.randn(2000, 200, generator=gen) @ mix  # correlated inputs
+    q, _, _ = gptq_quantize(w, x.t() @ x, 32, torch.float32)
+    err = lambda wq: ((x @ (wq - w).t()).norm() / (x @ w.t()).norm()).item()  # noqa: E731
+    assert err(q) < 0.8 * err(rtn)

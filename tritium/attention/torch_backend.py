@@ -29,7 +29,6 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapp
     flat = kv_cache.view(2, -1, *kv_cache.shape[3:])  # [2, num_blocks * block_size, kvh, d]
     kv = torch.stack((k, v))  # [2, T, kvh, d]
     if kv_scale is not None:
-        assert is_quantized_kv(kv_cache.dtype), f"kv_scale given for a {kv_cache.dtype} cache"
         kv = quantize_kv(kv, kv_scale[:, None, :, None], kv_cache.dtype)
     kv = kv.to(kv_cache.dtype)
     if kv_cache.dtype == torch.float8_e4m3fn:  # CPU index ops lack FP8: move the bytes
@@ -73,6 +72,8 @@ class TorchAttentionBackend(AttentionBackend):
                 kv_scale=None) -> torch.Tensor:
         if cos_sin is not None:
             q, k = rotate_neox(q, cos_sin), rotate_neox(k, cos_sin)
+        if not is_quantized_kv(kv_cache.dtype):  # the cache's dtype decides, as in the Triton kernels
+            kv_scale = None  # (a scratch cache in the model dtype: calibration, memory profiling)
         n = meta.num_actual_tokens
         if n < q.shape[0]:  # padded batch: attend the first n rows; the rest stay uninitialised
             out = torch.empty_like(q)
