@@ -7,6 +7,7 @@
 #
 # Stages:
 #   tests          tests/gpu and tests/kernels compiled on the GPU (real sizes)
+#   gemv           decode-sized linears: bf16 cuBLAS vs the quantized weight-streaming kernels
 #   quant-latency  batch-1 decode 128/128 (bench latency), bf16 and each quantization, same run
 #   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
 #   serve          tritium serve (dummy 8B) under bench serve: saturation, then 2 requests/s
@@ -54,6 +55,8 @@ for stage in "$@"; do
   case "$stage" in
     tests)
       python3 -m pytest -q -p no:cacheprovider -x tests/gpu tests/kernels 2>&1 | tee "$LOGS/pytest-gpu.log" | tail -25 ;;
+    gemv)
+      python3 scripts/bench_quant_gemv.py --rows 1 16 2>&1 | tee "$LOGS/gemv.log" ;;
     quant-latency)
       latency bf16
       for q in FP8 FP8_PER_CHANNEL_PER_TOKEN W8A16 W4A16; do latency "$q" --quantization "$q"; done
