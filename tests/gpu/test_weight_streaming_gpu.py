@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tritium.kernels import weight_only_gemm as wog
+from tritium.kernels import streaming_gemm as wog
 from tritium.quantization.quant_utils import (dequantize_int4, fp8_scale, quantize_fp8, quantize_fp8_per_row,
                                               quantize_int4, quantize_int8_per_row)
 

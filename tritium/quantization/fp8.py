@@ -10,7 +10,7 @@ keeps one value in every row, so fused q/k/v shards of a checkpoint with their o
 as they are and are requantized to the largest one), input_scale float32 [1] (FP8 only).
 
 GPU (compute capability 8.9+): up to GEMV_MAX_ROWS rows, the Triton weight-streaming kernel
-(kernels/weight_only_gemm.py), which rounds the activations onto FP8 itself; more rows,
+(kernels/streaming_gemm.py), which rounds the activations onto FP8 itself; more rows,
 torch._scaled_mm, the weight passed transposed (column-major, as cuBLASLt wants). Per-token
 scaling uses the row-wise _scaled_mm from ROWWISE_MIN_ROWS rows and below that a unit-scale FP8
 product rescaled in float32 (row-wise is slower at small M on an H200). CPU: the same arithmetic
@@ -105,7 +105,7 @@ class Fp8LinearMethod(QuantizedLinearMethod):
 
     def _apply_cuda(self, layer, x2, bias):
         if x2.shape[0] <= GEMV_MAX_ROWS and use_triton(x2):  # decode: stream the FP8 weight once
-            from tritium.kernels.weight_only_gemm import fp8_gemv
+            from tritium.kernels.streaming_gemm import fp8_gemv
 
             return fp8_gemv(x2.contiguous(), layer.weight, layer.weight_scale,
                             None if self.dynamic else layer.input_scale, bias)

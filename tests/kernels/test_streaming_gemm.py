@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tritium.kernels.weight_only_gemm import GemvConfig, fp8_gemv, row_fp8_scales, w4a16_gemm, w8a16_gemm
+from tritium.kernels.streaming_gemm import GemvConfig, dense_gemv, fp8_gemv, row_fp8_scales, w4a16_gemm, w8a16_gemm
 from tritium.quantization.quant_utils import (dequantize_int4, fp8_scale, quantize_fp8, quantize_fp8_per_row,
                                               quantize_int4, quantize_int8_per_row)
 
@@ -88,3 +88,16 @@ def test_row_fp8_scales(device):
     x[1] = 0
     got = row_fp8_scales(x.to(device)).cpu()
     torch.testing.assert_close(got, fp8_scale(x.float().abs().amax(dim=1)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("n, k, bias, config", [(96, 64, False, WHOLE_K), (50, 200, True, SPLIT)])
+def test_dense_gemv_matches_f_linear(device, dtype, rows, n, k, bias, config):
+    gen = torch.Generator().manual_seed(rows + n)
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype) if bias else None
+    out = dense_gemv(x.to(device), w.to(device), None if b is None else b.to(device), config=config)
+    assert out.shape == (rows, n) and out.dtype == dtype
+    _assert_close(out, _reference(x, w, b), dtype)
