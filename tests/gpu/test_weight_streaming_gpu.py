@@ -38,5 +38,9 @@ def test_quantized_gemv_at_real_sizes(m, n, k):
     row_scale = fp8_scale(x.float().abs().amax(dim=1, keepdim=True))
     _close(wog.fp8_gemv(x, f8, sf8, None), (quantize_fp8(x, row_scale).float() * row_scale) @ w_ref.t())
 
+    wb = w.to(torch.bfloat16)
+    _close(wog.dense_gemv(x, wb, bias), x.float() @ wb.float().t() + bias.float())
+
     kinds = {key[:4] for key in wog._CHOSEN if key[2:4] == (n, k)}
-    assert kinds == {(wog.INT8, 0, n, k), (wog.INT4, 0, n, k), (wog.FP8, 1, n, k), (wog.FP8, 2, n, k)}
+    assert kinds == {(wog.INT8, 0, n, k), (wog.INT4, 0, n, k), (wog.FP8, 1, n, k), (wog.FP8, 2, n, k),
+                     (wog.DENSE, 0, n, k)}
