@@ -12,7 +12,8 @@ import torch
 
 from tritium.attention.backend import AttentionBackend
 from tritium.attention.torch_backend import TorchAttentionBackend
-from tritium.config import BuildConfig, CacheConfig, KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.config import (BuildConfig, CacheConfig, KvCacheConfig, ModelConfig, ResolvedSchedulerConfig,
+                            SchedulerConfig)
 from tritium.core.scheduler import Scheduler
 from tritium.engine.engine_core import EngineCore
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
@@ -33,7 +34,7 @@ class EngineParts:
     core: EngineCore
     source: ModelSource
     model_config: ModelConfig
-    scheduler_config: SchedulerConfig
+    scheduler_config: ResolvedSchedulerConfig
     kv_plan: KvCachePlan
     tokenizer: Any
     device: torch.device
@@ -69,14 +70,16 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
                  kv_cache_config: KvCacheConfig, load_format: str = "auto",
                  device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False,
                  enforce_eager: bool = False, runner_options: Optional[dict[str, Any]] = None,
-                 quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None) -> EngineParts:
-    """enforce_eager: no CUDA graphs (every step runs eagerly), for debugging. runner_options:
+                 quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None,
+                 scheduler_config: Optional[SchedulerConfig] = None) -> EngineParts:
+    """scheduler_config: the user's scheduling policies (None: the engine's default).
+    enforce_eager: no CUDA graphs (every step runs eagerly), for debugging. runner_options:
     extra ModelRunner arguments (batched_logits_processor, allow_overlap). quant_config: quantize
     the weights / KV cache at load (calibrating with calib_config when needed); a saved engine
     brings its own."""
     dev = resolve_device(device)
     args = (model, tokenizer, dtype, build_config, kv_cache_config, load_format, dev, skip_tokenizer_init,
-            enforce_eager, runner_options or {}, quant_config, calib_config)
+            enforce_eager, runner_options or {}, quant_config, calib_config, scheduler_config)
     if dev.type != "cpu":
         return _build_engine(*args)
     # On CPU, build in a short-lived thread so that the caller's thread starts no OpenMP thread
@@ -91,7 +94,8 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
 def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                   kv_cache_config: KvCacheConfig, load_format: str, dev: torch.device,
                   skip_tokenizer_init: bool, enforce_eager: bool, runner_options: dict[str, Any],
-                  quant_config: Optional[QuantConfig], calib_config: Optional[CalibConfig]) -> EngineParts:
+                  quant_config: Optional[QuantConfig], calib_config: Optional[CalibConfig],
+                  scheduler_config: Optional[SchedulerConfig]) -> EngineParts:
     clock = _PhaseClock()
     source = resolve_model_source(model, load_format)
     quant = resolve_quantization(source, quant_config, dev)
@@ -114,7 +118,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
         model_config = dataclasses.replace(model_config, eos_token_ids=(tok.eos_token_id,))
     clock.lap("config, tokenizer and weights")  # the tokenizer loads in a thread beside the weights
 
-    sched = SchedulerConfig.from_build(build_config, model_config)
+    sched = ResolvedSchedulerConfig.from_build(build_config, model_config, scheduler_config)
     backend = make_attention_backend(dev)
     use_graphs = dev.type == "cuda" and not enforce_eager and backend.name == "triton"
     activation = graph_reserve = 0
