@@ -1,6 +1,6 @@
 """tritium: an LLM inference engine with a TensorRT-LLM-style Python API."""
-from tritium.config import (BuildConfig, CapacitySchedulerPolicy, ContextChunkingPolicy, KvCacheConfig,
-                            SchedulerConfig)
+from tritium.config import (BuildConfig, CapacitySchedulerPolicy, ContextChunkingPolicy, CudaGraphConfig,
+                            KvCacheConfig, SchedulerConfig)
 from tritium.outputs import CompletionOutput, Logprob, RequestOutput
 from tritium.quantization import CalibConfig, QuantAlgo, QuantConfig
 from tritium.sampling_params import BatchedLogitsProcessor, LogitsProcessor, SamplingParams
@@ -19,5 +19,6 @@ def __getattr__(name):
 
 
 __all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "SchedulerConfig",
-           "CapacitySchedulerPolicy", "ContextChunkingPolicy", "QuantConfig", "QuantAlgo", "CalibConfig",
-           "RequestOutput", "CompletionOutput", "Logprob", "LogitsProcessor", "BatchedLogitsProcessor"]
+           "CapacitySchedulerPolicy", "ContextChunkingPolicy", "CudaGraphConfig", "QuantConfig", "QuantAlgo",
+           "CalibConfig", "RequestOutput", "CompletionOutput", "Logprob", "LogitsProcessor",
+           "BatchedLogitsProcessor"]

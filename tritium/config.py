@@ -296,6 +296,35 @@ class BuildConfig(_SettableFields):
             raise ValueError(f"enable_chunked_prefill must be True or False, got {self.enable_chunked_prefill!r}")
 
 
+@dataclass
+class CudaGraphConfig(_SettableFields):
+    """Decode CUDA graphs (TensorRT-LLM's CudaGraphConfig and defaults): `batch_sizes` to capture
+    (default: tritium's sizes up to `max_batch_size`, which defaults to 128); sizes above the
+    engine's max_batch_size are never used and not captured. `enable_padding`: a decode batch of a
+    size not captured replays the next larger graph (True) or runs eagerly (False). LLM(...)
+    without a cuda_graph_config captures tritium's sizes up to max_batch_size, padded;
+    cuda_graph_config=None turns graphs off. Graphs exist on GPUs only: on a CPU this changes nothing.
+    """
+
+    batch_sizes: Optional[list[int]] = None
+    max_batch_size: int = 0
+    enable_padding: bool = False
+
+    def validate(self) -> None:
+        sizes = self.batch_sizes
+        if sizes is not None and (not isinstance(sizes, (list, tuple)) or not sizes or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in sizes)):
+            raise ValueError(f"cuda_graph_config.batch_sizes must be a non-empty list of positive integers, "
+                             f"got {sizes!r}")
+        if not isinstance(self.max_batch_size, int) or isinstance(self.max_batch_size, bool) or self.max_batch_size < 0:
+            raise ValueError(f"cuda_graph_config.max_batch_size must be an integer >= 0, got {self.max_batch_size!r}")
+        if sizes and self.max_batch_size not in (0, max(sizes)):
+            raise ValueError(f"cuda_graph_config.max_batch_size ({self.max_batch_size}) must equal max(batch_sizes) "
+                             f"({max(sizes)}) when both are given")
+        if not isinstance(self.enable_padding, bool):
+            raise ValueError(f"cuda_graph_config.enable_padding must be True or False, got {self.enable_padding!r}")
+
+
 class CapacitySchedulerPolicy(str, enum.Enum):
     """What the scheduler does when the KV cache runs short (TensorRT-LLM's names and values).
 

@@ -1,7 +1,7 @@
 """`from tritium.llmapi import ...`: the names TensorRT-LLM's `tensorrt_llm.llmapi` module offers
 that tritium implements, so scripts need only their import changed."""
-from tritium.config import (BuildConfig, CapacitySchedulerPolicy, ContextChunkingPolicy, KvCacheConfig,
-                            SchedulerConfig)
+from tritium.config import (BuildConfig, CapacitySchedulerPolicy, ContextChunkingPolicy, CudaGraphConfig,
+                            KvCacheConfig, SchedulerConfig)
 from tritium.llm.llm import LLM
 from tritium.outputs import CompletionOutput, Logprob, RequestOutput
 from tritium.quantization import CalibConfig, QuantAlgo, QuantConfig
@@ -9,5 +9,6 @@ from tritium.sampling_params import BatchedLogitsProcessor, LogitsProcessor, Sam
 from tritium.structured_output import GuidedDecodingParams
 
 __all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "SchedulerConfig",
-           "CapacitySchedulerPolicy", "ContextChunkingPolicy", "QuantConfig", "QuantAlgo", "CalibConfig",
-           "RequestOutput", "CompletionOutput", "Logprob", "LogitsProcessor", "BatchedLogitsProcessor"]
+           "CapacitySchedulerPolicy", "ContextChunkingPolicy", "CudaGraphConfig", "QuantConfig", "QuantAlgo",
+           "CalibConfig", "RequestOutput", "CompletionOutput", "Logprob", "LogitsProcessor",
+           "BatchedLogitsProcessor"]

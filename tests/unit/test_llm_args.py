@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from tritium.config import (BuildConfig, CapacitySchedulerPolicy, ContextChunkingPolicy, KvCacheConfig, ModelConfig,
-                            ResolvedSchedulerConfig, SchedulerConfig)
+from tritium.config import (BuildConfig, CapacitySchedulerPolicy, ContextChunkingPolicy, CudaGraphConfig, KvCacheConfig,
+                            ModelConfig, ResolvedSchedulerConfig, SchedulerConfig)
 from tritium.llm.llm_args import resolve_llm_args
+from tritium.worker.cuda_graph import capture_sizes, decode_graph_sizes
 
 
 def test_top_level_limits_override_a_build_config_and_copy_it():
@@ -55,7 +56,10 @@ def test_runtime_options_and_kv_cache_config_forms():
     (dict(tokenizer_mode="slow"), "tokenizer_mode"),
     (dict(backend="tensorrt"), "backend='tensorrt'"),
     (dict(guided_decoding_backend="outlines"), "guided_decoding_backend"),
-    (dict(cuda_graph_config={"batch_sizes": [1, 2]}), "cuda_graph_config"),
+    (dict(cuda_graph_config={"batch_sizes": [0, 2]}), "cuda_graph_config.batch_sizes must be a non-empty list"),
+    (dict(cuda_graph_config={"batch_sizes": [1, 2], "max_batch_size": 8}), r"max_batch_size \(8\) must equal max"),
+    (dict(cuda_graph_config={"enable_padding": "yes"}), "cuda_graph_config.enable_padding"),
+    (dict(cuda_graph_config={"padding": True}), "cuda_graph_config.*padding"),
     (dict(batched_logits_processor=3), "batched_logits_processor"),
     (dict(max_beam_width=0), "max_beam_width"),
     (dict(stream_interval=4), "stream_interval"),
@@ -127,3 +131,17 @@ def test_a_chunking_policy_needs_chunked_prefill():
     unchunked = BuildConfig(max_num_tokens=4096, max_seq_len=4096, enable_chunked_prefill=False)
     with pytest.raises(ValueError, match="FIRST_COME_FIRST_SERVED needs enable_chunked_prefill=True"):
         ResolvedSchedulerConfig.from_build(unchunked, MODEL, chunking)
+
+
+def test_cuda_graph_config_forms_and_the_sizes_captured():
+    assert resolve_llm_args(None, None, False, {})[3].cuda_graph_config is None  # tritium's sizes, padded
+    assert decode_graph_sizes(64) == (capture_sizes(64), True)
+    options = resolve_llm_args(None, None, False, {"cuda_graph_config": {"batch_sizes": [4, 1, 2, 2]}})[3]
+    assert decode_graph_sizes(64, options.cuda_graph_config) == ([1, 2, 4], False)  # TensorRT-LLM: no padding
+    assert decode_graph_sizes(2, options.cuda_graph_config) == ([1, 2], False)  # above max_batch_size: unused
+    padded = CudaGraphConfig(max_batch_size=16, enable_padding=True)
+    assert decode_graph_sizes(256, padded) == (capture_sizes(16), True)
+    assert decode_graph_sizes(256, CudaGraphConfig())[0] == capture_sizes(128)  # TensorRT-LLM's default top
+    assert decode_graph_sizes(8, CudaGraphConfig())[0] == capture_sizes(8)
+    with pytest.raises(ValueError, match=r"batch_sizes \[16, 32\] are all above max_batch_size \(8\)"):
+        decode_graph_sizes(8, CudaGraphConfig(batch_sizes=[16, 32]))

@@ -36,7 +36,7 @@ Messages = list[dict[str, str]]
 class LLM:
     """kwargs: TensorRT-LLM's top-level arguments (max_batch_size, max_num_tokens, max_seq_len,
     max_beam_width, max_input_len, enable_chunked_prefill, scheduler_config, batched_logits_processor,
-    disable_overlap_scheduler, cuda_graph_config=None, trust_remote_code, ...: see
+    disable_overlap_scheduler, cuda_graph_config, trust_remote_code, ...: see
     tritium/llm/llm_args.py); any other is a ValueError naming it. `llm.scheduler_config` is what
     the engine's scheduler was built with (ResolvedSchedulerConfig)."""
 
@@ -57,7 +57,8 @@ class LLM:
         self.model_path = model
         self.batched_logits_processor = options.batched_logits_processor
         parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
-                             scheduler_config=scheduling, load_format=load_format, device=device,
+                             scheduler_config=scheduling, cuda_graph_config=options.cuda_graph_config,
+                             load_format=load_format, device=device,
                              skip_tokenizer_init=skip_tokenizer_init, enforce_eager=options.enforce_eager,
                              runner_options=dict(batched_logits_processor=options.batched_logits_processor,
                                                  allow_overlap=not options.disable_overlap_scheduler),

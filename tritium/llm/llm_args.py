@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from tritium.config import BuildConfig, KvCacheConfig, SchedulerConfig
+from tritium.config import BuildConfig, CudaGraphConfig, KvCacheConfig, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _NO_OP = {
 }
 _GUIDED_BACKENDS = (None, "llguidance", "xgrammar")
 _BACKENDS = (None, "pytorch")
-_DEFAULT = object()  # tells an explicit cuda_graph_config=None (no CUDA graphs) from no argument
+_DEFAULT = object()  # tells an explicit cuda_graph_config=None (no CUDA graphs) from no argument (tritium's)
 
 
 @dataclass
@@ -48,6 +48,7 @@ class RuntimeOptions:
     """What the LLM front applies besides the configs."""
 
     enforce_eager: bool = False
+    cuda_graph_config: Optional[CudaGraphConfig] = None  # None: tritium's graph sizes (or none if enforce_eager)
     disable_overlap_scheduler: bool = False
     batched_logits_processor: Optional[Callable] = None
 
@@ -73,9 +74,8 @@ def resolve_llm_args(build_config: Optional[BuildConfig], kv_cache_config: Any, 
     cuda_graph_config = kwargs.pop("cuda_graph_config", _DEFAULT)
     if cuda_graph_config is None:
         options.enforce_eager = True
-    elif cuda_graph_config is not _DEFAULT and cuda_graph_config != {}:
-        raise ValueError("cuda_graph_config: tritium chooses its own CUDA graph batch sizes; pass None to turn "
-                         f"CUDA graphs off, got {cuda_graph_config!r}")
+    elif cuda_graph_config is not _DEFAULT:
+        options.cuda_graph_config = _user_config(CudaGraphConfig, "cuda_graph_config", cuda_graph_config)
     options.disable_overlap_scheduler = bool(kwargs.pop("disable_overlap_scheduler", False))
     processor = kwargs.pop("batched_logits_processor", None)
     if processor is not None and not callable(processor):
