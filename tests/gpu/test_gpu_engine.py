@@ -67,7 +67,7 @@ def test_decode_kernel_at_llama_8b_sizes(block_size, batch, ctx):
     from tritium.kernels.decode_attention import num_kv_splits, paged_decode_attention
 
     heads, kvh, d, dev = 32, 8, 128, torch.device("cuda")
-    seq_lens = [ctx - 37 * i for i in range(batch)]
+    seq_lens = [ctx - (37 * i) % (ctx // 2) for i in range(batch)]  # varied lengths, all >= ctx / 2
     cache, table = random_paged_cache(seq_lens, kvh, d, block_size, torch.bfloat16, dev, seed=batch)
     q = torch.randn(batch, heads, d, device=dev, dtype=torch.bfloat16)
     out = paged_decode_attention(q, cache, table, torch.tensor(seq_lens, dtype=torch.int32, device=dev), d ** -0.5,

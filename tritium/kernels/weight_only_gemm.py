@@ -1,129 +1,291 @@
-"""y = x W^T with W stored as int8 (per-channel scale) or int4 (per-group scale and zero): the
-weight-only (W8A16 / W4A16) GEMMs for decode-sized batches.
+"""y = x W^T for decode-sized batches with W stored quantized: FP8 e4m3 or int8 (one scale per
+output channel) or int4 (scale and zero per group of input channels); FP8 activations quantized
+in the kernel (static per-tensor scale, or per-token scales from a small pre-kernel).
 
-The skinny_gemm design (stream the weight once, multiply it with every row of x at once, float32
-accumulation), reading the quantized bytes only: a program owns BLOCK_N output channels and one
-16-row tile of x (grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M))), loads BLOCK_N weight rows per step,
-dequantizes them in registers and feeds tl.dot. Large batches (prefill) dequantize the weight once
-and use cuBLAS instead (quantization/weight_only.py decides).
+At a few rows a linear layer only has to read its weight once: the kernel streams the quantized
+bytes (never a dequantized copy) and multiplies each weight tile with all rows of x at once
+(padded to a 16-row tensor-core tile; the padding costs no memory traffic), accumulating in
+float32. Grid (cdiv(N, BLOCK_N), cdiv(M, 16), SPLIT_K): SPLIT_K programs share one output tile,
+each over a slice of K, so that even a 4096-wide layer has several programs per SM in flight;
+they write float32 partials that a second kernel sums (+ bias, cast). Large batches (prefill)
+dequantize once and use cuBLAS / _scaled_mm instead (the linear methods decide).
 
-Layouts (quantization/quant_utils.py): int8 weight [N, K] + float32 scale [N] (applied to the
-accumulator: it is constant along K); int4 weight_packed uint8 [N, Kp/2], scale and zero [N, Kp/G]:
-each group of G inputs is G/2 bytes, low nibbles = the group's first half, high nibbles = its
-second half, so each nibble plane meets a contiguous slice of x.
+The tile shape and split are chosen per (weight kind, N, K) by timing a few candidates the first
+time a shape runs outside a CUDA-graph capture (the graph warm-up runs every decode size first);
+the interpreter and a capture without a timed choice use a heuristic.
+
+Layouts (quantization/quant_utils.py): FP8 / int8 weight [N, K] + float32 scale [N]; int4
+weight_packed uint8 [N, Kp/2], scale and zero [N, Kp/G]: each group of G inputs is G/2 bytes, low
+nibbles = the group's first half, high nibbles = its second half, so each nibble plane meets a
+contiguous slice of x.
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from tritium.kernels import dot_precision, interpreting
+from tritium.kernels.rope_kv_write import _quantize
+
+logger = logging.getLogger(__name__)
 
 BLOCK_M = 16
+# weight kinds
+FP8, INT8, INT4 = 0, 1, 2
+# activation handling
+ACT_AS_IS, ACT_FP8_STATIC, ACT_FP8_PER_TOKEN = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int
+    block_k: int  # input channels per step (int4: a multiple of the group size)
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 4
 
 
 @triton.jit
-def _w8a16_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
-                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr, y_ptr, part_ptr,
+                       M, N, K, KW, STEPS_PER_SPLIT, stride_xm, stride_wn, stride_sn, stride_ym,
+                       WEIGHT: tl.constexpr, ACT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr):
+    """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4)."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_k = tl.program_id(2)
     r_mask = rows < M
     c_mask = cols < N
+    if ACT == 1:
+        x_scale = tl.load(x_scale_ptr)
+    if ACT == 2:
+        x_scale = tl.load(x_scale_ptr + rows, mask=r_mask, other=1.0)[:, None]  # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < K
-        w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=c_mask[:, None] & k_mask[None, :],
-                    other=0)  # [BLOCK_N, BLOCK_K] int8
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=r_mask[:, None] & k_mask[None, :],
-                    other=0.0)  # [BLOCK_M, BLOCK_K]
-        if DOT_F32:
-            x = x.to(tl.float32)
-        acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)  # int8 is exact in bf16
-    acc *= tl.load(scale_ptr + cols, mask=c_mask, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=r_mask[:, None] & c_mask[None, :])
+    for step in range(pid_k * STEPS_PER_SPLIT, (pid_k + 1) * STEPS_PER_SPLIT):
+        if WEIGHT == 2:  # int4: BLOCK_K inputs = BLOCK_K / 2 bytes, whole groups
+            HALF: tl.constexpr = GROUP // 2
+            j = step * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)  # byte index in the row
+            j_mask = j < KW
+            packed = tl.load(w_ptr + cols[:, None] * stride_wn + j[None, :], mask=c_mask[:, None] & j_mask[None, :],
+                             other=0).to(tl.int32)  # [BLOCK_N, BLOCK_K / 2]
+            g = j // HALF
+            s_ptrs = cols[:, None] * stride_sn + g[None, :]
+            scale = tl.load(scale_ptr + s_ptrs, mask=c_mask[:, None] & j_mask[None, :], other=0.0).to(tl.float32)
+            zero = tl.load(zero_ptr + s_ptrs, mask=c_mask[:, None] & j_mask[None, :], other=0).to(tl.int32)
+            k_lo = g * GROUP + j % HALF  # input channel of the low nibble; the high one is HALF further
+            x_lo = tl.load(x_ptr + rows[:, None] * stride_xm + k_lo[None, :],
+                           mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K / 2]
+            x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
+                           mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
+            w_lo = (((packed & 0xF) - zero).to(tl.float32) * scale).to(x_lo.dtype)
+            w_hi = (((packed >> 4) - zero).to(tl.float32) * scale).to(x_lo.dtype)
+            if DOT_F32:
+                x_lo, x_hi, w_lo, w_hi = x_lo.to(tl.float32), x_hi.to(tl.float32), w_lo.to(tl.float32), w_hi.to(tl.float32)
+            acc += tl.dot(x_lo, tl.trans(w_lo), input_precision=PRECISION)
+            acc += tl.dot(x_hi, tl.trans(w_hi), input_precision=PRECISION)
+        else:
+            ks = step * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_mask = ks < K
+            w_mask = c_mask[:, None] & k_mask[None, :]
+            if WEIGHT == 0:
+                w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=w_mask, other=0.0)  # [BN, BK] FP8
+            else:
+                w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=w_mask, other=0)  # int8
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=r_mask[:, None] & k_mask[None, :],
+                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            if ACT != 0:  # onto the FP8 grid (values FP8 holds exactly, kept in x's dtype)
+                x = _quantize(x, x_scale, 1, tl.float8e4nv, ROUND_FP8).to(tl.float32).to(x.dtype)
+            if DOT_F32:
+                x = x.to(tl.float32)
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)  # FP8 / int8 exact in 16 bits
+    if WEIGHT != 2:
+        acc *= tl.load(scale_ptr + cols, mask=c_mask, other=0.0)[None, :]
+        if ACT != 0:
+            acc *= x_scale
+    out_mask = r_mask[:, None] & c_mask[None, :]
+    if SPLIT:
+        tl.store(part_ptr + (pid_k * M + rows[:, None]) * N + cols[None, :], acc, mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _w4a16_kernel(x_ptr, wq_ptr, scale_ptr, zero_ptr, bias_ptr, y_ptr, M, N, K, NUM_GROUPS,
-                  stride_xm, stride_wn, stride_sn, stride_ym,
-                  GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    HALF: tl.constexpr = GROUP // 2
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    r_mask = rows < M
-    c_mask = cols < N
-    j = tl.arange(0, HALF)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for g in range(0, NUM_GROUPS):
-        packed = tl.load(wq_ptr + cols[:, None] * stride_wn + g * HALF + j[None, :], mask=c_mask[:, None],
-                         other=0).to(tl.int32)  # [BLOCK_N, HALF]
-        scale = tl.load(scale_ptr + cols * stride_sn + g, mask=c_mask, other=0.0).to(tl.float32)[:, None]
-        zero = tl.load(zero_ptr + cols * stride_sn + g, mask=c_mask, other=0).to(tl.int32)[:, None]
-        w_lo = ((packed & 0xF) - zero).to(tl.float32) * scale  # inputs g*G + j
-        w_hi = ((packed >> 4) - zero).to(tl.float32) * scale  # inputs g*G + HALF + j
-        k_lo = g * GROUP + j
-        x_lo = tl.load(x_ptr + rows[:, None] * stride_xm + k_lo[None, :],
-                       mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, HALF]
-        x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
-                       mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
-        if DOT_F32:
-            x_lo = x_lo.to(tl.float32)
-            x_hi = x_hi.to(tl.float32)
-        acc += tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)), input_precision=PRECISION)
-        acc += tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)), input_precision=PRECISION)
+def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """y[m, n] = sum_s part[s, m, n] (+ bias[n]), one program per BLOCK outputs of a row."""
+    row = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + (s * M + row) * N + cols, mask=mask, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=r_mask[:, None] & c_mask[None, :])
+        acc += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_x(x: torch.Tensor, k: int) -> None:
-    assert x.dim() == 2 and x.shape[1] == k and x.stride(1) == 1, (tuple(x.shape), x.stride(), k)
+@triton.jit
+def _row_fp8_scale_kernel(x_ptr, out_ptr, K, stride_xm, BLOCK: tl.constexpr):
+    """out[m] = max(amax |x[m, :]| / 448, 1e-12): per-token FP8 scales (quant_utils.fp8_scale)."""
+    row = tl.program_id(0)
+    amax = tl.zeros([BLOCK], tl.float32)
+    for k0 in range(0, K, BLOCK):
+        ks = k0 + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_xm + ks, mask=ks < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    tl.store(out_ptr + row, tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12))
+
+
+def row_fp8_scales(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] -> float32 [M]: each row's FP8 scale."""
+    m, k = x.shape
+    out = torch.empty(m, dtype=torch.float32, device=x.device)
+    _row_fp8_scale_kernel[(m,)](x, out, k, x.stride(0), BLOCK=1024)
+    return out
+
+
+# ---- launch and tile choice ---------------------------------------------------------------------
+
+_CHOSEN: dict[tuple, GemvConfig] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_for(n: int, k_steps: int, block_n: int, sms: int) -> int:
+    """Smallest power-of-two split giving >= 2 programs per SM, each with >= 2 steps of K."""
+    split = 1
+    while triton.cdiv(n, block_n) * split < 2 * sms and k_steps // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
+def _candidates(weight: int, n: int, k: int, group: int, sms: int) -> list[GemvConfig]:
+    out = []
+    for block_k in ((256, 512) if weight != INT4 else (max(256, group), max(512, 2 * group))):
+        steps = triton.cdiv(k, block_k)
+        for block_n in (16, 32, 64):
+            out.append(GemvConfig(block_n, block_k, _split_for(n, steps, block_n, sms)))
+    return list(dict.fromkeys(out))
+
+
+def _heuristic(weight: int, n: int, k: int, group: int, sms: int) -> GemvConfig:
+    block_k = 256 if weight != INT4 else max(256, group)
+    if interpreting():
+        block_k = 64 if weight != INT4 else group  # small tiles keep the interpreter fast
+    return GemvConfig(32, block_k, _split_for(n, triton.cdiv(k, block_k), 32, sms))
+
+
+def _time_ms(fn: Callable[[], object], reps: int = 10) -> float:
+    for _ in range(2):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.device,
+            launch: Callable[[GemvConfig], object]) -> GemvConfig:
+    """The timed choice for this shape, made now if it can be (not interpreting, not capturing)."""
+    chosen = _CHOSEN.get(key)
+    if chosen is not None:
+        return chosen
+    sms = _sm_count(device)
+    if interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return _heuristic(weight, n, k, group, sms)
+    times = {c: _time_ms(lambda c=c: launch(c)) for c in _candidates(weight, n, k, group, sms)}
+    chosen = min(times, key=times.get)
+    logger.debug("weight-streaming GEMM %s: %s (%.1f us)", key, chosen, times[chosen] * 1e3)
+    _CHOSEN[key] = chosen
+    return chosen
+
+
+def quantized_gemv(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: torch.Tensor,
+                   zero: Optional[torch.Tensor] = None, group_size: int = 0, act: int = ACT_AS_IS,
+                   x_scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                   config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """x [M, K] (K contiguous) times the quantized weight, transposed -> [M, N] in x's dtype.
+
+    weight_kind FP8 / INT8: weight [N, K], scale float32 [N]. INT4: weight uint8 [N, Kp/2], scale
+    [N, Kp/G], zero uint8 [N, Kp/G], K <= Kp. act ACT_FP8_STATIC: x rounded onto FP8 after
+    dividing by x_scale (float32 [1]); ACT_FP8_PER_TOKEN: by each row's own scale (computed here).
+    config: a fixed tile choice (tests); by default timed per shape (module docstring)."""
+    m, k = x.shape
+    n, kw = weight.shape
+    assert x.stride(1) == 1 and weight.stride(1) == 1, (x.stride(), weight.stride())
+    if weight_kind == INT4:
+        assert zero is not None and group_size % 32 == 0 and k <= 2 * kw and weight.dtype == torch.uint8
+        assert scale.shape == zero.shape == (n, 2 * kw // group_size) and scale.stride(0) == zero.stride(0)
+    else:
+        assert kw == k and scale.shape == (n,) and scale.dtype == torch.float32 and scale.is_contiguous()
+    row_scale = None
+    if act == ACT_FP8_STATIC:
+        row_scale = x_scale
+    elif act == ACT_FP8_PER_TOKEN:
+        row_scale = row_fp8_scales(x)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+
+    def launch(cfg: GemvConfig) -> torch.Tensor:
+        steps = triton.cdiv(kw if weight_kind == INT4 else k, cfg.block_k // 2 if weight_kind == INT4 else cfg.block_k)
+        split = max(1, min(cfg.split_k, steps))
+        per_split = triton.cdiv(steps, split)
+        split = triton.cdiv(steps, per_split)
+        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+        grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, BLOCK_M), split)
+        _quant_gemv_kernel[grid](
+            x, weight, scale, zero if zero is not None else scale, row_scale if row_scale is not None else scale,
+            bias if bias is not None else scale, y, part, m, n, k, kw, per_split,
+            x.stride(0), weight.stride(0), scale.stride(0), y.stride(0),
+            WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=bias is not None, SPLIT=split > 1,
+            BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
+            PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if split > 1:
+            block = 256
+            _sum_splits_kernel[(triton.cdiv(n, block), m)](part, bias if bias is not None else part, y, m, n,
+                                                           y.stride(0), SPLIT_K=split, HAS_BIAS=bias is not None,
+                                                           BLOCK=block)
+        return y
+
+    if config is None:
+        key = (weight_kind, act, n, k, group_size, x.dtype, x.device)
+        config = _config(key, weight_kind, n, k, group_size, x.device, launch)
+    return launch(config)
 
 
 def w8a16_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
-               block_n: int = 16, block_k: int = 256, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
-    """x [M, K] (float) @ (weight int8 [N, K] * scale float32 [N, None])^T (+ bias [N]) -> [M, N] in x's dtype."""
-    n, k = weight.shape
-    _check_x(x, k)
-    assert weight.dtype == torch.int8 and weight.stride(1) == 1 and scale.shape == (n,) and scale.is_contiguous()
-    m = x.shape[0]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, BLOCK_M))
-    _w8a16_kernel[grid](x, weight, scale, bias if bias is not None else scale, y, m, n, k,
-                        x.stride(0), weight.stride(0), y.stride(0),
-                        HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k,
-                        DOT_F32=interpreting(), PRECISION=dot_precision(x.dtype),
-                        num_warps=num_warps, num_stages=num_stages)
-    return y
+               config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """x [M, K] @ (weight int8 [N, K] * scale float32 [N, None])^T (+ bias [N]) -> [M, N] in x's dtype."""
+    assert weight.dtype == torch.int8
+    return quantized_gemv(x, INT8, weight, scale, bias=bias, config=config)
 
 
 def w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
-               bias: Optional[torch.Tensor] = None, block_n: int = 16, num_warps: int = 4,
-               num_stages: int = 3) -> torch.Tensor:
+               bias: Optional[torch.Tensor] = None, config: Optional[GemvConfig] = None) -> torch.Tensor:
     """x [M, K] @ dequant(packed uint8 [N, Kp/2], scale [N, Kp/G], zero uint8 [N, Kp/G])^T (+ bias)
     -> [M, N] in x's dtype; K <= Kp (the padded inputs multiply zeros)."""
-    n, half_kp = packed.shape
-    m, k = x.shape
-    num_groups = 2 * half_kp // group_size
-    assert group_size % 32 == 0 and num_groups * group_size == 2 * half_kp and k <= 2 * half_kp
-    assert packed.dtype == torch.uint8 and zero.dtype == torch.uint8 and scale.shape == zero.shape == (n, num_groups)
-    assert packed.stride(1) == 1 and scale.stride(1) == zero.stride(1) == 1 and scale.stride(0) == zero.stride(0)
-    _check_x(x, k)
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, BLOCK_M))
-    _w4a16_kernel[grid](x, packed, scale, zero, bias if bias is not None else scale, y, m, n, k, num_groups,
-                        x.stride(0), packed.stride(0), scale.stride(0), y.stride(0),
-                        GROUP=group_size, HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
-                        DOT_F32=interpreting(), PRECISION=dot_precision(x.dtype),
-                        num_warps=num_warps, num_stages=num_stages)
-    return y
+    return quantized_gemv(x, INT4, packed, scale, zero, group_size, bias=bias, config=config)
+
+
+def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, x_scale: Optional[torch.Tensor],
+             bias: Optional[torch.Tensor] = None, config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """FP8 W8A8 for a few rows: weight float8_e4m3fn [N, K], scale float32 [N]; x_scale float32 [1]
+    (static per-tensor) or None (per-token scales, computed here) -> [M, N] in x's dtype."""
+    assert weight.dtype == torch.float8_e4m3fn
+    act = ACT_FP8_STATIC if x_scale is not None else ACT_FP8_PER_TOKEN
+    return quantized_gemv(x, FP8, weight, scale, act=act, x_scale=x_scale, bias=bias, config=config)
