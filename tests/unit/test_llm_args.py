@@ -145,3 +145,14 @@ def test_cuda_graph_config_forms_and_the_sizes_captured():
     assert decode_graph_sizes(8, CudaGraphConfig())[0] == capture_sizes(8)
     with pytest.raises(ValueError, match=r"batch_sizes \[16, 32\] are all above max_batch_size \(8\)"):
         decode_graph_sizes(8, CudaGraphConfig(batch_sizes=[16, 32]))
+
+
+@pytest.mark.parametrize("command", [["generate", "hi"], ["serve"], ["bench", "latency"]])
+def test_every_command_takes_the_policy_in_trtllm_spellings(command):
+    from tritium.entrypoints.cli import build_parser, engine_configs
+
+    for flag, value in [("--capacity-scheduler-policy", "guaranteed_no_evict"),
+                        ("--scheduler_policy", "GUARANTEED_NO_EVICT")]:
+        args = build_parser().parse_args(command + [flag, value])
+        assert engine_configs(args)[2].capacity_scheduler_policy is CapacitySchedulerPolicy.GUARANTEED_NO_EVICT
+    assert engine_configs(build_parser().parse_args(command))[2] is None  # the engine's default
