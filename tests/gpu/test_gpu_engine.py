@@ -35,6 +35,20 @@ def test_graphs_overlap_eager_and_hf_agree(tiny_llama, hf_tiny_llama, case):
     assert graphs == eager == want
 
 
+@pytest.mark.parametrize("padding", [False, True])
+def test_cuda_graph_config_sizes_and_padding(tiny_llama, hf_tiny_llama, padding):
+    from tritium import CudaGraphConfig
+
+    prompts = make_prompts(hf_tiny_llama.config.vocab_size, count=3, seed=8)
+    want = [hf_greedy(hf_tiny_llama, p, GREEDY.max_tokens) for p in prompts]
+    config = CudaGraphConfig(batch_sizes=[4, 1, 2, 64], enable_padding=padding)  # 64 > max_batch_size: unused
+    with LLM(tiny_llama, dtype="float32", max_batch_size=8, cuda_graph_config=config) as llm:
+        graphs = llm._engine.core.runner.graphs
+        assert graphs.sizes == sorted(graphs.graphs) == [1, 2, 4]
+        assert [graphs.bucket(n) for n in (1, 3, 4, 5)] == ([1, 4, 4, None] if padding else [1, None, 4, None])
+        assert [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)] == want  # 3 at a time
+
+
 def test_torch_reference_attention_gives_the_same_tokens(tiny_llama):
     prompts = make_prompts(256, count=6, seed=6)
     code = ("import json, sys; from tests.gpu.test_gpu_engine import tokens;"

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from tritium.config import CacheConfig, KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.config import CacheConfig, KvCacheConfig, ModelConfig, ResolvedSchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dty
     return 2 * model_config.num_hidden_layers * block_size * model_config.kv_size * elem
 
 
-def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCacheConfig,
+def plan_kv_cache(model_config: ModelConfig, sched: ResolvedSchedulerConfig, kv: KvCacheConfig,
                   dtype: torch.dtype, device: torch.device, activation_bytes: int = 0) -> KvCachePlan:
     """activation_bytes: the peak a step of max_num_tokens needs (GPU), kept free of cache."""
     block_size = kv.tokens_per_block
@@ -95,7 +95,7 @@ def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCache
 
 
 @torch.inference_mode()
-def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerConfig, device: torch.device,
+def profile_activation_bytes(model, model_config: ModelConfig, sched: ResolvedSchedulerConfig, device: torch.device,
                              backend=None, num_tokens: Optional[int] = None) -> int:
     """Peak GPU memory of one forward pass of `num_tokens` tokens (default max_num_tokens; one
     long prefill) plus the logits of up to max_batch_size rows, excluding the scratch KV cache it
