@@ -314,50 +314,6 @@ def diagnose_prefill(report: dict) -> None:
         del report[k]
 
 
-def bench_skinny_gemm(report: dict) -> None:
-    """Weight-streaming Triton kernel against cuBLAS at Llama-3.1-8B shapes: 32 layers' distinct
-    weights (far more than L2) per timed graph replay, 1 / 4 / 8 rows."""
-    import torch.nn.functional as F
-
-    from tritium.kernels.skinny_gemm import skinny_gemm
-
-    shapes = {"qkv": (6144, 4096, 32), "o": (4096, 4096, 32), "gate_up": (28672, 4096, 32),
-              "down": (4096, 14336, 32), "lm_head": (128256, 4096, 4)}
-    configs = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=4)
-               for bn in (8, 16, 32) for bk in (256, 512) for nw in (4, 8)]
-
-    def graph_ms(fn) -> float:
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        return bench(g.replay, warmup=2, iters=10)
-
-    for rows in (1, 4, 8):
-        total_cublas = total_best = 0.0
-        for name, (n, k, copies) in shapes.items():
-            ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-            err = (skinny_gemm(x, ws[0]).float() - F.linear(x, ws[0]).float()).abs().max().item()
-            cublas = graph_ms(lambda: [F.linear(x, w) for w in ws]) / copies * 1e3
-            results = []
-            for cfg in configs:
-                us = graph_ms(lambda: [skinny_gemm(x, w, **cfg) for w in ws]) / copies * 1e3
-                results.append((us, cfg))
-            best_us, best_cfg = min(results, key=lambda r: r[0])
-            tbps = n * k * 2 / best_us / 1e6
-            scale = 32 if name != "lm_head" else 1
-            total_cublas += cublas * scale
-            total_best += best_us * scale
-            report[f"skinny rows{rows} {name}"] = dict(cublas_us=cublas, best_us=best_us, best=best_cfg, err=err)
-            print(f"[skinny rows {rows}] {name:8s} cuBLAS {cublas:7.1f} us  triton {best_us:7.1f} us "
-                  f"({tbps:.2f} TB/s) {best_cfg}  max err {err:.2e}", flush=True)
-            del ws
-        print(f"[skinny rows {rows}] a decode step's linears: cuBLAS {total_cublas / 1e3:.2f} ms, "
-              f"best Triton {total_best / 1e3:.2f} ms", flush=True)
-
-
 def profile_offline(report: dict, input_len: int = 128, output_len: int = 128, num_requests: int = 1024,
                     max_batch: int = 512) -> None:
     """GPU busy time of an offline run (torch profiler over the whole run), by kernel family."""
@@ -412,8 +368,6 @@ def main() -> None:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("tritium").setLevel(logging.INFO)
-    if "skinny" in sections:
-        bench_skinny_gemm(report)
     if "diag" in sections:
         diagnose_prefill(report)
     if "imports" in sections:
@@ -427,10 +381,10 @@ def main() -> None:
         check_kernels_real_sizes(report)
     if "speed" in sections:
         llama_8b_speed(report, enforce_eager=False)
-    if "speed-cublas" in sections:  # the same without the skinny Triton GEMM (cuBLAS for every shape)
-        os.environ["TRITIUM_SKINNY_GEMM_ROWS"] = "0"
+    if "speed-cublas" in sections:  # the same without the streaming Triton GEMM (cuBLAS for every shape)
+        os.environ["TRITIUM_STREAMING_GEMM"] = "0"
         llama_8b_speed(report, enforce_eager=False, tag="graphs, cuBLAS only")
-        del os.environ["TRITIUM_SKINNY_GEMM_ROWS"]
+        del os.environ["TRITIUM_STREAMING_GEMM"]
     if "profile" in sections:
         profile_decode(report, 1)
         profile_decode(report, 64)

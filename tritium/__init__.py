@@ -1,6 +1,8 @@
 """tritium: an LLM inference engine with a TensorRT-LLM-style Python API."""
-from tritium.config import BuildConfig, KvCacheConfig
+from tritium.config import (BuildConfig, CapacitySchedulerPolicy, ContextChunkingPolicy, CudaGraphConfig,
+                            KvCacheConfig, SchedulerConfig)
 from tritium.outputs import CompletionOutput, Logprob, RequestOutput
+from tritium.quantization import CalibConfig, QuantAlgo, QuantConfig
 from tritium.sampling_params import BatchedLogitsProcessor, LogitsProcessor, SamplingParams
 from tritium.structured_output import GuidedDecodingParams
 
@@ -16,5 +18,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'tritium' has no attribute {name!r}")
 
 
-__all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "RequestOutput",
-           "CompletionOutput", "Logprob", "LogitsProcessor", "BatchedLogitsProcessor"]
+__all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "BuildConfig", "KvCacheConfig", "SchedulerConfig",
+           "CapacitySchedulerPolicy", "ContextChunkingPolicy", "CudaGraphConfig", "QuantConfig", "QuantAlgo",
+           "CalibConfig", "RequestOutput", "CompletionOutput", "Logprob", "LogitsProcessor",
+           "BatchedLogitsProcessor"]

@@ -1,13 +1,15 @@
 """Frozen configuration dataclasses, one per concern, validated once on construction.
 
 `ModelConfig` is built from a Hugging Face config.json dict through `ModelConfig.from_hf()`;
-`BuildConfig` and `KvCacheConfig` are the user-facing knobs of the TensorRT-LLM API.
+`BuildConfig`, `KvCacheConfig` and `SchedulerConfig` are the user-facing knobs of the TensorRT-LLM
+API (settable field by field); `ResolvedSchedulerConfig` is what the scheduler is built from.
 """
 from __future__ import annotations
 
+import enum
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -364,43 +366,160 @@ def _build_config_init(dataclass_init):
 BuildConfig.__init__ = _build_config_init(BuildConfig.__init__)
 
 
-CAPACITY_POLICIES = ("max_utilization", "guaranteed_no_evict")
+@dataclass
+class CudaGraphConfig(_SettableFields):
+    """Decode CUDA graphs (TensorRT-LLM's CudaGraphConfig and defaults): `batch_sizes` to capture
+    (default: tritium's sizes up to `max_batch_size`, which defaults to 128); sizes above the
+    engine's max_batch_size are never used and not captured. `enable_padding`: a decode batch of a
+    size not captured replays the next larger graph (True) or runs eagerly (False). LLM(...)
+    without a cuda_graph_config captures tritium's sizes up to max_batch_size, padded;
+    cuda_graph_config=None turns graphs off. Graphs exist on GPUs only: on a CPU this changes nothing.
+    """
+
+    batch_sizes: Optional[list[int]] = None
+    max_batch_size: int = 0
+    enable_padding: bool = False
+
+    def validate(self) -> None:
+        sizes = self.batch_sizes
+        if sizes is not None and (not isinstance(sizes, (list, tuple)) or not sizes or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in sizes)):
+            raise ValueError(f"cuda_graph_config.batch_sizes must be a non-empty list of positive integers, "
+                             f"got {sizes!r}")
+        if not isinstance(self.max_batch_size, int) or isinstance(self.max_batch_size, bool) or self.max_batch_size < 0:
+            raise ValueError(f"cuda_graph_config.max_batch_size must be an integer >= 0, got {self.max_batch_size!r}")
+        if sizes and self.max_batch_size not in (0, max(sizes)):
+            raise ValueError(f"cuda_graph_config.max_batch_size ({self.max_batch_size}) must equal max(batch_sizes) "
+                             f"({max(sizes)}) when both are given")
+        if not isinstance(self.enable_padding, bool):
+            raise ValueError(f"cuda_graph_config.enable_padding must be True or False, got {self.enable_padding!r}")
+
+
+class CapacitySchedulerPolicy(str, enum.Enum):
+    """What the scheduler does when the KV cache runs short (TensorRT-LLM's names and values).
+
+    MAX_UTILIZATION admits a request when its next tokens fit and preempts (recomputes) the newest
+    requests when the cache runs out: the most requests in flight. GUARANTEED_NO_EVICT admits one
+    only when the cache can hold it and every running request at full length (prompt +
+    max_tokens, or max_seq_len): never preempts, fewer in flight. STATIC_BATCH (TensorRT-LLM's
+    legacy static batching) is a member so that naming it gets a clear error."""
+
+    MAX_UTILIZATION = "MAX_UTILIZATION"
+    GUARANTEED_NO_EVICT = "GUARANTEED_NO_EVICT"
+    STATIC_BATCH = "STATIC_BATCH"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ContextChunkingPolicy(str, enum.Enum):
+    """How a step's token budget is split among prompts being prefilled in chunks (TensorRT-LLM's
+    names). tritium chunks first come, first served: requests in arrival order, each as large a
+    chunk as the budget leaves."""
+
+    FIRST_COME_FIRST_SERVED = "FIRST_COME_FIRST_SERVED"
+    EQUAL_PROGRESS = "EQUAL_PROGRESS"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+IMPLEMENTED_CAPACITY_POLICIES = (CapacitySchedulerPolicy.MAX_UTILIZATION,
+                                 CapacitySchedulerPolicy.GUARANTEED_NO_EVICT)
+# LLM(...) without a scheduler_config: preempt rather than hold back (vLLM's behaviour; a request
+# without max_tokens would otherwise reserve max_seq_len). TensorRT-LLM's default is GUARANTEED_NO_EVICT.
+DEFAULT_CAPACITY_POLICY = CapacitySchedulerPolicy.MAX_UTILIZATION
+
+
+def _supported_member(enum_cls, name: str, value: Any, supported: tuple, why: str):
+    """`value` (a member of enum_cls, or its name in any case) as a member in `supported`."""
+    member = value if isinstance(value, enum_cls) else (
+        enum_cls.__members__.get(value.upper()) if isinstance(value, str) else None)
+    choices = " or ".join(m.value for m in supported)
+    if member is None:
+        raise ValueError(f"{name}={value!r} is not a {enum_cls.__name__}; use {choices}")
+    if member not in supported:
+        raise ValueError(f"{name}={member.value} is not supported by tritium ({why}); use {choices}")
+    return member
+
+
+@dataclass
+class SchedulerConfig(_SettableFields):
+    """Scheduling policies (TensorRT-LLM's SchedulerConfig; its defaults):
+
+        LLM(model, scheduler_config=SchedulerConfig(
+            capacity_scheduler_policy=CapacitySchedulerPolicy.GUARANTEED_NO_EVICT))
+
+    Policies are members of the enums above or their names (any case). LLM(...) without a
+    scheduler_config uses MAX_UTILIZATION (DEFAULT_CAPACITY_POLICY). context_chunking_policy:
+    None or FIRST_COME_FIRST_SERVED (what tritium does; it needs chunked prefill);
+    EQUAL_PROGRESS is not implemented. dynamic_batch_config: only None (TensorRT-LLM's PyTorch
+    backend does not use it either). Fields may be set one by one, like BuildConfig's.
+    """
+
+    capacity_scheduler_policy: Union[CapacitySchedulerPolicy, str] = CapacitySchedulerPolicy.GUARANTEED_NO_EVICT
+    context_chunking_policy: Union[None, ContextChunkingPolicy, str] = None
+    dynamic_batch_config: Any = None
+
+    def validate(self) -> None:
+        self.capacity_scheduler_policy = _supported_member(
+            CapacitySchedulerPolicy, "capacity_scheduler_policy", self.capacity_scheduler_policy,
+            IMPLEMENTED_CAPACITY_POLICIES, "requests are always batched in flight")
+        if self.context_chunking_policy is not None:
+            self.context_chunking_policy = _supported_member(
+                ContextChunkingPolicy, "context_chunking_policy", self.context_chunking_policy,
+                (ContextChunkingPolicy.FIRST_COME_FIRST_SERVED,),
+                "prompts are chunked in arrival order; None means the same")
+        if self.dynamic_batch_config is not None:
+            raise ValueError("dynamic_batch_config is not supported by tritium (only None): batch size and "
+                             "max_num_tokens stay as configured")
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
-    """What the scheduler needs, resolved from BuildConfig and the model.
+class ResolvedSchedulerConfig:
+    """What the scheduler needs, resolved from BuildConfig, the user's SchedulerConfig and the model.
 
-    capacity_policy (TensorRT-LLM's CapacitySchedulerPolicy): "max_utilization" admits a request
-    when its next tokens fit and preempts (recomputes) the newest requests when the cache runs
-    out; "guaranteed_no_evict" admits one only when the cache can hold every running request,
-    and it, at full length (prompt + max_tokens, or max_seq_len): no preemption, fewer in flight.
+    capacity_policy: CapacitySchedulerPolicy's value in lower case ("max_utilization" or
+    "guaranteed_no_evict"; core/ compares strings, it imports no torch-importing module).
     """
 
     max_num_seqs: int
     max_num_batched_tokens: int
     max_model_len: int
     enable_chunked_prefill: bool = True
-    capacity_policy: str = "max_utilization"
+    capacity_policy: str = DEFAULT_CAPACITY_POLICY.value.lower()
     max_beam_width: int = 1
 
     def __post_init__(self):
-        if self.capacity_policy not in CAPACITY_POLICIES:
+        implemented = [p.value.lower() for p in IMPLEMENTED_CAPACITY_POLICIES]
+        if self.capacity_policy not in implemented:
             raise ValueError(f"capacity_scheduler_policy={self.capacity_policy!r} is not supported; "
-                             f"use one of {', '.join(CAPACITY_POLICIES)}")
+                             f"use one of {', '.join(implemented)}")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(
                 f"without chunked prefill max_num_tokens ({self.max_num_batched_tokens}) must be at least "
                 f"max_seq_len ({self.max_model_len}) so that every prompt fits in one step"
             )
 
+    @property
+    def capacity_scheduler_policy(self) -> CapacitySchedulerPolicy:
+        return CapacitySchedulerPolicy[self.capacity_policy.upper()]
+
     @classmethod
-    def from_build(cls, build: BuildConfig, model: ModelConfig) -> "SchedulerConfig":
+    def from_build(cls, build: BuildConfig, model: ModelConfig,
+                   scheduling: Optional[SchedulerConfig] = None) -> "ResolvedSchedulerConfig":
         build.validate()  # its fields may have been set one by one since construction
+        policy = DEFAULT_CAPACITY_POLICY
+        if scheduling is not None:
+            scheduling.validate()
+            policy = scheduling.capacity_scheduler_policy
+            if scheduling.context_chunking_policy is not None and not build.enable_chunked_prefill:
+                raise ValueError(f"context_chunking_policy={scheduling.context_chunking_policy.value} needs "
+                                 "enable_chunked_prefill=True (prompts are not chunked without it)")
         max_len = build.max_seq_len or model.max_position_embeddings
         return cls(max_num_seqs=build.max_batch_size, max_num_batched_tokens=build.max_num_tokens,
                    max_model_len=max_len, enable_chunked_prefill=build.enable_chunked_prefill,
-                   max_beam_width=build.max_beam_width)
+                   capacity_policy=policy.value.lower(), max_beam_width=build.max_beam_width)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,17 @@ def test_transformers_baseline_on_the_same_requests(tmp_path, tiny_model, datase
     assert ttft[0] == ttft[4] < ttft[5] == ttft[9] < ttft[10] == ttft[11]
 
 
+def test_throughput_with_guaranteed_no_evict(tmp_path, tiny_model, dataset):
+    # A KV cache of 4 blocks of 16: about one request at full length, two by their prompts alone
+    # (tests/e2e/test_capacity_policy.py shows max_utilization preempting under such pressure).
+    report = _bench(tmp_path, "throughput", "--model", tiny_model, "--dataset", dataset, "--warmup", "0",
+                    "--scheduler_policy", "guaranteed_no_evict", "--kv-cache-max-tokens", "64",
+                    "--disable-prefix-caching")
+    _check_throughput_report(report, dataset)
+    assert report["engine"]["capacity_scheduler_policy"] == "guaranteed_no_evict"  # as the engine's scheduler has it
+    assert report["engine_steps"]["num_preemptions"] == 0
+
+
 @pytest.mark.parametrize("backend", ["tritium", "transformers"])
 def test_latency(tmp_path, tiny_model, backend):
     report = _bench(tmp_path, "latency", "--model", tiny_model, "--backend", backend, "--batch-size", "2",
@@ -156,7 +167,7 @@ def test_help_lists_the_trtllm_bench_flags(capsys):
     for command, flags in [
         ("throughput", ("--dataset", "--load-format", "--dtype", "--max-batch-size", "--max-num-tokens",
                         "--max-seq-len", "--kv-cache-free-gpu-memory-fraction", "--concurrency", "--streaming",
-                        "--warmup", "--report-json", "--backend", "--num-requests")),
+                        "--warmup", "--report-json", "--backend", "--num-requests", "--scheduler_policy")),
         ("latency", ("--batch-size", "--input-len", "--output-len", "--iterations", "--warmup", "--backend")),
     ]:
         with pytest.raises(SystemExit) as done:

@@ -1,11 +1,12 @@
 """TensorRT-LLM's documented LLM-API examples (examples/llm-api in its repository), each pattern
 written again here in our own code against the embedded SmolLM2 model, so that a user's script
 needs only its import changed: quickstart, generate_async, async streaming, customize (BuildConfig
-fields set one by one), the sampling showcase (greedy, temperature, top-k, top-p, n, beam search,
-logprobs=True), logprobs with generation logits, logits processors (per request and batched),
-guided decoding, and get_stats. Models are float32 (the session's cached copy, so that each new
-LLM loads in a fraction of a second); outputs are checked against Hugging Face transformers, the
-tokenizer, or what the example's own comments say it prints."""
+fields set one by one, beam search at a temperature), runtime configuration (KV cache, CUDA
+graphs, the capacity scheduler policy), the sampling showcase (greedy, temperature, top-k, top-p,
+n, beam search, logprobs=True), logprobs with generation logits, logits processors (per request
+and batched), guided decoding, and get_stats. Models are float32 (the session's cached copy, so that
+each new LLM loads in a fraction of a second); outputs are checked against Hugging Face
+transformers, the tokenizer, or what the example's own comments say it prints."""
 from __future__ import annotations
 
 import asyncio
@@ -71,7 +72,20 @@ def test_generate_async_streaming(smol_llm):
         assert texts[-1] == final[i].outputs[0].text
 
 
-def test_customize_build_config_field_by_field():
+class TemperedLogSoftmax:
+    """For Hugging Face's beam search, which applies processors to log_softmax(logits): the beams'
+    scores become log_softmax(logits / temperature), what tritium (and TensorRT-LLM) search on."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def __call__(self, input_ids, scores):
+        return torch.log_softmax(scores / self.temperature, dim=-1)
+
+
+def test_customize_build_config_field_by_field(hf_smol):
+    from transformers import LogitsProcessorList
+
     from tritium.llmapi import LLM, BuildConfig, KvCacheConfig, SamplingParams
 
     build_config = BuildConfig()
@@ -84,11 +98,61 @@ def test_customize_build_config_field_by_field():
                 llm.scheduler_config.max_beam_width) == (128, 2048, 4)
         outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.8, top_p=0.95, max_tokens=8))
         assert [o.prompt for o in outputs] == PROMPTS and all(o.outputs[0].text for o in outputs)
+        # The example's beam search (n=4) at temperature 0.8: the beams Hugging Face finds on
+        # log_softmax(logits / 0.8), with TensorRT-LLM's defaults (length_penalty 0, early_stopping 1).
+        beams = llm.generate(PROMPTS, SamplingParams(temperature=0.8, n=4, use_beam_search=True, max_tokens=8))
+    for prompt, output in zip(PROMPTS, beams):
+        ids = llm.tokenizer.encode(prompt)
+        with torch.no_grad():
+            ref = hf_smol.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                   max_new_tokens=8, num_beams=4, num_return_sequences=4, do_sample=False,
+                                   length_penalty=0.0, early_stopping=True,
+                                   logits_processor=LogitsProcessorList([TemperedLogSoftmax(0.8)]))
+        assert [c.token_ids for c in output.outputs] == [seq[len(ids):len(ids) + len(c.token_ids)].tolist()
+                                                         for c, seq in zip(output.outputs, ref)]
+    # Its top_p=0.95 has nothing to act on in a beam search: named, not ignored (docs/TRTLLM_API.md).
+    with pytest.raises(ValueError, match="top_p cannot be honoured with use_beam_search"):
+        SamplingParams(temperature=0.8, top_p=0.95, n=4, use_beam_search=True)
     build_config.max_num_tokens = 0  # checked again when an LLM is built from it
     with pytest.raises(ValueError, match="max_num_tokens"):
         LLM(model=default_model_path(), build_config=build_config)
     with pytest.raises(AttributeError, match="max_batch_sizes"):
         build_config.max_batch_sizes = 64  # a misspelt field fails at once
+
+
+def test_runtime_configuration_kv_cache_and_scheduler_policy():
+    """llm_runtime.py's KV cache example, with the capacity scheduler policy set the way the
+    performance tuning guide shows (SchedulerConfig from tritium.llmapi)."""
+    from tritium.llmapi import LLM, CapacitySchedulerPolicy, KvCacheConfig, SchedulerConfig
+
+    scheduler_config = SchedulerConfig(capacity_scheduler_policy=CapacitySchedulerPolicy.MAX_UTILIZATION)
+    with LLM(model=default_model_path(), dtype="float32", max_batch_size=8, max_seq_len=1024,
+             kv_cache_config=KvCacheConfig(free_gpu_memory_fraction=0.5, enable_block_reuse=True),
+             scheduler_config=scheduler_config) as llm:
+        scheduler = llm._engine.core.scheduler  # what the engine was built with
+        assert (scheduler.max_num_seqs, scheduler.max_model_len, scheduler.no_evict) == (8, 1024, False)
+        assert scheduler.kv_cache_manager.enable_caching
+        outputs = llm.generate(PROMPTS)
+    for prompt, output in zip(PROMPTS, outputs):
+        assert output.prompt == prompt and output.outputs[0].text == decoded(llm, output.outputs[0])
+
+
+def test_runtime_configuration_cuda_graphs():
+    """llm_runtime.py's CUDA graph example. Graphs exist on GPUs only (tests/gpu checks the sizes
+    and padding there); on a CPU the same script runs eagerly."""
+    from tritium import LLM, SamplingParams
+    from tritium.llmapi import CudaGraphConfig, KvCacheConfig
+
+    cuda_graph_config = CudaGraphConfig(batch_sizes=[1, 2, 4], enable_padding=True)
+    with LLM(model=default_model_path(), dtype="float32", cuda_graph_config=cuda_graph_config, max_batch_size=4,
+             max_seq_len=512, kv_cache_config=KvCacheConfig(free_gpu_memory_fraction=0.7)) as llm:
+        assert llm._engine.core.runner.graphs is None and llm.device.type == "cpu"
+        greedy = SamplingParams(max_tokens=8, temperature=0.0)
+        outputs = llm.generate(PROMPTS, greedy)
+        alone = [llm.generate(p, greedy).outputs[0].token_ids for p in PROMPTS]
+    assert [o.outputs[0].token_ids for o in outputs] == alone
+    with pytest.raises(ValueError, match="cuda_graph_config.batch_sizes"):
+        CudaGraphConfig(batch_sizes=[])
 
 
 def test_sampling_showcase(smol_llm, hf_smol):

@@ -35,6 +35,20 @@ def test_graphs_overlap_eager_and_hf_agree(tiny_llama, hf_tiny_llama, case):
     assert graphs == eager == want
 
 
+@pytest.mark.parametrize("padding", [False, True])
+def test_cuda_graph_config_sizes_and_padding(tiny_llama, hf_tiny_llama, padding):
+    from tritium import CudaGraphConfig
+
+    prompts = make_prompts(hf_tiny_llama.config.vocab_size, count=3, seed=8)
+    want = [hf_greedy(hf_tiny_llama, p, GREEDY.max_tokens) for p in prompts]
+    config = CudaGraphConfig(batch_sizes=[4, 1, 2, 64], enable_padding=padding)  # 64 > max_batch_size: unused
+    with LLM(tiny_llama, dtype="float32", max_batch_size=8, cuda_graph_config=config) as llm:
+        graphs = llm._engine.core.runner.graphs
+        assert graphs.sizes == sorted(graphs.graphs) == [1, 2, 4]
+        assert [graphs.bucket(n) for n in (1, 3, 4, 5)] == ([1, 4, 4, None] if padding else [1, None, 4, None])
+        assert [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)] == want  # 3 at a time
+
+
 def test_torch_reference_attention_gives_the_same_tokens(tiny_llama):
     prompts = make_prompts(256, count=6, seed=6)
     code = ("import json, sys; from tests.gpu.test_gpu_engine import tokens;"
@@ -53,7 +67,7 @@ def test_decode_kernel_at_llama_8b_sizes(block_size, batch, ctx):
     from tritium.kernels.decode_attention import num_kv_splits, paged_decode_attention
 
     heads, kvh, d, dev = 32, 8, 128, torch.device("cuda")
-    seq_lens = [ctx - 37 * i for i in range(batch)]
+    seq_lens = [ctx - (37 * i) % (ctx // 2) for i in range(batch)]  # varied lengths, all >= ctx / 2
     cache, table = random_paged_cache(seq_lens, kvh, d, block_size, torch.bfloat16, dev, seed=batch)
     q = torch.randn(batch, heads, d, device=dev, dtype=torch.bfloat16)
     out = paged_decode_attention(q, cache, table, torch.tensor(seq_lens, dtype=torch.int32, device=dev), d ** -0.5,

@@ -88,19 +88,3 @@ def test_silu_and_mul_matches_layer(device, dtype):
     x = randn(4, 2 * 1536, dtype=dtype, device=device, seed=10) * 4
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1.6e-2)  # 2 bf16 steps
     torch.testing.assert_close(silu_and_mul(x), SiluAndMul.forward_native(x), **tol)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 3, 16])
-@pytest.mark.parametrize("n,k,bias", [(96, 64, False), (50, 200, True)])
-def test_skinny_gemm_matches_f_linear(device, dtype, rows, n, k, bias):
-    from tritium.kernels.skinny_gemm import skinny_gemm
-
-    x = randn(rows, k, dtype=dtype, device=device, seed=11)
-    w = randn(n, k, dtype=dtype, device=device, seed=12) / k ** 0.5
-    b = randn(n, dtype=dtype, device=device, seed=13) if bias else None
-    ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
-    out = skinny_gemm(x, w, b, block_n=16, block_k=64)  # several K slices, a partial N tile
-    assert out.shape == (rows, n) and out.dtype == dtype
-    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
-    torch.testing.assert_close(out.double(), ref, **tol)

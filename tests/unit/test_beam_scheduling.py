@@ -4,7 +4,7 @@ only a partly filled block is copied, and preemption, chunked prefill and prefix
 give the same search as a roomy engine."""
 from __future__ import annotations
 
-from tritium.config import CacheConfig, SchedulerConfig
+from tritium.config import CacheConfig, ResolvedSchedulerConfig
 from tritium.core.request import Request
 from tritium.core.scheduler import Scheduler
 from tritium.sampling_params import SamplingParams
@@ -15,8 +15,8 @@ EOS = 0
 
 
 def make(budget=64, num_blocks=64, block_size=4, caching=True, policy="max_utilization"):
-    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=64,
-                                      max_beam_width=4, capacity_policy=policy),
+    sched = Scheduler(ResolvedSchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=64,
+                                              max_beam_width=4, capacity_policy=policy),
                       CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=caching))
     return sched, FakeRunner(block_size)
 

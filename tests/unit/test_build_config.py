@@ -1,9 +1,9 @@
-"""BuildConfig / SchedulerConfig validation and derivation."""
+"""BuildConfig / ResolvedSchedulerConfig validation and derivation."""
 from __future__ import annotations
 
 import pytest
 
-from tritium.config import BuildConfig, ModelConfig, SchedulerConfig
+from tritium.config import BuildConfig, ModelConfig, ResolvedSchedulerConfig
 
 CFG = ModelConfig(architecture="LlamaForCausalLM", vocab_size=100, hidden_size=64, intermediate_size=128,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -22,14 +22,15 @@ def test_bad_build_config_names_the_field(kwargs, field):
 
 
 def test_max_seq_len_defaults_to_the_models_context():
-    assert SchedulerConfig.from_build(BuildConfig(), CFG).max_model_len == 2048
-    assert SchedulerConfig.from_build(BuildConfig(max_seq_len=300), CFG).max_model_len == 300
+    assert ResolvedSchedulerConfig.from_build(BuildConfig(), CFG).max_model_len == 2048
+    assert ResolvedSchedulerConfig.from_build(BuildConfig(max_seq_len=300), CFG).max_model_len == 300
 
 
 def test_without_chunked_prefill_a_whole_prompt_must_fit_one_step():
     with pytest.raises(ValueError, match="chunked prefill"):
-        SchedulerConfig.from_build(BuildConfig(max_num_tokens=512, enable_chunked_prefill=False), CFG)
-    ok = SchedulerConfig.from_build(BuildConfig(max_num_tokens=512, max_seq_len=512, enable_chunked_prefill=False), CFG)
+        ResolvedSchedulerConfig.from_build(BuildConfig(max_num_tokens=512, enable_chunked_prefill=False), CFG)
+    ok = ResolvedSchedulerConfig.from_build(BuildConfig(max_num_tokens=512, max_seq_len=512,
+                                                        enable_chunked_prefill=False), CFG)
     assert not ok.enable_chunked_prefill
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tritium.config import KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.config import KvCacheConfig, ModelConfig, ResolvedSchedulerConfig
 from tritium.worker.memory_plan import bytes_per_block, plan_kv_cache
 
 CFG = ModelConfig(architecture="LlamaForCausalLM", vocab_size=100, hidden_size=64, intermediate_size=128,
@@ -13,7 +13,7 @@ CPU = torch.device("cpu")
 
 
 def sched(max_seqs=256, max_len=4096):
-    return SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=max_len)
+    return ResolvedSchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=8192, max_model_len=max_len)
 
 
 def test_bytes_per_block_counts_k_and_v_of_every_layer():

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tritium.config import CacheConfig, SchedulerConfig
+from tritium.config import CacheConfig, ResolvedSchedulerConfig
 from tritium.core.request import Request, RequestStatus
 from tritium.core.sched_output import ModelRunnerOutput, TopLogprobs
 from tritium.core.scheduler import Scheduler
@@ -17,8 +17,8 @@ EOS = 0
 
 def make(budget=64, max_seqs=8, max_len=64, chunked=True, num_blocks=16, block_size=4, caching=True):
     sched = Scheduler(
-        SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=max_len,
-                        enable_chunked_prefill=chunked),
+        ResolvedSchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=budget, max_model_len=max_len,
+                                enable_chunked_prefill=chunked),
         CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=caching))
     return sched, FakeRunner(block_size)
 
@@ -426,8 +426,8 @@ def run_to_completion(sched, runner, max_steps=500):
 @pytest.mark.parametrize("policy", ["max_utilization", "guaranteed_no_evict"])
 def test_guaranteed_no_evict_never_preempts_and_gives_the_same_tokens(policy):
     # 12 blocks of 4 tokens; each request needs 3 blocks at full length (6 prompt + 6 output).
-    sched = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64,
-                                      capacity_policy=policy),
+    sched = Scheduler(ResolvedSchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64,
+                                              capacity_policy=policy),
                       CacheConfig(block_size=4, num_blocks=12, enable_prefix_caching=False))
     runner = FakeRunner(4)
     prompts = {f"r{i}": [10 + i, 11, 12, 13, 14, 15] for i in range(6)}
@@ -450,4 +450,4 @@ def test_guaranteed_no_evict_never_preempts_and_gives_the_same_tokens(policy):
 
 def test_unknown_capacity_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="capacity_scheduler_policy='fifo'"):
-        SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, max_model_len=8, capacity_policy="fifo")
+        ResolvedSchedulerConfig(max_num_seqs=1, max_num_batched_tokens=8, max_model_len=8, capacity_policy="fifo")

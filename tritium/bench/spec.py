@@ -22,6 +22,7 @@ class EngineSpec:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False  # GPU: no CUDA graphs
+    capacity_scheduler_policy: Optional[str] = None  # max_utilization | guaranteed_no_evict; None: the engine's
     quant_config: Any = None  # quantization.QuantConfig (--quantization / --kv-cache-dtype)
     calib_config: Any = None  # quantization.CalibConfig
 

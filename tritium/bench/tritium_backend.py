@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from tritium.bench.report import RequestRecord
 from tritium.bench.spec import EngineSpec
-from tritium.config import BuildConfig, KvCacheConfig
+from tritium.config import BuildConfig, KvCacheConfig, SchedulerConfig
 from tritium.sampling_params import SamplingParams
 
 _STATS_POLL_S = 0.5  # the engine keeps 16384 steps; draining this often never loses one
@@ -37,9 +37,11 @@ class TritiumBackend:
         kv = KvCacheConfig(enable_block_reuse=spec.enable_prefix_caching,
                            free_gpu_memory_fraction=spec.kv_cache_free_gpu_memory_fraction,
                            max_tokens=spec.kv_cache_max_tokens)
+        policy = spec.capacity_scheduler_policy
+        scheduling = None if policy is None else SchedulerConfig(capacity_scheduler_policy=policy)
         self.llm = LLM(spec.model_path, tokenizer=spec.tokenizer, dtype=spec.dtype, build_config=build,
-                       kv_cache_config=kv, load_format=spec.load_format, device=spec.device,
-                       enforce_eager=spec.enforce_eager, quant_config=spec.quant_config,
+                       kv_cache_config=kv, scheduler_config=scheduling, load_format=spec.load_format,
+                       device=spec.device, enforce_eager=spec.enforce_eager, quant_config=spec.quant_config,
                        calib_config=spec.calib_config)
         self.device = self.llm.device
         self.tokenizer = self.llm.tokenizer
@@ -58,7 +60,7 @@ class TritiumBackend:
                 "dtype": str(mc.dtype).replace("torch.", ""), "max_batch_size": sc.max_num_seqs,
                 "max_num_tokens": sc.max_num_batched_tokens, "max_seq_len": sc.max_model_len,
                 "prefix_caching": self.spec.enable_prefix_caching,
-                "chunked_prefill": sc.enable_chunked_prefill,
+                "chunked_prefill": sc.enable_chunked_prefill, "capacity_scheduler_policy": sc.capacity_policy,
                 "quantization": self.llm.quant_config.to_dict() if self.llm.quant_config is not None else None}
         if self.device.type == "cuda":
             info["cuda_graphs"] = not self.spec.enforce_eager

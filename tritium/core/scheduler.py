@@ -28,11 +28,11 @@ from tritium.core.sched_output import (CachedRequestData, EngineCoreOutput, Mode
                                        NewRequestData, SchedulerOutput)
 
 if TYPE_CHECKING:  # tritium.config imports torch; core stays importable without it
-    from tritium.config import CacheConfig, SchedulerConfig
+    from tritium.config import CacheConfig, ResolvedSchedulerConfig
 
 
 class Scheduler:
-    def __init__(self, scheduler_config: "SchedulerConfig", cache_config: "CacheConfig"):
+    def __init__(self, scheduler_config: "ResolvedSchedulerConfig", cache_config: "CacheConfig"):
         self.config = scheduler_config
         self.max_num_seqs = scheduler_config.max_num_seqs
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens

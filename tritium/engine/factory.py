@@ -12,7 +12,8 @@ import torch
 
 from tritium.attention.backend import AttentionBackend
 from tritium.attention.torch_backend import TorchAttentionBackend
-from tritium.config import BuildConfig, CacheConfig, KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.config import (BuildConfig, CacheConfig, CudaGraphConfig, KvCacheConfig, ModelConfig,
+                            ResolvedSchedulerConfig, SchedulerConfig)
 from tritium.core.scheduler import Scheduler
 from tritium.engine.engine_core import EngineCore
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
@@ -21,7 +22,7 @@ from tritium.quantization import CalibConfig, ModelQuantization, QuantConfig
 from tritium.quantization.config import check_device_support
 from tritium.structured_output.backend import GrammarBackend
 from tritium.structured_output.manager import StructuredOutputManager
-from tritium.worker.cuda_graph import capture_sizes
+from tritium.worker.cuda_graph import decode_graph_sizes
 from tritium.worker.memory_plan import (KvCachePlan, describe_memory, memory_plan_summary, plan_kv_cache,
                                        profile_activation_bytes, weights_bytes)
 from tritium.worker.model_runner import ModelRunner
@@ -34,7 +35,7 @@ class EngineParts:
     core: EngineCore
     source: ModelSource
     model_config: ModelConfig
-    scheduler_config: SchedulerConfig
+    scheduler_config: ResolvedSchedulerConfig
     kv_plan: KvCachePlan
     tokenizer: Any
     device: torch.device
@@ -69,14 +70,18 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
                  kv_cache_config: KvCacheConfig, load_format: str = "auto",
                  device: Optional[str | torch.device] = None, skip_tokenizer_init: bool = False,
                  enforce_eager: bool = False, runner_options: Optional[dict[str, Any]] = None,
-                 quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None) -> EngineParts:
-    """enforce_eager: no CUDA graphs (every step runs eagerly), for debugging. runner_options:
+                 quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None,
+                 scheduler_config: Optional[SchedulerConfig] = None,
+                 cuda_graph_config: Optional[CudaGraphConfig] = None) -> EngineParts:
+    """scheduler_config: the user's scheduling policies (None: the engine's default).
+    cuda_graph_config: the decode graphs' sizes and padding (None: tritium's).
+    enforce_eager: no CUDA graphs (every step runs eagerly), for debugging. runner_options:
     extra ModelRunner arguments (batched_logits_processor, allow_overlap). quant_config: quantize
     the weights / KV cache at load (calibrating with calib_config when needed); a saved engine
     brings its own."""
     dev = resolve_device(device)
     args = (model, tokenizer, dtype, build_config, kv_cache_config, load_format, dev, skip_tokenizer_init,
-            enforce_eager, runner_options or {}, quant_config, calib_config)
+            enforce_eager, runner_options or {}, quant_config, calib_config, scheduler_config, cuda_graph_config)
     if dev.type != "cpu":
         return _build_engine(*args)
     # On CPU, build in a short-lived thread so that the caller's thread starts no OpenMP thread
@@ -91,7 +96,9 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
 def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                   kv_cache_config: KvCacheConfig, load_format: str, dev: torch.device,
                   skip_tokenizer_init: bool, enforce_eager: bool, runner_options: dict[str, Any],
-                  quant_config: Optional[QuantConfig], calib_config: Optional[CalibConfig]) -> EngineParts:
+                  quant_config: Optional[QuantConfig], calib_config: Optional[CalibConfig],
+                  scheduler_config: Optional[SchedulerConfig],
+                  cuda_graph_config: Optional[CudaGraphConfig]) -> EngineParts:
     clock = _PhaseClock()
     source = resolve_model_source(model, load_format)
     quant = resolve_quantization(source, quant_config, dev)
@@ -114,14 +121,15 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
         model_config = dataclasses.replace(model_config, eos_token_ids=(tok.eos_token_id,))
     clock.lap("config, tokenizer and weights")  # the tokenizer loads in a thread beside the weights
 
-    sched = SchedulerConfig.from_build(build_config, model_config)
+    sched = ResolvedSchedulerConfig.from_build(build_config, model_config, scheduler_config)
     backend = make_attention_backend(dev)
     use_graphs = dev.type == "cuda" and not enforce_eager and backend.name == "triton"
+    graph_sizes = decode_graph_sizes(sched.max_num_seqs, cuda_graph_config)  # (sizes, padding), checked anywhere
     activation = graph_reserve = 0
     if dev.type == "cuda":
         activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend)
         if use_graphs:  # the graphs' pool holds one decode step's activations at the largest size,
-            top = capture_sizes(sched.max_num_seqs)[-1]  # plus their shared float32 logits buffer
+            top = graph_sizes[0][-1]  # plus their shared float32 logits buffer
             graph_reserve = (profile_activation_bytes(nn_model, model_config, sched, dev, backend, num_tokens=top)
                              + top * model_config.vocab_size * 4)
     clock.lap("memory profile")
@@ -144,7 +152,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     runner = ModelRunner(nn_model, model_config, cache, dev, backend, max_num_seqs=sched.max_num_seqs,
                          max_model_len=sched.max_model_len, use_cuda_graphs=use_graphs,
                          structured_output=StructuredOutputManager(grammar) if grammar is not None else None,
-                         max_beam_width=sched.max_beam_width, **runner_options)
+                         max_beam_width=sched.max_beam_width, cuda_graph_sizes=graph_sizes, **runner_options)
     if runner.graphs is not None:
         logger.info("CUDA graph pool: %.2f GiB used of %.2f GiB reserved", runner.graphs.pool_bytes / 2**30,
                     graph_reserve / 2**30)

@@ -112,7 +112,8 @@ def _engine_spec(args: argparse.Namespace):
         device=args.device, max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
         max_seq_len=args.max_seq_len, kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
         kv_cache_max_tokens=args.kv_cache_max_tokens, enable_prefix_caching=not args.disable_prefix_caching,
-        enable_chunked_prefill=not args.disable_chunked_prefill, enforce_eager=args.enforce_eager)
+        enable_chunked_prefill=not args.disable_chunked_prefill, enforce_eager=args.enforce_eager,
+        capacity_scheduler_policy=args.capacity_scheduler_policy)
 
 
 def _print_report(report: dict, json_path) -> None:

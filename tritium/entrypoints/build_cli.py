@@ -51,10 +51,11 @@ def run_build(args: argparse.Namespace) -> int:
         raise ValueError("--output <folder> is required (or --dry-run)")
     from tritium.llm.llm import LLM
 
-    build, kv = engine_configs(args)
+    build, kv, scheduling = engine_configs(args)
     start = time.perf_counter()
     with LLM(model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
-             load_format=args.load_format, device=args.device, quant_config=quant, calib_config=calib) as llm:
+             scheduler_config=scheduling, load_format=args.load_format, device=args.device, quant_config=quant,
+             calib_config=calib) as llm:
         built = time.perf_counter()
         llm.save(args.output)
         from tritium.worker.memory_plan import describe_memory
@@ -84,7 +85,7 @@ def _dry_run(args: argparse.Namespace, quant) -> int:
         ckpt = detect(source.path, source.hf_config)
         quant = ckpt.quant_config if ckpt is not None else None
     gpu = parse_size(args.gpu_memory)
-    build, kv = engine_configs(args)
+    build, kv, _ = engine_configs(args)
     plan = estimate_memory(model, gpu, build, kv, quant)
     q = quant.to_dict() if quant is not None else {}
     print(f"{args.model or 'the embedded model'} ({model.architecture}, {str(model.dtype).replace('torch.', '')}, "

@@ -46,7 +46,30 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     _opt(g, "--kv-cache-max-tokens", type=int, default=None, help="cap on KV cache tokens")
     _opt(g, "--disable-prefix-caching", action="store_true", help="turn off KV block reuse across requests")
     _opt(g, "--disable-chunked-prefill", action="store_true")
+    _opt(g, "--capacity-scheduler-policy", "--scheduler-policy", "--scheduler_policy", default=None,
+         type=str.lower, choices=CAPACITY_POLICY_CHOICES, metavar="POLICY",
+         help="when the KV cache runs short: max_utilization (the default) admits requests while their next tokens "
+              "fit and preempts the newest; guaranteed_no_evict admits one only when it fits at full length "
+              "(prompt + max tokens), so none is ever preempted (TensorRT-LLM's CapacitySchedulerPolicy)")
     add_quantization_args(p)
+
+
+CAPACITY_POLICY_CHOICES = ("max_utilization", "guaranteed_no_evict")  # trtllm-bench --scheduler_policy's values
+
+
+def engine_configs(args, max_seq_len=None):
+    """(BuildConfig, KvCacheConfig, SchedulerConfig or None) from the model / engine flags;
+    max_seq_len: instead of --max-seq-len (benchmarks size it from their requests)."""
+    from tritium import BuildConfig, KvCacheConfig, SchedulerConfig
+
+    build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
+                        max_seq_len=args.max_seq_len if max_seq_len is None else max_seq_len,
+                        enable_chunked_prefill=not args.disable_chunked_prefill)
+    kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
+                       free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
+                       max_tokens=args.kv_cache_max_tokens)
+    policy = args.capacity_scheduler_policy
+    return build, kv, None if policy is None else SchedulerConfig(capacity_scheduler_policy=policy)
 
 
 def add_quantization_args(p: argparse.ArgumentParser) -> None:
@@ -62,18 +85,6 @@ def add_quantization_args(p: argparse.ArgumentParser) -> None:
                                                "default: tritium's own English text")
     _opt(g, "--calib-size", type=int, default=64, help="calibration samples (default 64)")
     _opt(g, "--calib-max-seq-len", type=int, default=512, help="tokens per calibration sample (default 512)")
-
-
-def engine_configs(args):
-    """(BuildConfig, KvCacheConfig) from the engine flags."""
-    from tritium import BuildConfig, KvCacheConfig
-
-    build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
-                        max_seq_len=args.max_seq_len, enable_chunked_prefill=not args.disable_chunked_prefill)
-    kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
-                       free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
-                       max_tokens=args.kv_cache_max_tokens)
-    return build, kv
 
 
 def quant_configs(args):
@@ -170,13 +181,13 @@ def run_generate(args) -> int:
             min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
             frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop, n=args.n,
             logprobs=args.logprobs, ignore_eos=args.ignore_eos)
-        build, kv = engine_configs(args)
+        build, kv, scheduling = engine_configs(args)
         quant, calib = quant_configs(args)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     with LLM(model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build,
-             kv_cache_config=kv, load_format=args.load_format, device=args.device, quant_config=quant,
-             calib_config=calib) as llm:
+             kv_cache_config=kv, scheduler_config=scheduling, load_format=args.load_format, device=args.device,
+             quant_config=quant, calib_config=calib) as llm:
         if args.chat:
             prompts = [llm.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         if args.stream:

@@ -61,8 +61,16 @@ def _chat_template(value):
 
 
 def run_serve(args) -> int:
-    from tritium import BuildConfig, KvCacheConfig
-    from tritium.entrypoints.openai.api_server import ServerConfig, run_server
+    from tritium.entrypoints.openai.api_server import run_server
+
+    config = server_config(args)
+    return run_server(config, args.host, args.port, args.log_level)
+
+
+def server_config(args):
+    """The ServerConfig of `tritium serve ARGS` (its load_llm builds the engine later, in the server)."""
+    from tritium.entrypoints.cli import engine_configs, quant_configs
+    from tritium.entrypoints.openai.api_server import ServerConfig
 
     logging.getLogger("tritium").setLevel(args.log_level.upper())
     if args.model_tag is not None and args.model is not None and args.model_tag != args.model:
@@ -74,26 +82,20 @@ def run_serve(args) -> int:
         raise ValueError("--max-queued-requests must be >= 0")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port")
-    build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
-                        max_seq_len=args.max_seq_len, enable_chunked_prefill=not args.disable_chunked_prefill)
-    kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
-                       free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
-                       max_tokens=args.kv_cache_max_tokens)
-    from tritium.entrypoints.cli import quant_configs
-
+    build, kv, scheduling = engine_configs(args)
     quant, calib = quant_configs(args)
 
     def load_llm():
         from tritium.llm.llm import LLM
 
         return LLM(model=model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
-                   load_format=args.load_format, device=args.device, quant_config=quant, calib_config=calib)
+                   scheduler_config=scheduling, load_format=args.load_format, device=args.device,
+                   quant_config=quant, calib_config=calib)
 
-    config = ServerConfig(load_llm=load_llm, served_model_name=args.served_model_name or model or DEFAULT_MODEL_NAME,
-                          api_key=args.api_key, max_queued_requests=args.max_queued_requests,
-                          max_batch_size=args.max_batch_size, chat_template=_chat_template(args.chat_template),
-                          drain_timeout_s=args.drain_timeout)
-    return run_server(config, args.host, args.port, args.log_level)
+    return ServerConfig(load_llm=load_llm, served_model_name=args.served_model_name or model or DEFAULT_MODEL_NAME,
+                        api_key=args.api_key, max_queued_requests=args.max_queued_requests,
+                        max_batch_size=args.max_batch_size, chat_template=_chat_template(args.chat_template),
+                        drain_timeout_s=args.drain_timeout)
 
 
 if __name__ == "__main__":  # python -m tritium.entrypoints.serve_cli ...

@@ -49,20 +49,24 @@ def use_triton(x) -> bool:
     return x.is_cuda and os.environ.get("TRITIUM_TRITON", "1") != "0" and triton_available()
 
 
-def skinny_gemm_rows() -> int:
-    """Linears with at most this many rows use the weight-streaming Triton kernel on a GPU
-    (TRITIUM_SKINNY_GEMM_ROWS). Off by default: on an H200 it streams Llama-3.1-8B's decode
-    weights no faster than cuBLAS (4.01 vs 3.97 ms a step) and batch-1 decode measured 174 vs
-    207 tok/s (BENCHMARKS.md); it is the base for the quantized weight-only kernels."""
-    return int(os.environ.get("TRITIUM_SKINNY_GEMM_ROWS", "0"))
+# Rows up to which a 16-bit linear may run the weight-streaming kernel (streaming_gemm.dense_gemv),
+# which times itself against cuBLAS per layer shape and keeps the faster.
+STREAMING_GEMM_MAX_ROWS = 16
+
+
+def streaming_gemm_enabled() -> bool:
+    """TRITIUM_STREAMING_GEMM=0 keeps every 16-bit linear on cuBLAS (for A/B measurements)."""
+    return os.environ.get("TRITIUM_STREAMING_GEMM", "1") != "0"
 
 
 def gpu_linear(x, weight, bias):
-    """y = x W^T + b on a GPU: the skinny kernel for a few rows, cuBLAS otherwise."""
+    """y = x W^T + b on a GPU: for a few rows the faster of the streaming kernel and cuBLAS for
+    this shape (timed once), cuBLAS otherwise."""
     import torch.nn.functional as F
 
-    if x.dim() == 2 and x.shape[0] <= skinny_gemm_rows() and use_triton(x) and weight.stride(-1) == 1:
-        from tritium.kernels.skinny_gemm import skinny_gemm
+    if (x.dim() == 2 and x.shape[0] <= STREAMING_GEMM_MAX_ROWS and use_triton(x) and streaming_gemm_enabled()
+            and weight.dtype == x.dtype and weight.stride(-1) == 1 and x.stride(-1) == 1):
+        from tritium.kernels.streaming_gemm import dense_gemv
 
-        return skinny_gemm(x, weight, bias)
+        return dense_gemv(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -35,9 +35,10 @@ Messages = list[dict[str, str]]
 
 class LLM:
     """kwargs: TensorRT-LLM's top-level arguments (max_batch_size, max_num_tokens, max_seq_len,
-    max_beam_width, max_input_len, enable_chunked_prefill, batched_logits_processor,
-    disable_overlap_scheduler, cuda_graph_config=None, trust_remote_code, ...: see
-    tritium/llm/llm_args.py); any other is a ValueError naming it."""
+    max_beam_width, max_input_len, enable_chunked_prefill, scheduler_config, batched_logits_processor,
+    disable_overlap_scheduler, cuda_graph_config, trust_remote_code, ...: see
+    tritium/llm/llm_args.py); any other is a ValueError naming it. `llm.scheduler_config` is what
+    the engine's scheduler was built with (ResolvedSchedulerConfig)."""
 
     def __init__(self, model: Optional[str] = None, tokenizer: Optional[str] = None, dtype: str = "auto",
                  build_config: Optional[BuildConfig] = None, kv_cache_config: Optional[KvCacheConfig] = None,
@@ -47,8 +48,8 @@ class LLM:
                  **kwargs: Any):
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: only 1 is supported in this version")
-        self.build_config, self.kv_cache_config, options = resolve_llm_args(build_config, kv_cache_config,
-                                                                             enforce_eager, kwargs)
+        self.build_config, self.kv_cache_config, scheduling, options = resolve_llm_args(
+            build_config, kv_cache_config, enforce_eager, kwargs)
         if model is None:
             from tritium.default_model import default_model_path
 
@@ -56,8 +57,9 @@ class LLM:
         self.model_path = model
         self.batched_logits_processor = options.batched_logits_processor
         parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
-                             load_format=load_format, device=device, skip_tokenizer_init=skip_tokenizer_init,
-                             enforce_eager=options.enforce_eager,
+                             scheduler_config=scheduling, cuda_graph_config=options.cuda_graph_config,
+                             load_format=load_format, device=device,
+                             skip_tokenizer_init=skip_tokenizer_init, enforce_eager=options.enforce_eager,
                              runner_options=dict(batched_logits_processor=options.batched_logits_processor,
                                                  allow_overlap=not options.disable_overlap_scheduler),
                              quant_config=quant_config, calib_config=calib_config)

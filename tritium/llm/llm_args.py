@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from tritium.config import BuildConfig, KvCacheConfig
+from tritium.config import BuildConfig, CudaGraphConfig, KvCacheConfig, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +23,11 @@ BUILD_FIELDS = ("max_batch_size", "max_num_tokens", "max_seq_len", "max_beam_wid
 # Arguments tritium accepts only at the value that means "feature off" (what it implements).
 _ONLY_DEFAULT = {
     "pipeline_parallel_size": 1, "context_parallel_size": 1, "enable_attention_dp": False, "enable_lora": False,
-    "lora_config": None, "speculative_config": None, "scheduler_config": None,
+    "lora_config": None, "speculative_config": None,
     "peft_cache_config": None, "revision": None, "tokenizer_revision": None, "num_postprocess_workers": 0,
     "moe_expert_parallel_size": None, "moe_tensor_parallel_size": None, "moe_cluster_parallel_size": None,
     "tokenizer_mode": "auto", "reasoning_parser": None, "normalize_log_probs": False,
+    "stream_interval": 1, "print_iter_log": False, "enable_iter_req_stats": False,
 }
 # Arguments that change nothing here (what they switch on is always on, or does not exist).
 _NO_OP = {
@@ -34,10 +35,12 @@ _NO_OP = {
     "gpus_per_node": "one process uses the GPUs it is given",
     "gather_generation_logits": "generation logits are always available (SamplingParams.return_generation_logits)",
     "enable_iter_perf_stats": "per-step statistics are always kept (llm.get_stats())",
+    "enable_trtllm_sampler": "tritium's one sampler implements every SamplingParams field",
+    "enable_mixed_sampler": "each request is always sampled with its own SamplingParams",
 }
 _GUIDED_BACKENDS = (None, "llguidance", "xgrammar")
 _BACKENDS = (None, "pytorch")
-_DEFAULT = object()  # tells an explicit cuda_graph_config=None (no CUDA graphs) from no argument
+_DEFAULT = object()  # tells an explicit cuda_graph_config=None (no CUDA graphs) from no argument (tritium's)
 
 
 @dataclass
@@ -45,15 +48,17 @@ class RuntimeOptions:
     """What the LLM front applies besides the configs."""
 
     enforce_eager: bool = False
+    cuda_graph_config: Optional[CudaGraphConfig] = None  # None: tritium's graph sizes (or none if enforce_eager)
     disable_overlap_scheduler: bool = False
     batched_logits_processor: Optional[Callable] = None
 
 
 def resolve_llm_args(build_config: Optional[BuildConfig], kv_cache_config: Any, enforce_eager: bool,
-                     kwargs: dict[str, Any]) -> tuple[BuildConfig, KvCacheConfig, RuntimeOptions]:
-    """-> (build config, KV cache config, runtime options); the caller's configs are copied, so
-    changing them afterwards does not change a built LLM. Raises ValueError naming each argument
-    that tritium does not implement."""
+                     kwargs: dict[str, Any]) -> tuple[BuildConfig, KvCacheConfig, Optional[SchedulerConfig],
+                                                      RuntimeOptions]:
+    """-> (build config, KV cache config, scheduler config or None for the engine's default,
+    runtime options); the caller's configs are copied, so changing them afterwards does not change
+    a built LLM. Raises ValueError naming each argument that tritium does not implement."""
     kwargs = dict(kwargs)
     build = copy.copy(build_config) if build_config is not None else BuildConfig()
     for name in BUILD_FIELDS:
@@ -61,15 +66,16 @@ def resolve_llm_args(build_config: Optional[BuildConfig], kv_cache_config: Any, 
         if value is not None:
             setattr(build, name, value)
     build.validate()
-    kv = _kv_cache_config(kv_cache_config)
+    kv = _user_config(KvCacheConfig, "kv_cache_config", kv_cache_config)
+    scheduling = kwargs.pop("scheduler_config", None)
+    scheduling = None if scheduling is None else _user_config(SchedulerConfig, "scheduler_config", scheduling)
     options = RuntimeOptions(enforce_eager=enforce_eager)
 
     cuda_graph_config = kwargs.pop("cuda_graph_config", _DEFAULT)
     if cuda_graph_config is None:
         options.enforce_eager = True
-    elif cuda_graph_config is not _DEFAULT and cuda_graph_config != {}:
-        raise ValueError("cuda_graph_config: tritium chooses its own CUDA graph batch sizes; pass None to turn "
-                         f"CUDA graphs off, got {cuda_graph_config!r}")
+    elif cuda_graph_config is not _DEFAULT:
+        options.cuda_graph_config = _user_config(CudaGraphConfig, "cuda_graph_config", cuda_graph_config)
     options.disable_overlap_scheduler = bool(kwargs.pop("disable_overlap_scheduler", False))
     processor = kwargs.pop("batched_logits_processor", None)
     if processor is not None and not callable(processor):
@@ -90,19 +96,21 @@ def resolve_llm_args(build_config: Optional[BuildConfig], kv_cache_config: Any, 
             logger.info("LLM(%s=...) changes nothing in tritium: %s", name, why)
     if kwargs:
         raise ValueError(f"unknown LLM argument(s): {', '.join(sorted(kwargs))}")
-    return build, kv, options
+    return build, kv, scheduling, options
 
 
-def _kv_cache_config(value: Any) -> KvCacheConfig:
+def _user_config(cls, name: str, value: Any):
+    """A copy of a user's config object, or one built from a dict (TensorRT-LLM's pydantic
+    configs also take one, e.g. from a YAML file); None: the class's defaults."""
     if value is None:
-        return KvCacheConfig()
-    if isinstance(value, dict):  # TensorRT-LLM's pydantic configs also take a dict
+        return cls()
+    if isinstance(value, dict):
         try:
-            return KvCacheConfig(**value)
+            return cls(**value)
         except TypeError as e:
-            raise ValueError(f"kv_cache_config: {e}") from None
-    if not isinstance(value, KvCacheConfig):
-        raise ValueError(f"kv_cache_config must be a KvCacheConfig or a dict, got {type(value).__name__}")
-    kv = copy.copy(value)
-    kv.validate()
-    return kv
+            raise ValueError(f"{name}: {e}") from None
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+    config = copy.copy(value)
+    config.validate()
+    return config

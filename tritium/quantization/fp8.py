@@ -9,22 +9,29 @@ Parameters (the saved layout): weight float8_e4m3fn [N, K], weight_scale float32
 keeps one value in every row, so fused q/k/v shards of a checkpoint with their own scales load
 as they are and are requantized to the largest one), input_scale float32 [1] (FP8 only).
 
-GPU (compute capability 8.9+): torch._scaled_mm, the weight passed transposed (column-major, as
-cuBLASLt wants). Per-token scaling uses the row-wise _scaled_mm from ROWWISE_MIN_ROWS rows and
-below that a unit-scale FP8 product rescaled in float32 (row-wise is slower at small M on an
-H200; it also writes only bfloat16). CPU: the same arithmetic emulated: operands rounded through float8_e4m3fn, dequantized and
-multiplied in float32.
+GPU (compute capability 8.9+): up to GEMV_MAX_ROWS rows, the Triton weight-streaming kernel
+(kernels/streaming_gemm.py), which rounds the activations onto FP8 itself; more rows,
+torch._scaled_mm, the weight passed transposed (column-major, as cuBLASLt wants). Per-token
+scaling uses the row-wise _scaled_mm from ROWWISE_MIN_ROWS rows and below that a unit-scale FP8
+product rescaled in float32 (row-wise is slower at small M on an H200; it also writes only
+bfloat16). CPU: the same arithmetic emulated: operands rounded through float8_e4m3fn,
+dequantized and multiplied in float32.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from tritium.kernels import use_triton
 from tritium.layers.linear import new_param
 from tritium.quantization.base import QuantizedLinearMethod, loaded_param, replace_param
 from tritium.quantization.quant_utils import FP8_DTYPE, fp8_scale, quantize_fp8, quantize_fp8_per_row
 
 ROWWISE_MIN_ROWS = 128
+# Rows up to which the Triton weight-streaming kernel (activations quantized inside it) runs instead
+# of quantize-then-_scaled_mm: at batch 1 on an H200 the latter took 4.01 ms a step (per-tensor)
+# and 5.93 ms (per-token) against bf16's 4.62, mostly its small per-call kernels (BENCHMARKS.md).
+GEMV_MAX_ROWS = 16
 
 
 def _max_loader(param, loaded_weight, shard_id=None):
@@ -97,6 +104,11 @@ class Fp8LinearMethod(QuantizedLinearMethod):
         return y.to(x2.dtype)
 
     def _apply_cuda(self, layer, x2, bias):
+        if x2.shape[0] <= GEMV_MAX_ROWS and use_triton(x2):  # decode: stream the FP8 weight once
+            from tritium.kernels.streaming_gemm import fp8_gemv
+
+            return fp8_gemv(x2.contiguous(), layer.weight, layer.weight_scale,
+                            None if self.dynamic else layer.input_scale, bias)
         xq, x_scale = self._quantize_input(layer, x2)
         w_t = layer.weight.t()  # [K, N] column-major
         if not self.dynamic:

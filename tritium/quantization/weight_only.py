@@ -2,7 +2,7 @@
 scale and zero point per group of input channels; plain RTN, or AWQ / GPTQ weights which share
 the layout). Activations stay in the model dtype.
 
-GPU: up to WEIGHT_ONLY_KERNEL_MAX_ROWS rows run the Triton kernels (kernels/weight_only_gemm.py),
+GPU: up to WEIGHT_ONLY_KERNEL_MAX_ROWS rows run the Triton kernels (kernels/streaming_gemm.py),
 which read only the quantized bytes; larger batches dequantize the weight once and use cuBLAS.
 CPU: int8 through ATen's int8 weight kernel; int4 dequantized to float32 per call (correct, slow).
 """
@@ -42,7 +42,7 @@ class Int8WeightOnlyMethod(QuantizedLinearMethod):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [M, K]
         if _use_kernel(x2):
-            from tritium.kernels.weight_only_gemm import w8a16_gemm
+            from tritium.kernels.streaming_gemm import w8a16_gemm
 
             y = w8a16_gemm(x2.contiguous(), layer.weight, layer.weight_scale, bias)
         elif x.is_cuda or x2.shape[0] > CPU_INT8_KERNEL_MAX_ROWS:
@@ -86,7 +86,7 @@ class Int4WeightOnlyMethod(QuantizedLinearMethod):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [M, K]
         if _use_kernel(x2):
-            from tritium.kernels.weight_only_gemm import w4a16_gemm
+            from tritium.kernels.streaming_gemm import w4a16_gemm
 
             y = w4a16_gemm(x2.contiguous(), layer.weight_packed, layer.weight_scale, layer.weight_zero,
                            self.group_size, bias)

@@ -1,6 +1,7 @@
 """CUDA graphs for decode steps: the whole forward pass plus the LM head, replayed in one launch.
 
-A decode step of R requests (one token each) is padded up to the next captured batch size B.
+A decode step of R requests (one token each) is padded up to the next captured batch size B
+(with padding off, only a step of exactly a captured size replays a graph).
 Each size is captured once at start (largest first, all sharing one memory pool) over static
 buffers; a replay copies the step's inputs into the first R rows of those buffers and pads the
 rest with rows that write no KV (slot -1) and attend over nothing (length 0). Lengths and block
@@ -31,11 +32,29 @@ def capture_sizes(max_batch_size: int) -> list[int]:
     return sorted(set(out))
 
 
+def decode_graph_sizes(max_batch_size: int, config=None) -> tuple[list[int], bool]:
+    """(sizes to capture, padding) for an engine of max_batch_size: tritium's sizes, padded, without
+    a config.CudaGraphConfig; else the config's batch_sizes (or tritium's sizes up to its
+    max_batch_size, 128 by default), without those above the engine's max_batch_size."""
+    if config is None:
+        return capture_sizes(max_batch_size), True
+    if config.batch_sizes:
+        sizes = sorted({b for b in config.batch_sizes if b <= max_batch_size})
+        if not sizes:
+            raise ValueError(f"cuda_graph_config.batch_sizes {config.batch_sizes} are all above max_batch_size "
+                             f"({max_batch_size}): no decode step could use them")
+    else:
+        sizes = capture_sizes(min(config.max_batch_size or 128, max_batch_size))
+    return sizes, config.enable_padding
+
+
 class DecodeGraphs:
     def __init__(self, model: nn.Module, kv_caches: list[torch.Tensor], backend: AttentionBackend,
-                 max_batch_size: int, max_blocks_per_seq: int, max_model_len: int, device: torch.device):
+                 sizes: list[int], max_blocks_per_seq: int, max_model_len: int, device: torch.device,
+                 padding: bool = True):
         self.model, self.kv_caches, self.backend, self.device = model, kv_caches, backend, device
-        self.sizes = capture_sizes(max_batch_size)
+        self.sizes = sizes  # ascending
+        self.padding = padding
         top = self.sizes[-1]
         self.num_kv_heads = kv_caches[0].shape[3]
         self.max_model_len = max_model_len
@@ -55,6 +74,8 @@ class DecodeGraphs:
         self._rows_written = 0  # rows [0, this) may hold an earlier step's requests
 
     def bucket(self, num_reqs: int) -> Optional[int]:
+        if not self.padding:
+            return num_reqs if num_reqs in self.sizes else None
         for size in self.sizes:
             if size >= num_reqs:
                 return size

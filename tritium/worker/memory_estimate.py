@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from tritium.config import BuildConfig, KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.config import BuildConfig, KvCacheConfig, ModelConfig, ResolvedSchedulerConfig
 from tritium.quantization.config import FP8_ALGOS, INT4_ALGOS, QuantConfig
 from tritium.quantization.quant_utils import padded_k
 from tritium.worker.memory_plan import gpu_kv_budget, memory_plan_summary, plan_kv_blocks
@@ -85,7 +85,7 @@ def estimate_memory(model: ModelConfig, gpu_memory: int, build: BuildConfig, kv:
     """The memory plan (memory_plan_summary's dict) a GPU of `gpu_memory` bytes would get."""
     from tritium.quantization import KV_CACHE_DTYPES
 
-    sched = SchedulerConfig.from_build(build, model)
+    sched = ResolvedSchedulerConfig.from_build(build, model)
     weights = estimate_weight_bytes(model, quant)
     tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
     activations = _step_bytes(model, tokens, min(sched.max_num_seqs, tokens))

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from tritium.config import CacheConfig, KvCacheConfig, ModelConfig, SchedulerConfig
+from tritium.config import CacheConfig, KvCacheConfig, ModelConfig, ResolvedSchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dty
     return 2 * model_config.num_hidden_layers * block_size * model_config.kv_size * elem
 
 
-def plan_kv_cache(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCacheConfig,
+def plan_kv_cache(model_config: ModelConfig, sched: ResolvedSchedulerConfig, kv: KvCacheConfig,
                   dtype: torch.dtype, device: torch.device, activation_bytes: int = 0) -> KvCachePlan:
     """activation_bytes: the peak a step of max_num_tokens needs (GPU), kept free of cache."""
     if device.type == "cuda":
@@ -83,7 +83,7 @@ def gpu_kv_budget(free_bytes: int, activation_bytes: int, fraction: float) -> tu
                                   f"and {activation_bytes / 2**30:.2f} GiB of activations")
 
 
-def plan_kv_blocks(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCacheConfig, dtype: torch.dtype,
+def plan_kv_blocks(model_config: ModelConfig, sched: ResolvedSchedulerConfig, kv: KvCacheConfig, dtype: torch.dtype,
                    budget: int, reason: str) -> KvCachePlan:
     """As many blocks as `budget` bytes hold, capped by max_tokens and by what max_batch_size
     sequences of max_seq_len could ever use."""
@@ -106,7 +106,7 @@ def plan_kv_blocks(model_config: ModelConfig, sched: SchedulerConfig, kv: KvCach
 
 
 @torch.inference_mode()
-def profile_activation_bytes(model, model_config: ModelConfig, sched: SchedulerConfig, device: torch.device,
+def profile_activation_bytes(model, model_config: ModelConfig, sched: ResolvedSchedulerConfig, device: torch.device,
                              backend=None, num_tokens: Optional[int] = None) -> int:
     """Peak GPU memory of one forward pass of `num_tokens` tokens (default max_num_tokens; one
     long prefill) plus the logits of up to max_batch_size rows, excluding the scratch KV cache it

@@ -23,7 +23,7 @@ from tritium.config import CacheConfig, ModelConfig
 from tritium.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from tritium.layers.sampler import LogprobsTensors, Sampler, SamplingMetadata
 from tritium.structured_output.manager import StructuredOutputManager
-from tritium.worker.cuda_graph import DecodeGraphs
+from tritium.worker.cuda_graph import DecodeGraphs, decode_graph_sizes
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
 from tritium.worker.beam_search import BeamCandidateTensors, BeamRows, beam_groups, copy_kv_blocks
 from tritium.worker.logits_outputs import LogitsOutputs
@@ -72,7 +72,10 @@ class ModelRunner:
                  device: torch.device, backend: AttentionBackend, max_num_seqs: int = 256,
                  max_model_len: Optional[int] = None, use_cuda_graphs: bool = False,
                  max_beam_width: int = 1, batched_logits_processor=None, allow_overlap: bool = True,
-                 structured_output: Optional[StructuredOutputManager] = None):
+                 structured_output: Optional[StructuredOutputManager] = None,
+                 cuda_graph_sizes: Optional[tuple[list[int], bool]] = None):
+        """cuda_graph_sizes: (sizes, padding) of the decode graphs (cuda_graph.decode_graph_sizes;
+        None: tritium's sizes up to max_num_seqs, padded)."""
         self.model = model
         self.model_config = model_config
         self.cache_config = cache_config
@@ -105,7 +108,9 @@ class ModelRunner:
         self.num_placeholder_tokens = 0  # inputs fed from the previous step's device tensor (a statistic)
         self.graphs: Optional[DecodeGraphs] = None
         if use_cuda_graphs:
-            self.graphs = DecodeGraphs(model, self.kv_caches, backend, max_num_seqs, max_blocks, max_model_len, device)
+            sizes, padding = cuda_graph_sizes or decode_graph_sizes(max_num_seqs)
+            self.graphs = DecodeGraphs(model, self.kv_caches, backend, sizes, max_blocks, max_model_len, device,
+                                       padding)
             self.graphs.capture()
 
     # ---- state ----------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""Decode-sized linears of Llama-3.1-8B on one GPU: bf16 cuBLAS against the weight-streaming
+kernels over quantized weights (kernels/streaming_gemm.py) and torch._scaled_mm, per layer
+shape and row count; prints time and the weight bytes' effective bandwidth.
+
+    python3 scripts/bench_quant_gemv.py [--rows 1 4 16]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from tritium.kernels import streaming_gemm as wog
+from tritium.quantization.quant_utils import quantize_fp8_per_row, quantize_int4, quantize_int8_per_row
+
+SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+          "lm_head": (128256, 4096)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    flush = torch.empty(128 * 2**20, dtype=torch.uint8, device=dev)  # evicts the L2 cache between calls
+    print(f"{'layer':8} {'rows':>4} {'method':28} {'us':>8} {'GB/s':>7}  choice")
+    for name, (n, k) in SHAPES.items():
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+        q8, s8 = quantize_int8_per_row(w)
+        f8, sf8 = quantize_fp8_per_row(w)
+        p4, s4, z4 = quantize_int4(w, 128, scale_dtype=torch.bfloat16)
+        one = torch.ones((), device=dev)
+        x_scale = torch.full((1,), 0.01, device=dev)
+        for m in args.rows:
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            xf8 = (x / 0.01).clamp(-448, 448).to(torch.float8_e4m3fn)
+            runs = {  # method: (call, weight bytes, the kernel's tile-choice key prefix)
+                "bf16 cuBLAS": (lambda: F.linear(x, w), 2 * n * k, None),
+                "bf16 dense_gemv (timed choice)": (lambda: wog.dense_gemv(x, w), 2 * n * k, (wog.DENSE, wog.ACT_AS_IS)),
+                "int8 stream (W8A16)": (lambda: wog.w8a16_gemm(x, q8, s8), n * k, (wog.INT8, wog.ACT_AS_IS)),
+                "int4 g128 stream (W4A16)": (lambda: wog.w4a16_gemm(x, p4, s4, z4, 128), n * k // 2,
+                                             (wog.INT4, wog.ACT_AS_IS)),
+                "fp8 stream static (FP8)": (lambda: wog.fp8_gemv(x, f8, sf8, x_scale), n * k,
+                                            (wog.FP8, wog.ACT_FP8_STATIC)),
+                "fp8 stream per-token": (lambda: wog.fp8_gemv(x, f8, sf8, None), n * k,
+                                         (wog.FP8, wog.ACT_FP8_PER_TOKEN)),
+                "fp8 _scaled_mm (no x quant)": (lambda: torch._scaled_mm(xf8, f8.t(), scale_a=one, scale_b=one,
+                                                                        out_dtype=torch.bfloat16), n * k, None),
+            }
+            for method, (fn, nbytes, kind) in runs.items():
+                us = wog.time_from_memory_ms(fn, flush) * 1e3
+                chosen = [c for key, c in wog._CHOSEN.items() if kind is not None and key[:4] == (*kind, n, k)]
+                print(f"{name:8} {m:4d} {method:28} {us:8.1f} {nbytes / us / 1e3:7.0f}  {chosen[0] if chosen else ''}")
+
+if __name__ == "__main__":
+    main()

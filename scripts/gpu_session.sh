@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One device call on an H200: install the carried wheels (.whl: the server's dependencies, gguf),
+# then run the named stages in order. Logs and JSON reports go to $LOGS, packed at the end into
+# $OUT/gpu-logs.tgz (the device tool brings back at most 8 files).
+#
+#   bash scripts/gpu_session.sh tests quant-latency serve
+#
+# Stages:
+#   tests          tests/gpu and tests/kernels compiled on the GPU (real sizes)
+#   gemv           decode-sized linears: bf16 cuBLAS vs the quantized weight-streaming kernels
+#   quant-latency  batch-1 decode 128/128 (bench latency), bf16 and each quantization, same run
+#   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
+#   serve          tritium serve (dummy 8B) under bench serve: saturation, then 2 requests/s
+#   policy         offline 1000/1000 x1024 with each capacity scheduler policy
+#   engine-load    tritium build of a FP8 8B engine, then load to first token
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-gpu-out}
+LOGS=/tmp/gpu-logs
+mkdir -p "$OUT" "$LOGS"
+trap 'tar czf "$OUT/gpu-logs.tgz" -C "$LOGS" .' EXIT
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+tritium() { python3 -m tritium.entrypoints.cli "$@"; }
+MODEL=(--model llama-3.1-8b --load-format dummy --dtype bfloat16)
+nvidia-smi -L
+git log --oneline -1 2>/dev/null || true
+
+dataset() {  # dataset <file> <requests> <in> <out>
+  [ -e "$1" ] || tritium bench prepare-dataset token-norm-dist --num-requests "$2" --input-mean "$3" \
+    --output-mean "$4" --vocab-size 128256 --seed 0 --output "$1"
+}
+
+latency() {  # latency <tag> [flags...]
+  local tag=$1; shift
+  tritium bench latency "${MODEL[@]}" --batch-size 1 --input-len 128 --output-len 128 --iterations 5 --warmup 1 \
+    --report-json "$LOGS/lat-$tag.json" "$@" 2>&1 | tee "$LOGS/lat-$tag.log" \
+    | grep -iE "^(TTFT|TPOT|output tok/s|KV cache cap|startup: engine|peak memory)|error|Traceback" | head -20
+}
+
+offline() {  # offline <tag> <dataset> [flags...]
+  local tag=$1 data=$2; shift 2
+  tritium bench throughput "${MODEL[@]}" --dataset "$data" --max-batch-size 512 --max-num-tokens 8192 \
+    --report-json "$LOGS/off-$tag.json" "$@" 2>&1 | tee "$LOGS/off-$tag.log" \
+    | grep -iE "throughput|^(TTFT|TPOT)|KV cache cap|startup: engine|preemptions|error|Traceback" | head -20
+}
+
+for stage in "$@"; do
+  echo "=== stage $stage ($(date +%T))"
+  case "$stage" in
+    tests)
+      python3 -m pytest -q -p no:cacheprovider -x tests/gpu tests/kernels 2>&1 | tee "$LOGS/pytest-gpu.log" | tail -25 ;;
+    gemv)
+      python3 scripts/bench_quant_gemv.py --rows 1 16 2>&1 | tee "$LOGS/gemv.log" ;;
+    quant-latency)
+      latency bf16
+      for q in FP8 FP8_PER_CHANNEL_PER_TOKEN W8A16 W4A16; do latency "$q" --quantization "$q"; done
+      latency kvfp8 --kv-cache-dtype fp8 ;;
+    quant-offline)
+      dataset /tmp/d128.jsonl 4096 128 128
+      dataset /tmp/d1000.jsonl 1024 1000 1000
+      offline 128-bf16 /tmp/d128.jsonl
+      offline 128-fp8 /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8
+      offline 1000-fp8 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 ;;
+    policy)
+      dataset /tmp/d1000.jsonl 1024 1000 1000
+      for p in MAX_UTILIZATION GUARANTEED_NO_EVICT; do offline "1000-$p" /tmp/d1000.jsonl --capacity-scheduler-policy $p; done ;;
+    serve)
+      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/llama-3.1-8b/config.json /tmp/l8b/config.json
+      tritium serve /tmp/l8b --load-format dummy --dtype bfloat16 --max-batch-size 512 --max-num-tokens 8192 \
+        --max-seq-len 4096 --port 8000 --log-level warning > "$LOGS/serve.log" 2>&1 &
+      server=$!
+      tritium bench serve --ready-timeout 600 --num-prompts 2048 --input-mean 467 --output-mean 256 \
+        --vocab-size 128256 --max-concurrency 512 --result-json "$LOGS/serve-sat.json" 2>&1 | tail -30
+      tritium bench serve --num-prompts 60 --input-mean 467 --output-mean 256 --vocab-size 128256 \
+        --request-rate 2 --result-json "$LOGS/serve-rate2.json" 2>&1 | tail -30
+      kill $server; wait $server; tail -5 "$LOGS/serve.log" ;;
+    engine-load)
+      rm -rf /tmp/eng-fp8
+      start=$SECONDS
+      python3 -m tritium.entrypoints.cli build llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tail -5
+      echo "build wall $((SECONDS - start)) s"; du -sh /tmp/eng-fp8
+      python3 - <<'PY' 2>&1 | grep -v Loading | tail -8
+import time
+t0 = time.perf_counter()
+from tritium import LLM, SamplingParams
+llm = LLM(model="/tmp/eng-fp8")
+t1 = time.perf_counter()
+out = llm.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False)
+t2 = time.perf_counter()
+print(f"saved FP8 8B engine: import+load {t1 - t0:.1f} s, to first token {t2 - t0:.1f} s (process start excluded)")
+PY
+      ;;
+    *) echo "unknown stage $stage" >&2 ;;
+  esac
+done

@@ -1,0 +1,46 @@
+"""The weight-streaming kernels over quantized weights at Llama-3.1-8B layer sizes on the GPU, with
+the tile / split choice timed on the device (as the engine's graph warm-up makes it)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tritium.kernels import streaming_gemm as wog
+from tritium.quantization.quant_utils import (dequantize_int4, fp8_scale, quantize_fp8, quantize_fp8_per_row,
+                                              quantize_int4, quantize_int8_per_row)
+
+CUDA = torch.device("cuda")
+
+
+def _close(y, ref):
+    err = (y.float() - ref).abs().max().item()
+    assert err <= 2e-2 * ref.abs().max().item(), err
+
+
+@pytest.mark.parametrize("m", [1, 16, 40])
+@pytest.mark.parametrize("n, k", [(6144, 4096), (4096, 14336)])
+def test_quantized_gemv_at_real_sizes(m, n, k):
+    gen = torch.Generator(device=CUDA).manual_seed(n + m)
+    w = torch.randn(n, k, device=CUDA, generator=gen) * 0.02
+    x = torch.randn(m, k, device=CUDA, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, device=CUDA, generator=gen).to(torch.bfloat16)
+
+    q8, s8 = quantize_int8_per_row(w)
+    _close(wog.w8a16_gemm(x, q8, s8, bias), x.float() @ (q8.float() * s8[:, None]).t() + bias.float())
+
+    p4, s4, z4 = quantize_int4(w, 128, scale_dtype=torch.bfloat16)
+    _close(wog.w4a16_gemm(x, p4, s4, z4, 128), x.float() @ dequantize_int4(p4, s4, z4, 128, k).t())
+
+    f8, sf8 = quantize_fp8_per_row(w)
+    w_ref = f8.float() * sf8[:, None]
+    x_scale = fp8_scale(x.float().abs().amax()).reshape(1)
+    _close(wog.fp8_gemv(x, f8, sf8, x_scale), (quantize_fp8(x, x_scale).float() * x_scale) @ w_ref.t())
+    row_scale = fp8_scale(x.float().abs().amax(dim=1, keepdim=True))
+    _close(wog.fp8_gemv(x, f8, sf8, None), (quantize_fp8(x, row_scale).float() * row_scale) @ w_ref.t())
+
+    wb = w.to(torch.bfloat16)
+    _close(wog.dense_gemv(x, wb, bias), x.float() @ wb.float().t() + bias.float())
+
+    kinds = {key[:4] for key in wog._CHOSEN if key[2:4] == (n, k)}
+    assert kinds == {(wog.INT8, 0, n, k), (wog.INT4, 0, n, k), (wog.FP8, 1, n, k), (wog.FP8, 2, n, k),
+                     (wog.DENSE, 0, n, k)}

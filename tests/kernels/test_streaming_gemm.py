@@ -1,0 +1,103 @@
+"""Weight-streaming GEMM kernels over quantized weights (int8 per-channel, int4 per-group, FP8 with
+FP8 activations) against dequantize-then-matmul in float64, on fresh random weights quantized by
+tritium's own quantizers; with and without split-K, one and several 16-row tiles."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tritium.kernels.streaming_gemm import GemvConfig, dense_gemv, fp8_gemv, row_fp8_scales, w4a16_gemm, w8a16_gemm
+from tritium.quantization.quant_utils import (dequantize_int4, fp8_scale, quantize_fp8, quantize_fp8_per_row,
+                                              quantize_int4, quantize_int8_per_row)
+
+SPLIT = GemvConfig(block_n=16, block_k=64, split_k=2)  # two programs share each output tile
+WHOLE_K = GemvConfig(block_n=32, block_k=64, split_k=1)
+
+
+def _reference(x, w, bias):
+    y = x.double() @ w.double().t()
+    return y + bias.double() if bias is not None else y
+
+
+def _assert_close(y, ref, dtype):
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("m, n, k, dtype, with_bias, config", [
+    (1, 40, 96, torch.float32, False, WHOLE_K),
+    (5, 33, 200, torch.float32, True, SPLIT),
+    (17, 24, 256, torch.bfloat16, False, SPLIT),
+    (3, 24, 64, torch.bfloat16, True, None),  # the default choice
+])
+def test_w8a16_matches_dequantized_reference(m, n, k, dtype, with_bias, config, device):
+    gen = torch.Generator().manual_seed(m * 1000 + n)
+    w = torch.randn(n, k, generator=gen)
+    q, scale = quantize_int8_per_row(w)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype) if with_bias else None
+    y = w8a16_gemm(x.to(device), q.to(device), scale.to(device), None if bias is None else bias.to(device),
+                   config=config)
+    assert y.dtype == dtype and y.shape == (m, n)
+    _assert_close(y, _reference(x, q.float() * scale[:, None], bias), dtype)
+
+
+@pytest.mark.parametrize("m, n, k, group, dtype, config", [
+    (1, 40, 128, 64, torch.float32, GemvConfig(16, 64, 1)),
+    (3, 24, 160, 64, torch.float32, GemvConfig(16, 64, 2)),  # K padded to 192: a ragged last group
+    (18, 16, 256, 32, torch.bfloat16, GemvConfig(16, 64, 2)),  # two groups a step, split in two
+    (2, 20, 96, 32, torch.bfloat16, None),
+])
+def test_w4a16_matches_dequantized_reference(m, n, k, group, dtype, config, device):
+    gen = torch.Generator().manual_seed(m * 7 + k)
+    w = torch.randn(n, k, generator=gen)
+    packed, scale, zero = quantize_int4(w, group, scale_dtype=dtype)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype)
+    y = w4a16_gemm(x.to(device), packed.to(device), scale.to(device), zero.to(device), group, bias.to(device),
+                   config=config)
+    _assert_close(y, _reference(x, dequantize_int4(packed, scale, zero, group, k), bias), dtype)
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+@pytest.mark.parametrize("m, n, k, dtype, config", [
+    (1, 40, 128, torch.float32, WHOLE_K),
+    (4, 24, 192, torch.bfloat16, SPLIT),
+    (17, 16, 64, torch.bfloat16, None),
+])
+def test_fp8_gemv_matches_w8a8_reference(per_token, m, n, k, dtype, config, device):
+    """The activations are rounded onto FP8 in the kernel exactly as quantize_fp8 rounds them."""
+    gen = torch.Generator().manual_seed(m + k + per_token)
+    w = torch.randn(n, k, generator=gen)
+    wq, w_scale = quantize_fp8_per_row(w)
+    x = (torch.randn(m, k, generator=gen) * 3).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype)
+    if per_token:
+        x_scale = fp8_scale(x.float().abs().amax(dim=1, keepdim=True))  # [M, 1]
+        arg = None
+    else:
+        x_scale = fp8_scale(x.float().abs().amax() * 0.8).reshape(1)  # some inputs saturate
+        arg = x_scale.to(device)
+    x_fp8 = quantize_fp8(x, x_scale).float() * x_scale
+    y = fp8_gemv(x.to(device), wq.to(device), w_scale.to(device), arg, bias.to(device), config=config)
+    _assert_close(y, _reference(x_fp8, wq.float() * w_scale[:, None], bias), dtype)
+
+
+def test_row_fp8_scales(device):
+    x = torch.randn(3, 1500, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    x[1] = 0
+    got = row_fp8_scales(x.to(device)).cpu()
+    torch.testing.assert_close(got, fp8_scale(x.float().abs().amax(dim=1)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("n, k, bias, config", [(96, 64, False, WHOLE_K), (50, 200, True, SPLIT)])
+def test_dense_gemv_matches_f_linear(device, dtype, rows, n, k, bias, config):
+    gen = torch.Generator().manual_seed(rows + n)
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype) if bias else None
+    out = dense_gemv(x.to(device), w.to(device), None if b is None else b.to(device), config=config)
+    assert out.shape == (rows, n) and out.dtype == dtype
+    _assert_close(out, _reference(x, w, b), dtype)

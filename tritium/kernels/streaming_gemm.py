@@ -1,0 +1,351 @@
+"""y = x W^T for decode-sized batches, streaming W once: W stored quantized (FP8 e4m3 or int8 with
+one scale per output channel, int4 with a scale and zero per group of input channels; FP8
+activations quantized in the kernel, by a static per-tensor scale or per-token scales from a small
+pre-kernel), or W in 16 bits (dense_gemv, where a timed choice per shape keeps cuBLAS if faster).
+
+At a few rows a linear layer only has to read its weight once: the kernel streams the quantized
+bytes (never a dequantized copy) and multiplies each weight tile with all rows of x at once
+(padded to a 16-row tensor-core tile; the padding costs no memory traffic), accumulating in
+float32. Grid (cdiv(N, BLOCK_N), cdiv(M, 16), SPLIT_K): SPLIT_K programs share one output tile,
+each over a slice of K, so that even a 4096-wide layer has several programs per SM in flight;
+they write float32 partials that a second kernel sums (+ bias, cast). Large batches (prefill)
+dequantize once and use cuBLAS / _scaled_mm instead (the linear methods decide).
+
+The tile shape and split are chosen per (weight kind, N, K) by timing a few candidates the first
+time a shape runs outside a CUDA-graph capture (the graph warm-up runs every decode size first);
+the interpreter and a capture without a timed choice use a heuristic.
+
+Layouts (quantization/quant_utils.py): FP8 / int8 weight [N, K] + float32 scale [N]; int4
+weight_packed uint8 [N, Kp/2], scale and zero [N, Kp/G]: each group of G inputs is G/2 bytes, low
+nibbles = the group's first half, high nibbles = its second half, so each nibble plane meets a
+contiguous slice of x.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from tritium.kernels import dot_precision, interpreting
+from tritium.kernels.rope_kv_write import _quantize
+
+logger = logging.getLogger(__name__)
+
+BLOCK_M = 16
+# weight kinds
+FP8, INT8, INT4, DENSE = 0, 1, 2, 3
+# activation handling
+ACT_AS_IS, ACT_FP8_STATIC, ACT_FP8_PER_TOKEN = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int
+    block_k: int  # input channels per step (int4: a multiple of the group size)
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+CUBLAS = GemvConfig(0, 0, 0)  # dense_gemv's choice when cuBLAS timed faster than every tile
+
+
+@triton.jit
+def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr, y_ptr, part_ptr,
+                       M, N, K, KW, STEPS_PER_SPLIT, stride_xm, stride_wn, stride_sn, stride_ym,
+                       WEIGHT: tl.constexpr, ACT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr):
+    """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4)."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_k = tl.program_id(2)
+    r_mask = rows < M
+    c_mask = cols < N
+    if ACT == 1:
+        x_scale = tl.load(x_scale_ptr)
+    if ACT == 2:
+        x_scale = tl.load(x_scale_ptr + rows, mask=r_mask, other=1.0)[:, None]  # [BLOCK_M, 1]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for step in range(pid_k * STEPS_PER_SPLIT, (pid_k + 1) * STEPS_PER_SPLIT):
+        if WEIGHT == 2:  # int4: BLOCK_K inputs = BLOCK_K / 2 bytes, whole groups
+            HALF: tl.constexpr = GROUP // 2
+            j = step * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)  # byte index in the row
+            j_mask = j < KW
+            packed = tl.load(w_ptr + cols[:, None] * stride_wn + j[None, :], mask=c_mask[:, None] & j_mask[None, :],
+                             other=0).to(tl.int32)  # [BLOCK_N, BLOCK_K / 2]
+            g = j // HALF
+            s_ptrs = cols[:, None] * stride_sn + g[None, :]
+            scale = tl.load(scale_ptr + s_ptrs, mask=c_mask[:, None] & j_mask[None, :], other=0.0).to(tl.float32)
+            zero = tl.load(zero_ptr + s_ptrs, mask=c_mask[:, None] & j_mask[None, :], other=0).to(tl.int32)
+            k_lo = g * GROUP + j % HALF  # input channel of the low nibble; the high one is HALF further
+            x_lo = tl.load(x_ptr + rows[:, None] * stride_xm + k_lo[None, :],
+                           mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K / 2]
+            x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
+                           mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
+            w_lo = (((packed & 0xF) - zero).to(tl.float32) * scale).to(x_lo.dtype)
+            w_hi = (((packed >> 4) - zero).to(tl.float32) * scale).to(x_lo.dtype)
+            if DOT_F32:
+                x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
+                w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
+            acc += tl.dot(x_lo, tl.trans(w_lo), input_precision=PRECISION)
+            acc += tl.dot(x_hi, tl.trans(w_hi), input_precision=PRECISION)
+        else:
+            ks = step * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_mask = ks < K
+            w_mask = c_mask[:, None] & k_mask[None, :]
+            if WEIGHT == 1:
+                w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=w_mask, other=0)  # int8
+            else:
+                w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=w_mask, other=0.0)  # [BN, BK]
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=r_mask[:, None] & k_mask[None, :],
+                        other=0.0)  # [BLOCK_M, BLOCK_K]
+            if ACT != 0:  # onto the FP8 grid (values FP8 holds exactly, kept in x's dtype)
+                x = _quantize(x, x_scale, 1, tl.float8e4nv, ROUND_FP8).to(tl.float32).to(x.dtype)
+            if DOT_F32:
+                x = x.to(tl.float32)
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)  # FP8 / int8 exact in 16 bits
+    if WEIGHT < 2:
+        acc *= tl.load(scale_ptr + cols, mask=c_mask, other=0.0)[None, :]
+        if ACT != 0:
+            acc *= x_scale
+    out_mask = r_mask[:, None] & c_mask[None, :]
+    if SPLIT:
+        tl.store(part_ptr + (pid_k * M + rows[:, None]) * N + cols[None, :], acc, mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K, HAS_BIAS: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """y[m, n] = sum_s part[s, m, n] (+ bias[n]), one program per BLOCK outputs of a row."""
+    row = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in range(SPLIT_K):  # a run-time count: one compiled variant for every split
+        acc += tl.load(part_ptr + (s * M + row) * N + cols, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _row_fp8_scale_kernel(x_ptr, out_ptr, K, stride_xm, BLOCK: tl.constexpr):
+    """out[m] = max(amax |x[m, :]| / 448, 1e-12): per-token FP8 scales (quant_utils.fp8_scale)."""
+    row = tl.program_id(0)
+    amax = tl.zeros([BLOCK], tl.float32)
+    for k0 in range(0, K, BLOCK):
+        ks = k0 + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * stride_xm + ks, mask=ks < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    tl.store(out_ptr + row, tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12))
+
+
+def row_fp8_scales(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] -> float32 [M]: each row's FP8 scale."""
+    m, k = x.shape
+    out = torch.empty(m, dtype=torch.float32, device=x.device)
+    _row_fp8_scale_kernel[(m,)](x, out, k, x.stride(0), BLOCK=1024)
+    return out
+
+
+# ---- launch and tile choice ---------------------------------------------------------------------
+
+_CHOSEN: dict[tuple, GemvConfig] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_for(n: int, k_steps: int, block_n: int, sms: int) -> int:
+    """Smallest power-of-two split giving >= 2 programs per SM, each with >= 2 steps of K."""
+    split = 1
+    while triton.cdiv(n, block_n) * split < 2 * sms and k_steps // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
+_WEIGHT_BYTES = {FP8: 1.0, INT8: 1.0, INT4: 0.5, DENSE: 2.0}
+_SMEM_BUDGET = 160 * 1024  # bytes of pipelined weight + x tiles a candidate may use (H100/H200: 227 KiB)
+
+
+def _candidates(weight: int, n: int, k: int, group: int, sms: int) -> list[GemvConfig]:
+    out = []
+    # Few candidates: each is a compiled variant, and compiling counts in a cold start-up.
+    for block_k in ((256, 512) if weight != INT4 else (max(256, group), max(512, 2 * group))):
+        steps = triton.cdiv(k, block_k)
+        for block_n in (16, 32):
+            stage_bytes = block_n * block_k * _WEIGHT_BYTES[weight] + BLOCK_M * block_k * 2
+            stages = int(min(4, _SMEM_BUDGET // stage_bytes))
+            if stages >= 2:
+                out.append(GemvConfig(block_n, block_k, _split_for(n, steps, block_n, sms), num_stages=stages))
+    return list(dict.fromkeys(out))
+
+
+def _heuristic(weight: int, n: int, k: int, group: int, sms: int) -> GemvConfig:
+    block_k = 256 if weight != INT4 else max(256, group)
+    if interpreting():
+        block_k = 64 if weight != INT4 else group  # small tiles keep the interpreter fast
+    return GemvConfig(32, block_k, _split_for(n, triton.cdiv(k, block_k), 32, sms))
+
+
+def _graph_ms(fns: list[Callable[[], object]], reps: int) -> float:
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            for fn in fns:
+                fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def time_from_memory_ms(fn: Callable[[], object], flush: torch.Tensor, reps: int = 10) -> float:
+    """GPU time of one call with its weight coming from memory, as in a decode step: replayed from a
+    CUDA graph (eager launches would time Python's launch overhead), each call after a write of
+    `flush`, larger than the L2 cache (less the time of those writes alone)."""
+    fn()  # compiles
+    return _graph_ms([flush.zero_, fn], reps) - _graph_ms([flush.zero_], reps)
+
+
+def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.device,
+            launch: Callable[[GemvConfig], object], cublas: Optional[Callable[[], object]] = None) -> GemvConfig:
+    """The timed choice for this shape, made now if it can be (not interpreting, not capturing).
+    cublas: the alternative to time too (dense weights); CUBLAS when it wins, or when no timed
+    choice can be made on a GPU."""
+    chosen = _CHOSEN.get(key)
+    if chosen is not None:
+        return chosen
+    sms = _sm_count(device)
+    if interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return CUBLAS if cublas is not None and not interpreting() else _heuristic(weight, n, k, group, sms)
+    flush = torch.empty(128 * 2**20, dtype=torch.uint8, device=device)  # > L2 (50-60 MB on Hopper); freed below
+    times = {}
+    for c in _candidates(weight, n, k, group, sms):
+        try:
+            times[c] = time_from_memory_ms(lambda c=c: launch(c), flush)
+        except triton.runtime.errors.OutOfResources:  # a tile this GPU cannot hold
+            continue
+    if cublas is not None:
+        times[CUBLAS] = time_from_memory_ms(cublas, flush)
+    del flush
+    chosen = min(times, key=times.get)
+    logger.debug("weight-streaming GEMM %s: %s (%.1f us)", key, chosen, times[chosen] * 1e3)
+    _CHOSEN[key] = chosen
+    return chosen
+
+
+def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Optional[torch.Tensor],
+            zero: Optional[torch.Tensor], group_size: int, act: int, row_scale: Optional[torch.Tensor],
+            bias: Optional[torch.Tensor], cfg: GemvConfig) -> torch.Tensor:
+    """One product with tile choice cfg: the streaming kernel, then the split sum when split."""
+    m, k = x.shape
+    n, kw = weight.shape
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    steps = triton.cdiv(kw, cfg.block_k // 2) if weight_kind == INT4 else triton.cdiv(k, cfg.block_k)
+    split = max(1, min(cfg.split_k, steps))
+    per_split = triton.cdiv(steps, split)
+    split = triton.cdiv(steps, per_split)  # no empty splits
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
+    dummy = weight  # for pointer arguments a variant does not read
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, BLOCK_M), split)
+    _quant_gemv_kernel[grid](
+        x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
+        row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
+        m, n, k, kw, per_split, x.stride(0), weight.stride(0), scale.stride(0) if scale is not None else 0,
+        y.stride(0), WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=bias is not None,
+        SPLIT=split > 1, BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
+        PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+    if split > 1:
+        block = 256
+        _sum_splits_kernel[(triton.cdiv(n, block), m)](part, bias if bias is not None else part, y, m, n,
+                                                       y.stride(0), SPLIT_K=split, HAS_BIAS=bias is not None,
+                                                       BLOCK=block)
+    return y
+
+
+def quantized_gemv(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: torch.Tensor,
+                   zero: Optional[torch.Tensor] = None, group_size: int = 0, act: int = ACT_AS_IS,
+                   x_scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                   config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """x [M, K] (K contiguous) times the quantized weight, transposed -> [M, N] in x's dtype.
+
+    weight_kind FP8 / INT8: weight [N, K], scale float32 [N]. INT4: weight uint8 [N, Kp/2], scale
+    [N, Kp/G], zero uint8 [N, Kp/G], K <= Kp. act ACT_FP8_STATIC: x rounded onto FP8 after
+    dividing by x_scale (float32 [1]); ACT_FP8_PER_TOKEN: by each row's own scale (computed here).
+    config: a fixed tile choice (tests); by default timed per shape (module docstring)."""
+    m, k = x.shape
+    n, kw = weight.shape
+    assert x.stride(1) == 1 and weight.stride(1) == 1, (x.stride(), weight.stride())
+    if weight_kind == INT4:
+        assert zero is not None and group_size % 32 == 0 and k <= 2 * kw and weight.dtype == torch.uint8
+        assert scale.shape == zero.shape == (n, 2 * kw // group_size) and scale.stride(0) == zero.stride(0)
+    else:
+        assert kw == k and scale.shape == (n,) and scale.dtype == torch.float32 and scale.is_contiguous()
+    row_scale = x_scale if act == ACT_FP8_STATIC else row_fp8_scales(x) if act == ACT_FP8_PER_TOKEN else None
+
+    def launch(cfg: GemvConfig) -> torch.Tensor:
+        return _launch(x, weight_kind, weight, scale, zero, group_size, act, row_scale, bias, cfg)
+
+    if config is None:
+        key = (weight_kind, act, n, k, group_size, x.dtype, x.device)
+        config = _config(key, weight_kind, n, k, group_size, x.device, launch)
+    return launch(config)
+
+
+def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+               config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias), weight in x's 16-bit dtype: the streaming kernel, or
+    cuBLAS where the timed choice for this shape found it faster (BENCHMARKS.md: per layer shape
+    each wins somewhere at batch 1 on an H200)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    assert weight.dtype == x.dtype and weight.shape[1] == k and weight.stride(1) == 1 and x.stride(1) == 1
+    if config is None:
+        key = (DENSE, ACT_AS_IS, n, k, 0, x.dtype, x.device)
+        config = _config(key, DENSE, n, k, 0, x.device, lambda cfg: _launch(x, DENSE, weight, None, None, 0,
+                                                                            ACT_AS_IS, None, bias, cfg),
+                         cublas=lambda: F.linear(x, weight, bias))
+    if config == CUBLAS:
+        return F.linear(x, weight, bias)
+    return _launch(x, DENSE, weight, None, None, 0, ACT_AS_IS, None, bias, config)
+
+
+def w8a16_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+               config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """x [M, K] @ (weight int8 [N, K] * scale float32 [N, None])^T (+ bias [N]) -> [M, N] in x's dtype."""
+    assert weight.dtype == torch.int8
+    return quantized_gemv(x, INT8, weight, scale, bias=bias, config=config)
+
+
+def w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+               bias: Optional[torch.Tensor] = None, config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """x [M, K] @ dequant(packed uint8 [N, Kp/2], scale [N, Kp/G], zero uint8 [N, Kp/G])^T (+ bias)
+    -> [M, N] in x's dtype; K <= Kp (the padded inputs multiply zeros)."""
+    return quantized_gemv(x, INT4, packed, scale, zero, group_size, bias=bias, config=config)
+
+
+def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, x_scale: Optional[torch.Tensor],
+             bias: Optional[torch.Tensor] = None, config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """FP8 W8A8 for a few rows: weight float8_e4m3fn [N, K], scale float32 [N]; x_scale float32 [1]
+    (static per-tensor) or None (per-token scales, computed here) -> [M, N] in x's dtype."""
+    assert weight.dtype == torch.float8_e4m3fn
+    act = ACT_FP8_STATIC if x_scale is not None else ACT_FP8_PER_TOKEN
+    return quantized_gemv(x, FP8, weight, scale, act=act, x_scale=x_scale, bias=bias, config=config)
