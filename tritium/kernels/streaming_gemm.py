@@ -236,15 +236,25 @@ def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.d
     if interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return CUBLAS if cublas is not None and not interpreting() else _heuristic(weight, n, k, group, sms)
     flush = torch.empty(128 * 2**20, dtype=torch.uint8, device=device)  # > L2 (50-60 MB on Hopper); freed below
-    times = {}
+    reference = cublas() if cublas is not None else None
+    times, failures = {}, []
     for c in _candidates(weight, n, k, group, sms):
         try:
+            out = launch(c)
+            if reference is not None and not torch.allclose(out.float(), reference.float(), rtol=2e-2,
+                                                            atol=2e-2 * float(reference.abs().max())):
+                failures.append(f"{c}: result differs from cuBLAS")  # never chosen; cuBLAS stays
+                continue
             times[c] = time_from_memory_ms(lambda c=c: launch(c), flush)
-        except triton.runtime.errors.OutOfResources:  # a tile this GPU cannot hold
-            continue
+        except Exception as e:  # noqa: BLE001 - a tile this GPU cannot compile or hold is skipped
+            failures.append(f"{c}: {type(e).__name__}: {e}")
+    if failures:
+        logger.warning("weight-streaming GEMM %s: %d candidate(s) skipped: %s", key, len(failures), "; ".join(failures))
     if cublas is not None:
         times[CUBLAS] = time_from_memory_ms(cublas, flush)
     del flush
+    if not times:
+        raise RuntimeError(f"no weight-streaming GEMM tile ran for {key}: {'; '.join(failures)}")
     chosen = min(times, key=times.get)
     logger.debug("weight-streaming GEMM %s: %s (%.1f us)", key, chosen, times[chosen] * 1e3)
     _CHOSEN[key] = chosen
