@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import triton
 import torch.nn.functional as F
 
 from tritium.kernels import streaming_gemm as wog
@@ -21,6 +22,7 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "dow
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--candidates", action="store_true", help="also time every candidate tile at 1 row")
     args = ap.parse_args()
     dev = torch.device("cuda")
     flush = torch.empty(128 * 2**20, dtype=torch.uint8, device=dev)  # evicts the L2 cache between calls
@@ -52,6 +54,28 @@ def main() -> None:
                 us = wog.time_from_memory_ms(fn, flush) * 1e3
                 chosen = [c for key, c in wog._CHOSEN.items() if kind is not None and key[:4] == (*kind, n, k)]
                 print(f"{name:8} {m:4d} {method:28} {us:8.1f} {nbytes / us / 1e3:7.0f}  {chosen[0] if chosen else ''}")
+            if args.candidates and m == 1:
+                _time_candidates(name, n, k, x, w, q8, s8, p4, s4, z4, f8, sf8, x_scale, flush)
+
+
+def _time_candidates(name, n, k, x, w, q8, s8, p4, s4, z4, f8, sf8, x_scale, flush) -> None:
+    """Every candidate tile of each weight kind, so that the candidate list can be judged."""
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    kinds = {"bf16": (wog.DENSE, 0, 2 * n * k, lambda c: wog.dense_gemv(x, w, config=c)),
+             "int8": (wog.INT8, 0, n * k, lambda c: wog.w8a16_gemm(x, q8, s8, config=c)),
+             "int4": (wog.INT4, 128, n * k // 2, lambda c: wog.w4a16_gemm(x, p4, s4, z4, 128, config=c)),
+             "fp8": (wog.FP8, 0, n * k, lambda c: wog.fp8_gemv(x, f8, sf8, x_scale, config=c))}
+    for kind, (weight, group, nbytes, call) in kinds.items():
+        cands = wog._candidates(weight, n, k, group, sms)
+        extra = [wog.GemvConfig(bn, bk, s, num_warps=nw, num_stages=st) for bn, bk, s, nw, st in
+                 ((64, 128, 0, 4, 4), (16, 1024, 0, 4, 3), (32, 256, 0, 8, 4), (64, 256, 0, 8, 3))]
+        for c in cands + [wog.GemvConfig(e.block_n, max(e.block_k, group), wog._split_for(
+                n, triton.cdiv(k, max(e.block_k, group)), e.block_n, sms), e.num_warps, e.num_stages) for e in extra]:
+            try:
+                us = wog.time_from_memory_ms(lambda c=c: call(c), flush) * 1e3
+                print(f"  {name:8} {kind:5} {c}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s")
+            except Exception as e:  # noqa: BLE001 - a tile that does not fit is reported, not fatal
+                print(f"  {name:8} {kind:5} {c}  failed: {type(e).__name__}: {str(e)[:100]}")
 
 if __name__ == "__main__":
     main()
