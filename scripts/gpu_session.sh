@@ -26,7 +26,8 @@ if [ -d .whl ]; then
 else
   export PYTHONPATH=$PWD
 fi
-tritium() { python3 -m tritium.entrypoints.cli "$@"; }
+RUN_TIMEOUT=${RUN_TIMEOUT:-150}  # seconds for one engine run: a stuck run must not eat the call
+tritium() { timeout "$RUN_TIMEOUT" python3 -m tritium.entrypoints.cli "$@"; }
 MODEL=(--model llama-3.1-8b --load-format dummy --dtype bfloat16)
 nvidia-smi -L
 git log --oneline -1 2>/dev/null || true
@@ -40,7 +41,7 @@ latency() {  # latency <tag> [flags...]
   local tag=$1; shift
   tritium bench latency "${MODEL[@]}" --batch-size 1 --input-len 128 --output-len 128 --iterations 5 --warmup 1 \
     --report-json "$LOGS/lat-$tag.json" "$@" 2>&1 | tee "$LOGS/lat-$tag.log" \
-    | grep -iE "^(TTFT|TPOT|output tok/s|KV cache cap|startup: engine|peak memory)|error|Traceback" | head -20
+    | grep -iE "^(TTFT|TPOT|decode tok|output tok/s|KV cache cap|startup: engine|peak memory|step time)|error|Traceback" | head -20
 }
 
 offline() {  # offline <tag> <dataset> [flags...]
@@ -53,14 +54,19 @@ offline() {  # offline <tag> <dataset> [flags...]
 for stage in "$@"; do
   echo "=== stage $stage ($(date +%T))"
   case "$stage" in
+    gpu-tests)  # the tests/gpu modules only, each under its own time limit
+      for t in tests/gpu/test_*.py; do
+        timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=3 --durations=5 "$t" 2>&1 \
+          | tee "$LOGS/pytest-$(basename "$t" .py).log" | tail -12
+      done ;;
     tests)
       python3 -m pytest -q -p no:cacheprovider --maxfail=4 tests/gpu tests/kernels 2>&1 | tee "$LOGS/pytest-gpu.log" | tail -25 ;;
     gemv)
       python3 scripts/bench_quant_gemv.py --rows 1 16 --candidates 2>&1 | tee "$LOGS/gemv.log" ;;
     quant-latency)
-      latency bf16
       TRITIUM_STREAMING_GEMM=0 latency bf16-cublas
-      for q in FP8 FP8_PER_CHANNEL_PER_TOKEN W8A16 W4A16; do latency "$q" --quantization "$q"; done
+      latency bf16
+      for q in FP8 W4A16 FP8_PER_CHANNEL_PER_TOKEN W8A16; do latency "$q" --quantization "$q"; done
       latency kvfp8 --kv-cache-dtype fp8 ;;
     quant-offline)
       dataset /tmp/d128.jsonl 4096 128 128
@@ -73,21 +79,23 @@ for stage in "$@"; do
       for p in MAX_UTILIZATION GUARANTEED_NO_EVICT; do offline "1000-$p" /tmp/d1000.jsonl --capacity-scheduler-policy $p; done ;;
     serve)
       mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/llama-3.1-8b/config.json /tmp/l8b/config.json
-      tritium serve /tmp/l8b --load-format dummy --dtype bfloat16 --max-batch-size 512 --max-num-tokens 8192 \
-        --max-seq-len 4096 --port 8000 --log-level warning > "$LOGS/serve.log" 2>&1 &
+      RUN_TIMEOUT=${SERVE_TIMEOUT:-330} tritium serve /tmp/l8b --load-format dummy --dtype bfloat16 \
+        --max-batch-size 512 --max-num-tokens 8192 --max-seq-len 4096 --port 8000 --log-level warning \
+        > "$LOGS/serve.log" 2>&1 &
       server=$!
-      tritium bench serve --ready-timeout 600 --num-prompts 2048 --input-mean 467 --output-mean 256 \
-        --vocab-size 128256 --max-concurrency 512 --result-json "$LOGS/serve-sat.json" 2>&1 | tail -30
+      tritium bench serve --ready-timeout 120 --num-prompts ${SAT_PROMPTS:-1536} --input-mean 467 \
+        --output-mean 256 --vocab-size 128256 --max-concurrency 512 --result-json "$LOGS/serve-sat.json" 2>&1 \
+        | tail -30
       tritium bench serve --num-prompts 60 --input-mean 467 --output-mean 256 --vocab-size 128256 \
         --request-rate 2 --result-json "$LOGS/serve-rate2.json" 2>&1 | tail -30
       kill $server; wait $server; tail -5 "$LOGS/serve.log" ;;
     engine-load)
       rm -rf /tmp/eng-fp8
       start=$SECONDS
-      python3 -m tritium.entrypoints.cli build llama-3.1-8b --load-format dummy \
+      timeout 200 python3 -m tritium.entrypoints.cli build llama-3.1-8b --load-format dummy \
         --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tail -5
       echo "build wall $((SECONDS - start)) s"; du -sh /tmp/eng-fp8
-      python3 - <<'PY' 2>&1 | grep -v Loading | tail -8
+      timeout 120 python3 - <<'PY' 2>&1 | grep -v Loading | tail -8
 import time
 t0 = time.perf_counter()
 from tritium import LLM, SamplingParams
