@@ -61,8 +61,14 @@ for stage in "$@"; do
       done ;;
     tests)
       python3 -m pytest -q -p no:cacheprovider --maxfail=4 tests/gpu tests/kernels 2>&1 | tee "$LOGS/pytest-gpu.log" | tail -25 ;;
+    stream-test)
+      timeout 150 python3 -m pytest -q -p no:cacheprovider --durations=5 tests/gpu/test_weight_streaming_gpu.py 2>&1 \
+        | tee "$LOGS/pytest-streaming.log" | tail -8 ;;
     gemv)
-      python3 scripts/bench_quant_gemv.py --rows 1 16 --candidates 2>&1 | tee "$LOGS/gemv.log" ;;
+      timeout ${GEMV_TIMEOUT:-200} python3 scripts/bench_quant_gemv.py --rows 1 16 --candidates 2>&1 | tee "$LOGS/gemv.log" ;;
+    latency-short)  # bf16 baseline, FP8, W4A16
+      latency bf16
+      for q in FP8 W4A16; do latency "$q" --quantization "$q"; done ;;
     quant-latency)
       TRITIUM_STREAMING_GEMM=0 latency bf16-cublas
       latency bf16
@@ -91,8 +97,9 @@ for stage in "$@"; do
       kill $server; wait $server; tail -5 "$LOGS/serve.log" ;;
     engine-load)
       rm -rf /tmp/eng-fp8
+      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/llama-3.1-8b/config.json /tmp/l8b/config.json
       start=$SECONDS
-      timeout 200 python3 -m tritium.entrypoints.cli build llama-3.1-8b --load-format dummy \
+      timeout 200 python3 -m tritium.entrypoints.cli build /tmp/l8b --load-format dummy \
         --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tail -5
       echo "build wall $((SECONDS - start)) s"; du -sh /tmp/eng-fp8
       timeout 120 python3 - <<'PY' 2>&1 | grep -v Loading | tail -8

@@ -73,28 +73,29 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
         x_scale = tl.load(x_scale_ptr + rows, mask=r_mask, other=1.0)[:, None]  # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for step in range(pid_k * STEPS_PER_SPLIT, (pid_k + 1) * STEPS_PER_SPLIT):
-        if WEIGHT == 2:  # int4: BLOCK_K inputs = BLOCK_K / 2 bytes, whole groups
+        if WEIGHT == 2:  # int4: BLOCK_K inputs = whole groups, one (scale, zero) per channel per group
             HALF: tl.constexpr = GROUP // 2
-            j = step * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)  # byte index in the row
-            j_mask = j < KW
-            packed = tl.load(w_ptr + cols[:, None] * stride_wn + j[None, :], mask=c_mask[:, None] & j_mask[None, :],
-                             other=0).to(tl.int32)  # [BLOCK_N, BLOCK_K / 2]
-            g = j // HALF
-            s_ptrs = cols[:, None] * stride_sn + g[None, :]
-            scale = tl.load(scale_ptr + s_ptrs, mask=c_mask[:, None] & j_mask[None, :], other=0.0).to(tl.float32)
-            zero = tl.load(zero_ptr + s_ptrs, mask=c_mask[:, None] & j_mask[None, :], other=0).to(tl.int32)
-            k_lo = g * GROUP + j % HALF  # input channel of the low nibble; the high one is HALF further
-            x_lo = tl.load(x_ptr + rows[:, None] * stride_xm + k_lo[None, :],
-                           mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K / 2]
-            x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
-                           mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
-            w_lo = (((packed & 0xF) - zero).to(tl.float32) * scale).to(x_lo.dtype)
-            w_hi = (((packed >> 4) - zero).to(tl.float32) * scale).to(x_lo.dtype)
-            if DOT_F32:
-                x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
-                w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
-            acc += tl.dot(x_lo, tl.trans(w_lo), input_precision=PRECISION)
-            acc += tl.dot(x_hi, tl.trans(w_hi), input_precision=PRECISION)
+            for gi in tl.static_range(BLOCK_K // GROUP):
+                g = step * (BLOCK_K // GROUP) + gi  # group index along K
+                j = g * HALF + tl.arange(0, HALF)  # byte index in the row
+                g_ok = g * HALF < KW
+                packed = tl.load(w_ptr + cols[:, None] * stride_wn + j[None, :], mask=c_mask[:, None] & g_ok,
+                                 other=0).to(tl.int32)  # [BLOCK_N, HALF]
+                scale = tl.load(scale_ptr + cols * stride_sn + g, mask=c_mask & g_ok, other=0.0).to(tl.float32)
+                zero = tl.load(zero_ptr + cols * stride_sn + g, mask=c_mask & g_ok, other=0).to(tl.float32)
+                scale, zs = scale[:, None], (zero * scale)[:, None]  # w = q * scale - zero * scale
+                k_lo = g * GROUP + tl.arange(0, HALF)  # input channel of the low nibble; the high one is HALF on
+                x_lo = tl.load(x_ptr + rows[:, None] * stride_xm + k_lo[None, :],
+                               mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, HALF]
+                x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
+                               mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
+                w_lo = ((packed & 0xF).to(tl.float32) * scale - zs).to(x_lo.dtype)
+                w_hi = ((packed >> 4).to(tl.float32) * scale - zs).to(x_lo.dtype)
+                if DOT_F32:
+                    x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
+                    w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
+                acc += tl.dot(x_lo, tl.trans(w_lo), input_precision=PRECISION)
+                acc += tl.dot(x_hi, tl.trans(w_hi), input_precision=PRECISION)
         else:
             ks = step * BLOCK_K + tl.arange(0, BLOCK_K)
             k_mask = ks < K
@@ -105,8 +106,8 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                 w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=w_mask, other=0.0)  # [BN, BK]
             x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=r_mask[:, None] & k_mask[None, :],
                         other=0.0)  # [BLOCK_M, BLOCK_K]
-            if ACT != 0:  # onto the FP8 grid (values FP8 holds exactly, kept in x's dtype)
-                x = _quantize(x, x_scale, 1, tl.float8e4nv, ROUND_FP8).to(tl.float32).to(x.dtype)
+            if ACT != 0:  # onto the FP8 grid; FP8 values are exact in float16, and FP8 -> float16 is one
+                x = _quantize(x, x_scale, 1, tl.float8e4nv, ROUND_FP8).to(tl.float16)  # instruction
             if DOT_F32:
                 x = x.to(tl.float32)
             acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)  # FP8 / int8 exact in 16 bits
@@ -154,7 +155,8 @@ def row_fp8_scales(x: torch.Tensor) -> torch.Tensor:
     """x [M, K] -> float32 [M]: each row's FP8 scale."""
     m, k = x.shape
     out = torch.empty(m, dtype=torch.float32, device=x.device)
-    _row_fp8_scale_kernel[(m,)](x, out, k, x.stride(0), BLOCK=1024)
+    block = min(triton.next_power_of_2(k), 16384)  # one pass over a row for every Llama width
+    _row_fp8_scale_kernel[(m,)](x, out, k, x.stride(0), BLOCK=block, num_warps=8 if block > 4096 else 4)
     return out
 
 
