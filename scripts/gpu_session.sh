@@ -68,7 +68,7 @@ for stage in "$@"; do
       timeout ${GEMV_TIMEOUT:-200} python3 scripts/bench_quant_gemv.py --rows 1 16 --candidates 2>&1 | tee "$LOGS/gemv.log" ;;
     latency-short)  # bf16 baseline, FP8, W4A16
       latency bf16
-      for q in FP8 W4A16; do latency "$q" --quantization "$q"; done ;;
+      for q in FP8 W4A16 W8A16; do latency "$q" --quantization "$q"; done ;;
     quant-latency)
       TRITIUM_STREAMING_GEMM=0 latency bf16-cublas
       latency bf16
@@ -100,9 +100,9 @@ for stage in "$@"; do
       mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/llama-3.1-8b/config.json /tmp/l8b/config.json
       start=$SECONDS
       timeout 200 python3 -m tritium.entrypoints.cli build /tmp/l8b --load-format dummy \
-        --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tail -5
+        --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tee "$LOGS/engine-build.log" | tail -5
       echo "build wall $((SECONDS - start)) s"; du -sh /tmp/eng-fp8
-      timeout 120 python3 - <<'PY' 2>&1 | grep -v Loading | tail -8
+      timeout 120 python3 - <<'PY' 2>&1 | tee "$LOGS/engine-load.log" | grep -v Loading | tail -8
 import time
 t0 = time.perf_counter()
 from tritium import LLM, SamplingParams

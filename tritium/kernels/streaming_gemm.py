@@ -184,15 +184,16 @@ _SMEM_BUDGET = 160 * 1024  # bytes of pipelined weight + x tiles a candidate may
 
 
 def _candidates(weight: int, n: int, k: int, group: int, sms: int) -> list[GemvConfig]:
+    # Few candidates: each is a compiled variant, and compiling counts in a cold start-up. These
+    # three won on an H200 across Llama-3.1-8B's layer shapes (BENCHMARKS.md, scripts/bench_quant_gemv.py).
     out = []
-    # Few candidates: each is a compiled variant, and compiling counts in a cold start-up.
-    for block_k in ((256, 512) if weight != INT4 else (max(256, group), max(512, 2 * group))):
-        steps = triton.cdiv(k, block_k)
-        for block_n in (16, 32):
-            stage_bytes = block_n * block_k * _WEIGHT_BYTES[weight] + BLOCK_M * block_k * 2
-            stages = int(min(4, _SMEM_BUDGET // stage_bytes))
-            if stages >= 2:
-                out.append(GemvConfig(block_n, block_k, _split_for(n, steps, block_n, sms), num_stages=stages))
+    base = 128 if weight != INT4 else max(128, group)
+    for block_n, block_k, warps in ((64, base, 4), (32, 2 * base, 4), (64, 2 * base, 8)):
+        stage_bytes = block_n * block_k * _WEIGHT_BYTES[weight] + BLOCK_M * block_k * 2
+        stages = int(min(4, _SMEM_BUDGET // stage_bytes))
+        if stages >= 2:
+            split = _split_for(n, triton.cdiv(k, block_k), block_n, sms)
+            out.append(GemvConfig(block_n, block_k, split, num_warps=warps, num_stages=stages))
     return list(dict.fromkeys(out))
 
 
