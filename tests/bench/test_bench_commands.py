@@ -83,6 +83,10 @@ def test_throughput_with_a_concurrency_limit(tmp_path, tiny_model, dataset):
     longest = max(r["input_tokens"] + r["output_tokens"] for r in report["requests"])
     assert report["engine"]["max_seq_len"] == longest
     assert report["resources"]["kv_cache_capacity_tokens"] >= longest
+    # The engine's start-up phases (its own log) fit inside the time from process start to ready.
+    startup = report["resources"]["startup"]
+    assert "config, tokenizer and weights" in startup["engine_phases_s"]
+    assert 0 < sum(startup["engine_phases_s"].values()) <= startup["engine_ready_s"]
 
 
 def test_throughput_streaming_all_at_once(tmp_path, tiny_model, dataset):

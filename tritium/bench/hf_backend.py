@@ -87,6 +87,7 @@ class TransformersBackend:
         self.pad_token_id = eos[0] if eos else 0
 
     kv_cache_capacity = None  # transformers grows its cache per batch
+    startup_phases: dict = {}  # no phase log
 
     def engine_info(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.spec.model_name, "model_path": self.source.path,

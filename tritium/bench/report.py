@@ -155,7 +155,9 @@ def format_report(report: dict[str, Any]) -> str:
         ("KV cache capacity (tokens)", resources.get("kv_cache_capacity_tokens")),
         (f"peak memory (GiB, {resources['memory']['measure']})", resources["memory"]["peak_gib"]),
         ("startup: engine ready (s)", resources["startup"]["engine_ready_s"]),
-        ("startup: first token (s)", resources["startup"]["first_token_s"])])
+        ("startup: first token (s)", resources["startup"]["first_token_s"]),
+        *((f"startup phase: {phase} (s)", seconds)
+          for phase, seconds in resources["startup"].get("engine_phases_s", {}).items())])
     steps = report.get("engine_steps")
     if steps:
         lines += _section("ENGINE STEPS (measured run)", [(k.replace("_", " "), v) for k, v in steps.items()

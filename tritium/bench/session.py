@@ -77,7 +77,7 @@ class BenchSession:
         return {"kv_cache_capacity_tokens": self.backend.kv_cache_capacity,
                 "memory": peak_memory(self.backend.device),
                 "startup": {"engine_ready_s": self.engine_ready_s, "first_token_s": self.first_token_s,
-                            "from": process_start()[1]}}
+                            "from": process_start()[1], "engine_phases_s": dict(self.backend.startup_phases)}}
 
     def close(self) -> None:
         self.backend.close()

@@ -47,6 +47,7 @@ class TritiumBackend:
         self.tokenizer = self.llm.tokenizer
         self.vocab_size = self.llm.model_config.vocab_size
         self.max_seq_len = self.llm.max_seq_len
+        self.startup_phases = self.llm.startup_seconds
         self._engine_stats: list = []
 
     @property

@@ -68,6 +68,7 @@ class LLM:
         self.model_config = parts.model_config
         self.scheduler_config = parts.scheduler_config
         self.kv_cache_plan = parts.kv_plan
+        self.startup_seconds = dict(parts.startup_seconds)  # start-up phase -> wall seconds (also logged)
         self.device = parts.device
         self.tokenizer = parts.tokenizer
         self.grammar_backend = parts.grammar_backend
