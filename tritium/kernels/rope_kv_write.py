@@ -23,7 +23,7 @@ def _quantize(x, scale, QUANT: tl.constexpr, out_ty: tl.constexpr, ROUND_FP8: tl
     value whose rounding carries into the next power of two to half of it: 126.9 -> 64)."""
     if QUANT == 0:
         return x.to(out_ty)
-    y = x.to(tl.float32) / scale
+    y = tl.math.div_rn(x.to(tl.float32), scale)  # IEEE division: rounds as torch does (Triton's `/` is approximate)
     if QUANT == 1:
         if ROUND_FP8:
             step = tl.exp2(tl.floor(tl.log2(tl.maximum(tl.abs(y), 0.015625))) - 3.0)  # e4m3: 3 mantissa bits
