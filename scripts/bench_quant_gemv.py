@@ -66,11 +66,7 @@ def _time_candidates(name, n, k, x, w, q8, s8, p4, s4, z4, f8, sf8, x_scale, flu
              "int4": (wog.INT4, 128, n * k // 2, lambda c: wog.w4a16_gemm(x, p4, s4, z4, 128, config=c)),
              "fp8": (wog.FP8, 0, n * k, lambda c: wog.fp8_gemv(x, f8, sf8, x_scale, config=c))}
     for kind, (weight, group, nbytes, call) in kinds.items():
-        cands = wog._candidates(weight, n, k, group, sms)
-        extra = [wog.GemvConfig(bn, bk, s, num_warps=nw, num_stages=st) for bn, bk, s, nw, st in
-                 ((64, 128, 0, 4, 4), (16, 1024, 0, 4, 3), (32, 256, 0, 8, 4), (64, 256, 0, 8, 3))]
-        for c in cands + [wog.GemvConfig(e.block_n, max(e.block_k, group), wog._split_for(
-                n, triton.cdiv(k, max(e.block_k, group)), e.block_n, sms), e.num_warps, e.num_stages) for e in extra]:
+        for c in wog._candidates(weight, n, k, group, sms, one_row=True):
             try:
                 us = wog.time_from_memory_ms(lambda c=c: call(c), flush) * 1e3
                 print(f"  {name:8} {kind:5} {c}  {us:8.1f} us {nbytes / us / 1e3:6.0f} GB/s")

@@ -6,12 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tritium.kernels import streaming_gemm
 from tritium.kernels.streaming_gemm import GemvConfig, dense_gemv, fp8_gemv, row_fp8_scales, w4a16_gemm, w8a16_gemm
 from tritium.quantization.quant_utils import (dequantize_int4, fp8_scale, quantize_fp8, quantize_fp8_per_row,
                                               quantize_int4, quantize_int8_per_row)
 
 SPLIT = GemvConfig(block_n=16, block_k=64, split_k=2)  # two programs share each output tile
 WHOLE_K = GemvConfig(block_n=32, block_k=64, split_k=1)
+GEMV_SPLIT = GemvConfig(block_n=16, block_k=64, split_k=2, gemv=True)  # one row a program, CUDA-core sums
+GEMV_WHOLE_K = GemvConfig(block_n=32, block_k=64, split_k=1, gemv=True)
 
 
 def _reference(x, w, bias):
@@ -29,6 +32,8 @@ def _assert_close(y, ref, dtype):
     (5, 33, 200, torch.float32, True, SPLIT),
     (17, 24, 256, torch.bfloat16, False, SPLIT),
     (3, 24, 64, torch.bfloat16, True, None),  # the default choice
+    (1, 40, 96, torch.float32, False, GEMV_SPLIT),
+    (5, 33, 200, torch.bfloat16, True, GEMV_WHOLE_K),
 ])
 def test_w8a16_matches_dequantized_reference(m, n, k, dtype, with_bias, config, device):
     gen = torch.Generator().manual_seed(m * 1000 + n)
@@ -47,6 +52,8 @@ def test_w8a16_matches_dequantized_reference(m, n, k, dtype, with_bias, config, 
     (3, 24, 160, 64, torch.float32, GemvConfig(16, 64, 2)),  # K padded to 192: a ragged last group
     (18, 16, 256, 32, torch.bfloat16, GemvConfig(16, 64, 2)),  # two groups a step, split in two
     (2, 20, 96, 32, torch.bfloat16, None),
+    (1, 40, 128, 64, torch.bfloat16, GemvConfig(16, 64, 2, gemv=True)),
+    (3, 24, 160, 64, torch.float32, GemvConfig(16, 128, 1, gemv=True)),  # two groups a step, ragged end
 ])
 def test_w4a16_matches_dequantized_reference(m, n, k, group, dtype, config, device):
     gen = torch.Generator().manual_seed(m * 7 + k)
@@ -64,6 +71,8 @@ def test_w4a16_matches_dequantized_reference(m, n, k, group, dtype, config, devi
     (1, 40, 128, torch.float32, WHOLE_K),
     (4, 24, 192, torch.bfloat16, SPLIT),
     (17, 16, 64, torch.bfloat16, None),
+    (1, 40, 128, torch.bfloat16, GEMV_WHOLE_K),
+    (4, 24, 192, torch.float32, GEMV_SPLIT),
 ])
 def test_fp8_gemv_matches_w8a8_reference(per_token, m, n, k, dtype, config, device):
     """The activations are rounded onto FP8 in the kernel exactly as quantize_fp8 rounds them."""
@@ -92,7 +101,8 @@ def test_row_fp8_scales(device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 3, 16])
-@pytest.mark.parametrize("n, k, bias, config", [(96, 64, False, WHOLE_K), (50, 200, True, SPLIT)])
+@pytest.mark.parametrize("n, k, bias, config", [(96, 64, False, WHOLE_K), (50, 200, True, SPLIT),
+                                                (50, 200, True, GEMV_SPLIT)])
 def test_dense_gemv_matches_f_linear(device, dtype, rows, n, k, bias, config):
     gen = torch.Generator().manual_seed(rows + n)
     x = torch.randn(rows, k, generator=gen).to(dtype)
@@ -101,3 +111,18 @@ def test_dense_gemv_matches_f_linear(device, dtype, rows, n, k, bias, config):
     out = dense_gemv(x.to(device), w.to(device), None if b is None else b.to(device), config=config)
     assert out.shape == (rows, n) and out.dtype == dtype
     _assert_close(out, _reference(x, w, b), dtype)
+
+
+@pytest.mark.parametrize("weight, group", [(streaming_gemm.INT4, 128), (streaming_gemm.INT4, 32), (streaming_gemm.FP8, 0),
+                                           (streaming_gemm.DENSE, 0)])
+def test_candidate_tiles(weight, group):
+    """Tensor-core tiles for every row count, CUDA-core GEMV tiles only for a single row; int4 steps
+    cover whole groups; every tile's pipelined stages fit the shared-memory budget."""
+    many = streaming_gemm._candidates(weight, 14336, 4096, group, sms=132)
+    one = streaming_gemm._candidates(weight, 14336, 4096, group, sms=132, one_row=True)
+    assert many and not any(c.gemv for c in many)
+    assert set(many) < set(one) and any(c.gemv for c in one)
+    for c in one:
+        assert c.num_stages >= 2 and c.split_k >= 1
+        if weight == streaming_gemm.INT4:
+            assert c.block_k % group == 0

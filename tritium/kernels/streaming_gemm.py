@@ -8,10 +8,13 @@ bytes (never a dequantized copy) and multiplies each weight tile with all rows o
 (padded to a 16-row tensor-core tile; the padding costs no memory traffic), accumulating in
 float32. Grid (cdiv(N, BLOCK_N), cdiv(M, 16), SPLIT_K): SPLIT_K programs share one output tile,
 each over a slice of K, so that even a 4096-wide layer has several programs per SM in flight;
-they write float32 partials that a second kernel sums (+ bias, cast). Large batches (prefill)
+they write float32 partials that a second kernel sums (+ bias, cast). A single row may instead
+take a GEMV tile (one row a program, products accumulated element-wise in float32 on the CUDA
+cores and summed once at the end: no tensor-core operand shuffles, which int4's in-register
+dequantization would otherwise feed). Large batches (prefill)
 dequantize once and use cuBLAS / _scaled_mm instead (the linear methods decide).
 
-The tile shape and split are chosen per (weight kind, N, K) by timing a few candidates the first
+The tile shape and split are chosen per (weight kind, N, K, one row or more) by timing a few candidates the first
 time a shape runs outside a CUDA-graph capture (the graph warm-up runs every decode size first);
 the interpreter and a capture without a timed choice use a heuristic.
 
@@ -50,6 +53,7 @@ class GemvConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 4
+    gemv: bool = False  # one row per program, products summed on the CUDA cores (no tensor-core tile)
 
 
 CUBLAS = GemvConfig(0, 0, 0)  # dense_gemv's choice when cuBLAS timed faster than every tile
@@ -60,8 +64,10 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                        M, N, K, KW, STEPS_PER_SPLIT, stride_xm, stride_wn, stride_sn, stride_ym,
                        WEIGHT: tl.constexpr, ACT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr):
-    """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4)."""
+                       DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr,
+                       GEMV: tl.constexpr, ACC_K: tl.constexpr):
+    """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4). GEMV (BLOCK_M 1): products
+    accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     pid_k = tl.program_id(2)
@@ -72,6 +78,8 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
     if ACT == 2:
         x_scale = tl.load(x_scale_ptr + rows, mask=r_mask, other=1.0)[:, None]  # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if GEMV:
+        acc2 = tl.zeros([BLOCK_N, ACC_K], tl.float32)
     for step in range(pid_k * STEPS_PER_SPLIT, (pid_k + 1) * STEPS_PER_SPLIT):
         if WEIGHT == 2:  # int4: BLOCK_K inputs = whole groups, one (scale, zero) per channel per group
             HALF: tl.constexpr = GROUP // 2
@@ -89,13 +97,17 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                                mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, HALF]
                 x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
                                mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
-                w_lo = ((packed & 0xF).to(tl.float32) * scale - zs).to(x_lo.dtype)
-                w_hi = ((packed >> 4).to(tl.float32) * scale - zs).to(x_lo.dtype)
-                if DOT_F32:
-                    x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
-                    w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
-                acc += tl.dot(x_lo, tl.trans(w_lo), input_precision=PRECISION)
-                acc += tl.dot(x_hi, tl.trans(w_hi), input_precision=PRECISION)
+                w_lo = (packed & 0xF).to(tl.float32) * scale - zs
+                w_hi = (packed >> 4).to(tl.float32) * scale - zs
+                if GEMV:  # x_lo, x_hi [1, HALF] broadcast over the channels
+                    acc2 += w_lo * x_lo.to(tl.float32) + w_hi * x_hi.to(tl.float32)
+                else:
+                    w_lo, w_hi = w_lo.to(x_lo.dtype), w_hi.to(x_lo.dtype)
+                    if DOT_F32:
+                        x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
+                        w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
+                    acc += tl.dot(x_lo, tl.trans(w_lo), input_precision=PRECISION)
+                    acc += tl.dot(x_hi, tl.trans(w_hi), input_precision=PRECISION)
         else:
             ks = step * BLOCK_K + tl.arange(0, BLOCK_K)
             k_mask = ks < K
@@ -108,9 +120,14 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                         other=0.0)  # [BLOCK_M, BLOCK_K]
             if ACT != 0:  # onto the FP8 grid; FP8 values are exact in float16, and FP8 -> float16 is one
                 x = _quantize(x, x_scale, 1, tl.float8e4nv, ROUND_FP8).to(tl.float16)  # instruction
-            if DOT_F32:
-                x = x.to(tl.float32)
-            acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)  # FP8 / int8 exact in 16 bits
+            if GEMV:  # x [1, BLOCK_K] broadcast over the channels
+                acc2 += w.to(tl.float32) * x.to(tl.float32)
+            else:
+                if DOT_F32:
+                    x = x.to(tl.float32)
+                acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)  # FP8 / int8 exact in 16 bits
+    if GEMV:
+        acc = tl.sum(acc2, axis=1)[None, :]  # [1, BLOCK_N]
     if WEIGHT < 2:
         acc *= tl.load(scale_ptr + cols, mask=c_mask, other=0.0)[None, :]
         if ACT != 0:
@@ -183,17 +200,22 @@ _WEIGHT_BYTES = {FP8: 1.0, INT8: 1.0, INT4: 0.5, DENSE: 2.0}
 _SMEM_BUDGET = 160 * 1024  # bytes of pipelined weight + x tiles a candidate may use (H100/H200: 227 KiB)
 
 
-def _candidates(weight: int, n: int, k: int, group: int, sms: int) -> list[GemvConfig]:
-    # Few candidates: each is a compiled variant, and compiling counts in a cold start-up. These
-    # three won on an H200 across Llama-3.1-8B's layer shapes (BENCHMARKS.md, scripts/bench_quant_gemv.py).
+def _candidates(weight: int, n: int, k: int, group: int, sms: int, one_row: bool = False) -> list[GemvConfig]:
+    # Few candidates: each is a compiled variant, and compiling counts in a cold start-up. The three
+    # tensor-core tiles won on an H200 across Llama-3.1-8B's layer shapes (BENCHMARKS.md,
+    # scripts/bench_quant_gemv.py); a single row also tries CUDA-core GEMV tiles (not yet measured).
     out = []
     base = 128 if weight != INT4 else max(128, group)
-    for block_n, block_k, warps in ((64, base, 4), (32, 2 * base, 4), (64, 2 * base, 8)):
-        stage_bytes = block_n * block_k * _WEIGHT_BYTES[weight] + BLOCK_M * block_k * 2
-        stages = int(min(4, _SMEM_BUDGET // stage_bytes))
+    tiles = [(64, base, 4, False), (32, 2 * base, 4, False), (64, 2 * base, 8, False)]
+    if one_row:
+        tiles += ([(64, base, 4, True), (64, 2 * base, 4, True), (128, base, 8, True)] if weight == INT4 else
+                  [(32, 256, 4, True), (64, 128, 4, True), (16, 512, 4, True)])
+    for block_n, block_k, warps, gemv in tiles:
+        stage_bytes = block_n * block_k * _WEIGHT_BYTES[weight] + (1 if gemv else BLOCK_M) * block_k * 2
+        stages = int(min(4 if not gemv else 3, _SMEM_BUDGET // stage_bytes))
         if stages >= 2:
             split = _split_for(n, triton.cdiv(k, block_k), block_n, sms)
-            out.append(GemvConfig(block_n, block_k, split, num_warps=warps, num_stages=stages))
+            out.append(GemvConfig(block_n, block_k, split, num_warps=warps, num_stages=stages, gemv=gemv))
     return list(dict.fromkeys(out))
 
 
@@ -227,11 +249,12 @@ def time_from_memory_ms(fn: Callable[[], object], flush: torch.Tensor, reps: int
     return _graph_ms([flush.zero_, fn], reps) - _graph_ms([flush.zero_], reps)
 
 
-def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.device,
+def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.device, one_row: bool,
             launch: Callable[[GemvConfig], object], cublas: Optional[Callable[[], object]] = None) -> GemvConfig:
     """The timed choice for this shape, made now if it can be (not interpreting, not capturing).
     cublas: the alternative to time too (dense weights); CUBLAS when it wins, or when no timed
-    choice can be made on a GPU."""
+    choice can be made on a GPU. Every candidate must agree with cuBLAS (dense) or with the first
+    candidate (quantized; a tensor-core tile the GPU tests check against float references)."""
     chosen = _CHOSEN.get(key)
     if chosen is not None:
         return chosen
@@ -241,12 +264,14 @@ def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.d
     flush = torch.empty(128 * 2**20, dtype=torch.uint8, device=device)  # > L2 (50-60 MB on Hopper); freed below
     reference = cublas() if cublas is not None else None
     times, failures = {}, []
-    for c in _candidates(weight, n, k, group, sms):
+    for c in _candidates(weight, n, k, group, sms, one_row):
         try:
             out = launch(c)
-            if reference is not None and not torch.allclose(out.float(), reference.float(), rtol=2e-2,
-                                                            atol=2e-2 * float(reference.abs().max())):
-                failures.append(f"{c}: result differs from cuBLAS")  # never chosen; cuBLAS stays
+            if reference is None:
+                reference = out.clone()
+            elif not torch.allclose(out.float(), reference.float(), rtol=2e-2,
+                                    atol=2e-2 * float(reference.abs().max())):
+                failures.append(f"{c}: result differs from the reference")  # never chosen
                 continue
             times[c] = time_from_memory_ms(lambda c=c: launch(c), flush)
         except Exception as e:  # noqa: BLE001 - a tile this GPU cannot compile or hold is skipped
@@ -277,14 +302,16 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
     split = triton.cdiv(steps, per_split)  # no empty splits
     part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     dummy = weight  # for pointer arguments a variant does not read
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, BLOCK_M), split)
+    block_m = 1 if cfg.gemv else BLOCK_M
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, block_m), split)
     _quant_gemv_kernel[grid](
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
         m, n, k, kw, per_split, x.stride(0), weight.stride(0), scale.stride(0) if scale is not None else 0,
         y.stride(0), WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=bias is not None,
-        SPLIT=split > 1, BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
-        PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), num_warps=cfg.num_warps,
+        SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
+        PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
+        ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
     if split > 1:
         block = 256
@@ -318,8 +345,8 @@ def quantized_gemv(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scal
         return _launch(x, weight_kind, weight, scale, zero, group_size, act, row_scale, bias, cfg)
 
     if config is None:
-        key = (weight_kind, act, n, k, group_size, x.dtype, x.device)
-        config = _config(key, weight_kind, n, k, group_size, x.device, launch)
+        key = (weight_kind, act, n, k, group_size, x.dtype, x.device, m == 1)
+        config = _config(key, weight_kind, n, k, group_size, x.device, m == 1, launch)
     return launch(config)
 
 
@@ -332,9 +359,9 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     n = weight.shape[0]
     assert weight.dtype == x.dtype and weight.shape[1] == k and weight.stride(1) == 1 and x.stride(1) == 1
     if config is None:
-        key = (DENSE, ACT_AS_IS, n, k, 0, x.dtype, x.device)
-        config = _config(key, DENSE, n, k, 0, x.device, lambda cfg: _launch(x, DENSE, weight, None, None, 0,
-                                                                            ACT_AS_IS, None, bias, cfg),
+        key = (DENSE, ACT_AS_IS, n, k, 0, x.dtype, x.device, m == 1)
+        config = _config(key, DENSE, n, k, 0, x.device, m == 1,
+                         lambda cfg: _launch(x, DENSE, weight, None, None, 0, ACT_AS_IS, None, bias, cfg),
                          cublas=lambda: F.linear(x, weight, bias))
     if config == CUBLAS:
         return F.linear(x, weight, bias)
