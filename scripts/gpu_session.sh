@@ -5,12 +5,18 @@
 #
 #   bash scripts/gpu_session.sh tests quant-latency serve
 #
+# Each engine run is under RUN_TIMEOUT seconds (default 150) so one stuck run cannot eat a call;
+# keep a whole call under the device tool's 10 minutes (`timeout 580 bash scripts/gpu_session.sh ...`).
+# CPU smoke run of the script itself (small shape, few prompts, installed packages):
+#   SKIP_WHEELS=1 SHAPE=smollm2-135m SAT_PROMPTS=6 RATE_PROMPTS=4 OUT=/tmp/gs bash scripts/gpu_session.sh serve engine-load
+#
 # Stages:
 #   tests          tests/gpu and tests/kernels compiled on the GPU (real sizes)
 #   gemv           decode-sized linears: bf16 cuBLAS vs the quantized weight-streaming kernels
 #   quant-latency  batch-1 decode 128/128 (bench latency), bf16 and each quantization, same run
 #   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
-#   serve          tritium serve (dummy 8B) under bench serve: saturation, then 2 requests/s
+#   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
+#                  saturation (512 concurrent), then 2 requests/s
 #   policy         offline 1000/1000 x1024 with each capacity scheduler policy
 #   engine-load    tritium build of a FP8 8B engine, then load to first token
 set -uo pipefail
@@ -19,7 +25,7 @@ OUT=${OUT:-gpu-out}
 LOGS=/tmp/gpu-logs
 mkdir -p "$OUT" "$LOGS"
 trap 'tar czf "$OUT/gpu-logs.tgz" -C "$LOGS" .' EXIT
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then  # SKIP_WHEELS=1: a CPU smoke run uses what is installed
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -28,13 +34,15 @@ else
 fi
 RUN_TIMEOUT=${RUN_TIMEOUT:-150}  # seconds for one engine run: a stuck run must not eat the call
 tritium() { timeout "$RUN_TIMEOUT" python3 -m tritium.entrypoints.cli "$@"; }
-MODEL=(--model llama-3.1-8b --load-format dummy --dtype bfloat16)
+SHAPE=${SHAPE:-llama-3.1-8b}  # a packaged model shape (tritium/bench/model_shapes); another for a CPU smoke run
+VOCAB=$(python3 -c "import json; print(json.load(open('tritium/bench/model_shapes/$SHAPE/config.json'))['vocab_size'])")
+MODEL=(--model "$SHAPE" --load-format dummy --dtype bfloat16)
 nvidia-smi -L
 git log --oneline -1 2>/dev/null || true
 
 dataset() {  # dataset <file> <requests> <in> <out>
   [ -e "$1" ] || tritium bench prepare-dataset token-norm-dist --num-requests "$2" --input-mean "$3" \
-    --output-mean "$4" --vocab-size 128256 --seed 0 --output "$1"
+    --output-mean "$4" --vocab-size "$VOCAB" --seed 0 --output "$1"
 }
 
 latency() {  # latency <tag> [flags...]
@@ -84,7 +92,10 @@ for stage in "$@"; do
       dataset /tmp/d1000.jsonl 1024 1000 1000
       for p in MAX_UTILIZATION GUARANTEED_NO_EVICT; do offline "1000-$p" /tmp/d1000.jsonl --capacity-scheduler-policy $p; done ;;
     serve)
-      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/llama-3.1-8b/config.json /tmp/l8b/config.json
+      # the same engine offline first: the server should lose under 10% to it (issue 8)
+      dataset /tmp/d467.jsonl "${SAT_PROMPTS:-1536}" 467 256
+      offline 467-conc512 /tmp/d467.jsonl --concurrency 512 --max-seq-len 4096
+      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
       # started directly (not through the tritium function) so that $! is `timeout`, which passes
       # the SIGTERM below on to the server
       timeout "${SERVE_TIMEOUT:-330}" python3 -m tritium.entrypoints.cli serve /tmp/l8b --load-format dummy \
@@ -92,17 +103,17 @@ for stage in "$@"; do
         --log-level info > "$LOGS/serve.log" 2>&1 &
       server=$!
       RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-240} tritium bench serve --ready-timeout 120 \
-        --num-prompts "${SAT_PROMPTS:-1536}" --input-mean 467 --output-mean 256 --vocab-size 128256 \
+        --num-prompts "${SAT_PROMPTS:-1536}" --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" \
         --max-concurrency 512 --result-json "$LOGS/serve-sat.json" 2>&1 | tee "$LOGS/serve-sat.log" | tail -30
-      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-240} tritium bench serve --num-prompts 60 --input-mean 467 \
-        --output-mean 256 --vocab-size 128256 --request-rate 2 --result-json "$LOGS/serve-rate2.json" 2>&1 \
+      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-240} tritium bench serve --num-prompts "${RATE_PROMPTS:-60}" --input-mean 467 \
+        --output-mean 256 --vocab-size "$VOCAB" --request-rate 2 --result-json "$LOGS/serve-rate2.json" 2>&1 \
         | tee "$LOGS/serve-rate2.log" | tail -30
       kill "$server"; wait "$server"
       pkill -f "tritium.entrypoints.cli serve" || true  # never leave a server holding the GPU
       tail -5 "$LOGS/serve.log" ;;
     engine-load)
       rm -rf /tmp/eng-fp8
-      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/llama-3.1-8b/config.json /tmp/l8b/config.json
+      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
       start=$SECONDS
       timeout 200 python3 -m tritium.entrypoints.cli build /tmp/l8b --load-format dummy \
         --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tee "$LOGS/engine-build.log" | tail -5

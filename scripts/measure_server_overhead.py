@@ -46,7 +46,8 @@ def step_summary(log: list, full_batch: int) -> dict:
     starts = np.array([s for s, _ in decode])
     periods = np.diff(starts) if len(starts) > 1 else np.array([np.nan])
     periods = periods[periods < 10 * np.median(periods)] if len(periods) > 1 else periods  # drop phase gaps
-    return {"decode_steps": len(decode), "median_step_ms": float(np.median([d for _, d in decode]) * 1e3),
+    return {"max_running": max((r for _, _, r in log), default=0), "steps": len(log),
+            "decode_steps": len(decode), "median_step_ms": float(np.median([d for _, d in decode]) * 1e3),
             "median_period_ms": float(np.median(periods) * 1e3)}
 
 
@@ -59,7 +60,14 @@ def main() -> int:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (leave a core to the client)")
+    p.add_argument("--full-fraction", type=float, default=1.0,
+                   help="decode steps with at least this fraction of the requests running are summarized")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     import uvicorn
 
@@ -84,7 +92,8 @@ def main() -> int:
         start = time.perf_counter()
         out_tokens = run()
         wall = time.perf_counter() - start
-        results[name] = {"output_tok_s": out_tokens / wall, "wall_s": wall, **step_summary(log, n)}
+        results[name] = {"output_tok_s": out_tokens / wall, "wall_s": wall,
+                         **step_summary(log, max(1, int(n * args.full_fraction)))}
         print(name, json.dumps(results[name]), flush=True)
 
     def offline():
