@@ -44,3 +44,25 @@ def test_quantized_gemv_at_real_sizes(m, n, k):
     kinds = {key[:4] for key in wog._CHOSEN if key[2:4] == (n, k)}
     assert kinds == {(wog.INT8, 0, n, k), (wog.INT4, 0, n, k), (wog.FP8, 1, n, k), (wog.FP8, 2, n, k),
                      (wog.DENSE, 0, n, k)}
+
+
+def test_tile_choices_survive_a_saved_engine_round_trip():
+    """The choices timed here, exported as a saved engine keeps them and adopted back, give the
+    same tiles and the same results without timing again."""
+    from tritium.kernels import tile_choices
+
+    gen = torch.Generator(device=CUDA).manual_seed(5)
+    w = torch.randn(4096, 4096, device=CUDA, generator=gen) * 0.02
+    f8, sf8 = quantize_fp8_per_row(w)
+    x = torch.randn(1, 4096, device=CUDA, generator=gen).to(torch.bfloat16)
+    x_scale = fp8_scale(x.float().abs().amax()).reshape(1)
+    y = wog.fp8_gemv(x, f8, sf8, x_scale)  # timed now (or earlier in this process)
+    saved = tile_choices.export_choices(CUDA)
+    before = dict(wog._CHOSEN)
+    wog._CHOSEN.clear()
+    try:
+        assert tile_choices.import_choices(saved, CUDA) == len(saved["choices"]) > 0
+        assert {k: v for k, v in wog._CHOSEN.items()} == {k: v for k, v in before.items() if k[6].type == "cuda"}
+        assert torch.equal(wog.fp8_gemv(x, f8, sf8, x_scale), y)
+    finally:
+        wog._CHOSEN.update(before)

@@ -113,6 +113,37 @@ def test_fp8_engine_on_a_gpu_without_fp8_tensor_cores(fp8_engine, monkeypatch):
     check_engine_device(read_engine(fp8_engine), torch.device("cpu"))  # the CPU emulates FP8
 
 
+def test_engine_keeps_the_gemm_tiles_timed_on_its_gpu(fp8_engine, tmp_path, monkeypatch):
+    """Built on the CPU nothing is timed (kernel_tiles null); an engine written on a GPU carries its
+    tile choices, and loading hands them to kernels/tile_choices.py with the device it loads on
+    (which adopts them only on the same GPU model: tests/kernels/test_tile_choices.py)."""
+    import json
+    import os
+
+    import torch
+
+    from tritium.kernels import tile_choices
+    from tritium.llm.llm import LLM
+    from tritium.loader.cache import write_manifest
+    from tritium.loader.saved_engine import FORMAT_VERSION
+
+    with open(os.path.join(fp8_engine, "tritium_engine.json")) as f:
+        assert json.load(f)["kernel_tiles"] is None
+    engine = _copy(fp8_engine, tmp_path)
+    tiles = {"gpu": "NVIDIA H200", "triton": "3.6.0", "choices": [
+        {"weight": 0, "act": 1, "n": 6144, "k": 4096, "group": 0, "dtype": "bfloat16", "one_row": True,
+         "block_n": 64, "block_k": 128, "split_k": 4, "num_warps": 4, "num_stages": 4, "gemv": False}]}
+    _edit_json(f"{engine}/tritium_engine.json", kernel_tiles=tiles)
+    os.remove(f"{engine}/manifest.json")
+    write_manifest(engine, {"format_version": FORMAT_VERSION})  # as the GPU's build wrote it
+    seen = []
+    real = tile_choices.import_choices
+    monkeypatch.setattr(tile_choices, "import_choices", lambda saved, dev: seen.append((saved, dev)) or real(saved, dev))
+    with LLM(engine, device="cpu") as llm:
+        assert llm.generate([[1, 2, 3]], use_tqdm=False)[0].outputs[0].token_ids  # loads and runs on the CPU
+    assert seen == [(tiles, torch.device("cpu"))]
+
+
 def test_engine_refuses_another_quantization_or_dtype(fp8_engine):
     from tritium.llm.llm import LLM
     from tritium.quantization import QuantConfig

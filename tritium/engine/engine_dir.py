@@ -22,6 +22,7 @@ def rebuild_command(source_path: str, quant: dict[str, Any] | None, dtype: str) 
 def engine_description(parts, build_config: BuildConfig) -> dict[str, Any]:
     """parts: the factory's EngineParts of a built engine."""
     from tritium import __version__
+    from tritium.kernels.tile_choices import export_choices
     dtype = str(parts.model_config.dtype).replace("torch.", "")
     quant = parts.quant_config.to_dict() if parts.quant_config is not None else None
     source = parts.source.engine.config.get("source") if parts.source.format == "engine" else parts.source.path
@@ -38,4 +39,5 @@ def engine_description(parts, build_config: BuildConfig) -> dict[str, Any]:
         "memory_plan": parts.memory_plan,
         "source": source,
         "rebuild_command": rebuild,
+        "kernel_tiles": export_choices(parts.device),  # the GEMM tiles timed on this GPU (tile_choices.py)
     }

@@ -104,6 +104,10 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     quant = resolve_quantization(source, quant_config, dev)
     if source.format == "engine":
         dtype = engine_dtype(source, dtype)
+        from tritium.kernels.tile_choices import import_choices
+
+        if import_choices(source.engine.config.get("kernel_tiles"), dev):
+            logger.info("weight-streaming GEMM tiles: the saved engine's choices (no timing)")
     model_config = model_config_from_source(source, dtype=dtype, device=dev)
     # The tokenizer (Python and Rust, one core) loads while the weights load and pack (torch).
     with ThreadPoolExecutor(1, thread_name_prefix="tritium-tokenizer") as pool:
