@@ -11,14 +11,19 @@
 #   SKIP_WHEELS=1 SHAPE=smollm2-135m SAT_PROMPTS=6 RATE_PROMPTS=4 OUT=/tmp/gs bash scripts/gpu_session.sh serve engine-load
 #
 # Stages:
-#   tests          tests/gpu and tests/kernels compiled on the GPU (real sizes)
+#   tests          tests/gpu and tests/kernels compiled on the GPU (real sizes; ran past 580 s in one
+#                  call on 2026-11-30: prefer gpu-tests and stream-test)
 #   gemv           decode-sized linears: bf16 cuBLAS vs the quantized weight-streaming kernels
 #   quant-latency  batch-1 decode 128/128 (bench latency), bf16 and each quantization, same run
 #   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
 #   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
 #                  saturation (512 concurrent), then 2 requests/s
 #   policy         offline 1000/1000 x1024 with each capacity scheduler policy
-#   engine-load    tritium build of a FP8 8B engine, then load to first token
+#   engine-load    tritium build of a FP8 8B engine, then load to first token (phase log)
+#   profile        torch profiler tables: batch-1 FP8 / W4A16 decode, a 467-token prefill step
+#   stream-test    tests/gpu/test_weight_streaming_gpu.py
+#   gpu-tests      each tests/gpu module under its own time limit
+#   latency-short  batch-1 decode: bf16, FP8, W4A16, W8A16
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-out}
@@ -69,6 +74,9 @@ for stage in "$@"; do
       done ;;
     tests)
       python3 -m pytest -q -p no:cacheprovider --maxfail=4 tests/gpu tests/kernels 2>&1 | tee "$LOGS/pytest-gpu.log" | tail -25 ;;
+    profile)  # torch profiler: batch-1 decode steps of FP8 and W4A16, one 467-token prefill step
+      timeout "${PROFILE_TIMEOUT:-240}" python3 scripts/gpu_speed_check.py --sections profile-quant,profile-prefill 2>&1 \
+        | tee "$LOGS/profile.log" | grep -E "^\[profile" ;;
     stream-test)
       timeout 150 python3 -m pytest -q -p no:cacheprovider --durations=5 tests/gpu/test_weight_streaming_gpu.py 2>&1 \
         | tee "$LOGS/pytest-streaming.log" | tail -8 ;;

@@ -20,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,29 +206,36 @@ def offline_throughput(report: dict, input_len: int, output_len: int, num_reques
     llm.shutdown()
 
 
-def profile_decode(report: dict, batch: int) -> None:
-    """Kernel time of decode steps (torch profiler) against their wall time."""
+def profile_decode(report: dict, batch: int, quant_algo: Optional[str] = None, prompt_len: int = 128,
+                   max_tokens: int = 64) -> None:
+    """Kernel time of decode steps (torch profiler) against their wall time; with max_tokens=1, of
+    one prefill step of `prompt_len` tokens (its wall time against its kernels: launch overhead)."""
     from torch.profiler import ProfilerActivity, profile
 
     from tritium import BuildConfig, SamplingParams
     from tritium.llm.llm import LLM
+    from tritium.quantization import QuantConfig
 
     folder = tempfile.mkdtemp()
     shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
-    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=max(batch, 8), max_seq_len=2048))
-    prompts = [[(i * 97 + j) % 30000 + 10 for j in range(128)] for i in range(batch)]
-    params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True, detokenize=False)
-    llm.generate(prompts, params, use_tqdm=False)
+    quant = QuantConfig(quant_algo=quant_algo) if quant_algo else None
+    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=max(batch, 8), max_seq_len=2048),
+              quant_config=quant)
+    rng = np.random.default_rng(batch)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+    llm.generate(rng.integers(10, 30000, (batch, prompt_len)).tolist(), params, use_tqdm=False)
+    prompts = rng.integers(10, 30000, (batch, prompt_len)).tolist()  # fresh: no cached prefix
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t = time.perf_counter()
         llm.generate(prompts, params, use_tqdm=False)
         wall = time.perf_counter() - t
     events = prof.key_averages()
     cuda_total = sum(e.self_device_time_total for e in events) / 1e3  # ms
-    print(f"[profile batch {batch}] wall {wall * 1e3:.0f} ms for 64 steps, kernels {cuda_total:.0f} ms "
-          f"({cuda_total / wall / 10:.0f}% busy)", flush=True)
+    tag = f"batch {batch}, {quant_algo or 'bf16'}, {prompt_len} in / {max_tokens} out"
+    print(f"[profile {tag}] wall {wall * 1e3:.1f} ms for {max_tokens} steps, kernels {cuda_total:.1f} ms "
+          f"({100 * cuda_total / (wall * 1e3):.0f}% busy)", flush=True)
     print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60), flush=True)
-    report[f"profile b{batch}"] = dict(wall_ms=wall * 1e3, kernel_ms=cuda_total)
+    report[f"profile {tag}"] = dict(wall_ms=wall * 1e3, kernel_ms=cuda_total)
     llm.shutdown()
 
 
@@ -388,6 +397,11 @@ def main() -> None:
     if "profile" in sections:
         profile_decode(report, 1)
         profile_decode(report, 64)
+    if "profile-quant" in sections:  # batch-1 decode of the quantized weights (issue 9's targets)
+        for algo in ("FP8", "W4A16"):
+            profile_decode(report, 1, algo)
+    if "profile-prefill" in sections:  # one 467-token prefill (the serving TTFT's largest part)
+        profile_decode(report, 1, prompt_len=467, max_tokens=1)
     if "offline" in sections:
         offline_throughput(report, 128, 128, 4096, 512)
         offline_throughput(report, 1000, 1000, 1024, 512)
