@@ -25,6 +25,8 @@ class EngineSpec:
     capacity_scheduler_policy: Optional[str] = None  # max_utilization | guaranteed_no_evict; None: the engine's
     quant_config: Any = None  # quantization.QuantConfig (--quantization / --kv-cache-dtype)
     calib_config: Any = None  # quantization.CalibConfig
+    extra_llm_api_options: Any = None  # the --extra-llm-api-options mapping (replaces the fields above it sets)
+    extra_llm_api_options_path: Optional[str] = None
 
     @property
     def model_path(self) -> str:

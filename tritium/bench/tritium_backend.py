@@ -39,10 +39,14 @@ class TritiumBackend:
                            max_tokens=spec.kv_cache_max_tokens)
         policy = spec.capacity_scheduler_policy
         scheduling = None if policy is None else SchedulerConfig(capacity_scheduler_policy=policy)
-        self.llm = LLM(spec.model_path, tokenizer=spec.tokenizer, dtype=spec.dtype, build_config=build,
-                       kv_cache_config=kv, scheduler_config=scheduling, load_format=spec.load_format,
-                       device=spec.device, enforce_eager=spec.enforce_eager, quant_config=spec.quant_config,
-                       calib_config=spec.calib_config)
+        kwargs = dict(tokenizer=spec.tokenizer, dtype=spec.dtype, build_config=build, kv_cache_config=kv,
+                      scheduler_config=scheduling, load_format=spec.load_format, device=spec.device,
+                      enforce_eager=spec.enforce_eager, quant_config=spec.quant_config, calib_config=spec.calib_config)
+        if spec.extra_llm_api_options:
+            from tritium.entrypoints.extra_options import merge_extra_options
+
+            kwargs = merge_extra_options(kwargs, spec.extra_llm_api_options, spec.extra_llm_api_options_path or "")
+        self.llm = LLM(spec.model_path, **kwargs)
         self.device = self.llm.device
         self.tokenizer = self.llm.tokenizer
         self.vocab_size = self.llm.model_config.vocab_size
@@ -60,12 +64,13 @@ class TritiumBackend:
                 "load_format": self.spec.load_format, "architecture": mc.architecture,
                 "dtype": str(mc.dtype).replace("torch.", ""), "max_batch_size": sc.max_num_seqs,
                 "max_num_tokens": sc.max_num_batched_tokens, "max_seq_len": sc.max_model_len,
-                "prefix_caching": self.spec.enable_prefix_caching,
+                "prefix_caching": self.llm.kv_cache_config.enable_block_reuse,
                 "chunked_prefill": sc.enable_chunked_prefill, "capacity_scheduler_policy": sc.capacity_policy,
-                "quantization": self.llm.quant_config.to_dict() if self.llm.quant_config is not None else None}
+                "quantization": self.llm.quant_config.to_dict() if self.llm.quant_config is not None else None,
+                "extra_llm_api_options": self.spec.extra_llm_api_options}
         if self.device.type == "cuda":
             info["cuda_graphs"] = not self.spec.enforce_eager
-            info["kv_cache_free_gpu_memory_fraction"] = self.spec.kv_cache_free_gpu_memory_fraction
+            info["kv_cache_free_gpu_memory_fraction"] = self.llm.kv_cache_config.free_gpu_memory_fraction
         return info
 
     def take_engine_stats(self) -> list:

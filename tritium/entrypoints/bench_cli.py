@@ -105,9 +105,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def _engine_spec(args: argparse.Namespace):
     from tritium.bench.spec import EngineSpec
     from tritium.entrypoints.cli import quant_configs
+    from tritium.entrypoints.extra_options import read_extra_options
 
     quant, calib = quant_configs(args)
     return EngineSpec(quant_config=quant, calib_config=calib,
+        extra_llm_api_options=read_extra_options(args.extra_llm_api_options) or None,
+        extra_llm_api_options_path=args.extra_llm_api_options,
         model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, load_format=args.load_format,
         device=args.device, max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
         max_seq_len=args.max_seq_len, kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,

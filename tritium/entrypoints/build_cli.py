@@ -38,24 +38,21 @@ def add_parser(subparsers) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from tritium.entrypoints.cli import engine_configs, quant_configs
+    from tritium.entrypoints.cli import llm_kwargs
 
     if args.model_tag is not None:
         if args.model is not None and args.model != args.model_tag:
             raise ValueError(f"two models given: {args.model_tag!r} and --model {args.model!r}")
         args.model = args.model_tag
-    quant, calib = quant_configs(args)
+    kwargs = llm_kwargs(args)
     if args.dry_run:
-        return _dry_run(args, quant)
+        return _dry_run(args, kwargs)
     if not args.output:
         raise ValueError("--output <folder> is required (or --dry-run)")
     from tritium.llm.llm import LLM
 
-    build, kv, scheduling = engine_configs(args)
     start = time.perf_counter()
-    with LLM(model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
-             scheduler_config=scheduling, load_format=args.load_format, device=args.device, quant_config=quant,
-             calib_config=calib) as llm:
+    with LLM(model=args.model, **kwargs) as llm:
         built = time.perf_counter()
         llm.save(args.output)
         from tritium.worker.memory_plan import describe_memory
@@ -66,16 +63,18 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(args: argparse.Namespace, quant) -> int:
+def _dry_run(args: argparse.Namespace, kwargs: dict) -> int:
     import torch
 
     from tritium.bench.model_shapes import resolve_model_arg
-    from tritium.entrypoints.cli import engine_configs
     from tritium.config import ModelConfig, resolve_dtype
+    from tritium.entrypoints.extra_options import top_level_args
+    from tritium.llm.llm_args import resolve_llm_args
     from tritium.loader.source import resolve_model_source
     from tritium.worker.memory_estimate import estimate_memory, parse_size
     from tritium.worker.memory_plan import describe_memory
 
+    quant = kwargs["quant_config"]
     source = resolve_model_source(resolve_model_arg(args.model, "dummy"), "dummy")  # config.json only
     config_dtype = source.hf_config.get("torch_dtype") or source.hf_config.get("dtype")
     model = ModelConfig.from_hf(source.hf_config, dtype=resolve_dtype(args.dtype, config_dtype, torch.device("cuda")))
@@ -85,7 +84,9 @@ def _dry_run(args: argparse.Namespace, quant) -> int:
         ckpt = detect(source.path, source.hf_config)
         quant = ckpt.quant_config if ckpt is not None else None
     gpu = parse_size(args.gpu_memory)
-    build, kv, _ = engine_configs(args)
+    # with any top-level limits from --extra-llm-api-options
+    build, kv, _, _ = resolve_llm_args(kwargs["build_config"], kwargs["kv_cache_config"], False,
+                                       top_level_args(kwargs))
     plan = estimate_memory(model, gpu, build, kv, quant)
     q = quant.to_dict() if quant is not None else {}
     print(f"{args.model or 'the embedded model'} ({model.architecture}, {str(model.dtype).replace('torch.', '')}, "

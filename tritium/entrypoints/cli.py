@@ -51,6 +51,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
          help="when the KV cache runs short: max_utilization (the default) admits requests while their next tokens "
               "fit and preempts the newest; guaranteed_no_evict admits one only when it fits at full length "
               "(prompt + max tokens), so none is ever preempted (TensorRT-LLM's CapacitySchedulerPolicy)")
+    _opt(g, "--extra-llm-api-options", default=None, metavar="YAML",
+         help="a YAML mapping of LLM(...) arguments (kv_cache_config:, cuda_graph_config:, scheduler_config:, "
+              "max_batch_size:, ...) applied over these flags, as trtllm-serve's --extra_llm_api_options")
     add_quantization_args(p)
 
 
@@ -70,6 +73,20 @@ def engine_configs(args, max_seq_len=None):
                        max_tokens=args.kv_cache_max_tokens)
     policy = args.capacity_scheduler_policy
     return build, kv, None if policy is None else SchedulerConfig(capacity_scheduler_policy=policy)
+
+
+def llm_kwargs(args, max_seq_len=None) -> dict:
+    """LLM(...) keyword arguments (all but the model) from the model / engine / quantization flags,
+    then --extra-llm-api-options' keys over them (checked now, before any loading)."""
+    from tritium.entrypoints.extra_options import merge_extra_options, read_extra_options
+
+    build, kv, scheduling = engine_configs(args, max_seq_len)
+    quant, calib = quant_configs(args)
+    kwargs = dict(tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
+                  scheduler_config=scheduling, load_format=args.load_format, device=args.device,
+                  quant_config=quant, calib_config=calib)
+    path = args.extra_llm_api_options
+    return merge_extra_options(kwargs, read_extra_options(path), path or "")
 
 
 def add_quantization_args(p: argparse.ArgumentParser) -> None:
@@ -181,13 +198,10 @@ def run_generate(args) -> int:
             min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
             frequency_penalty=args.frequency_penalty, seed=args.seed, stop=args.stop, n=args.n,
             logprobs=args.logprobs, ignore_eos=args.ignore_eos)
-        build, kv, scheduling = engine_configs(args)
-        quant, calib = quant_configs(args)
+        kwargs = llm_kwargs(args)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    with LLM(model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build,
-             kv_cache_config=kv, scheduler_config=scheduling, load_format=args.load_format, device=args.device,
-             quant_config=quant, calib_config=calib) as llm:
+    with LLM(model=args.model, **kwargs) as llm:
         if args.chat:
             prompts = [llm.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         if args.stream:

@@ -69,7 +69,7 @@ def run_serve(args) -> int:
 
 def server_config(args):
     """The ServerConfig of `tritium serve ARGS` (its load_llm builds the engine later, in the server)."""
-    from tritium.entrypoints.cli import engine_configs, quant_configs
+    from tritium.entrypoints.cli import llm_kwargs
     from tritium.entrypoints.openai.api_server import ServerConfig
 
     logging.getLogger("tritium").setLevel(args.log_level.upper())
@@ -82,15 +82,12 @@ def server_config(args):
         raise ValueError("--max-queued-requests must be >= 0")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port")
-    build, kv, scheduling = engine_configs(args)
-    quant, calib = quant_configs(args)
+    kwargs = llm_kwargs(args)  # checked here: a bad option fails before the server starts
 
     def load_llm():
         from tritium.llm.llm import LLM
 
-        return LLM(model=model, tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
-                   scheduler_config=scheduling, load_format=args.load_format, device=args.device,
-                   quant_config=quant, calib_config=calib)
+        return LLM(model=model, **kwargs)
 
     return ServerConfig(load_llm=load_llm, served_model_name=args.served_model_name or model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_queued_requests=args.max_queued_requests,
