@@ -168,10 +168,12 @@ class LLM:
         stream.request_id = self._submit(tokenized[0], params[0], stream.put, streaming)
         return stream
 
-    def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True,
+                            tools: Optional[list[dict]] = None) -> str:
+        """tools: OpenAI-style function tools, for templates that describe them to the model."""
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("this model has no chat template")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, tools=tools,
                                                   add_generation_prompt=add_generation_prompt)
 
     def chat(self, messages: Union[Messages, list[Messages]],

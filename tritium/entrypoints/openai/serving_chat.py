@@ -1,9 +1,6 @@
 """POST /v1/chat/completions: the model's chat template, logprobs / top_logprobs, n, streaming,
-and response_format (json_object, json_schema) enforced by guided decoding.
-
-tools / tool_choice get a clear 400: this server has no tool-call parser, and a model that
-writes tool calls as plain text would silently break clients that expect `tool_calls`.
-"""
+response_format (json_object, json_schema) and tool calls (tool_choice "required" or a named
+function; tool_calls.py) enforced by guided decoding."""
 from __future__ import annotations
 
 import time
@@ -16,15 +13,19 @@ from tritium.entrypoints.openai.errors import bad_request
 from tritium.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
                                                  ChatCompletionResponse, ChatLogprobs, ChatMessage,
                                                  ChatResponseMessage, ChatStreamChoice, DeltaMessage,
-                                                 ResponseFormat, TokenLogprob, TopLogprob, random_id)
+                                                 DeltaToolCall, ResponseFormat, TokenLogprob, TopLogprob,
+                                                 random_id)
 from tritium.entrypoints.openai.serving_engine import (OpenAIServing, PromptRun, collect_finals, sse_events,
                                                        usage_of)
+from tritium.entrypoints.openai.tool_calls import (ToolPlan, finish_reason, parse_tool_calls, plan_tools,
+                                                   template_message)
 from tritium.outputs import PositionLogprobs
 from tritium.structured_output import GuidedDecodingParams
 
 
 class OpenAIServingChat(OpenAIServing):
-    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
+               tools: Optional[list[dict]] = None) -> str:
         """The conversation through the model's chat template (400 on anything it cannot take)."""
         conversation = []
         for i, message in enumerate(messages):
@@ -38,58 +39,69 @@ class OpenAIServingChat(OpenAIServing):
                                           f"messages.{i}.content.{j}.type")
                     parts.append(part.text)
                 content = "".join(parts)
-            conversation.append({"role": message.role, "content": content or ""})
+            turn = {"role": message.role, "content": content or ""}
+            turn.update({k: v for k, v in (("name", message.name), ("tool_calls", message.tool_calls),
+                                           ("tool_call_id", message.tool_call_id)) if v is not None})
+            conversation.append(template_message(turn))
         try:
-            return self.llm.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt)
-        except (ValueError, jinja2.TemplateError) as e:
+            return self.llm.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
+                                                tools=tools)
+        except (ValueError, TypeError, KeyError, jinja2.TemplateError) as e:  # e.g. tool_calls it cannot iterate
             raise bad_request(f"the chat template cannot render these messages: {e}", "messages") from None
 
-    def guided_decoding(self, fmt: Optional[ResponseFormat]) -> Optional[GuidedDecodingParams]:
-        if fmt is None or fmt.type == "text":
+    def guided_decoding(self, fmt: Optional[ResponseFormat], tools: ToolPlan) -> Optional[GuidedDecodingParams]:
+        if tools.mode != "none":
+            if fmt is not None and fmt.type != "text":
+                raise bad_request("response_format cannot be combined with tool calls", "response_format")
+            guided, param = GuidedDecodingParams(json=tools.schema), "tools"
+        elif fmt is None or fmt.type == "text":
             return None
-        if fmt.type == "json_object":
-            guided = GuidedDecodingParams(json_object=True)
+        elif fmt.type == "json_object":
+            guided, param = GuidedDecodingParams(json_object=True), "response_format"
         elif fmt.json_schema is None:
             raise bad_request("response_format type json_schema needs a json_schema object", "response_format")
         else:
-            guided = GuidedDecodingParams(json=fmt.json_schema.schema_)
+            guided, param = GuidedDecodingParams(json=fmt.json_schema.schema_), "response_format"
         if self.llm.grammar_backend is None:
-            raise bad_request("response_format needs a tokenizer; this model has none", "response_format")
+            raise bad_request(f"{param} needs a tokenizer; this model has none", param)
         try:
             self.llm.grammar_backend.validate(guided)
         except ValueError as e:
-            raise bad_request(str(e), "response_format") from None
+            raise bad_request(str(e), param) from None
         return guided
 
     async def create(self, request: ChatCompletionRequest, raw_request):
         self.check_model(request.model)
-        if request.tools:
-            raise bad_request("tools are not supported by this server (it has no tool-call parser)", "tools")
-        if request.tool_choice not in (None, "none"):
-            raise bad_request("tool_choice is not supported by this server (it has no tool-call parser)",
-                              "tool_choice")
+        tools = plan_tools(request.tools, request.tool_choice)
         if request.top_logprobs is not None and not request.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
-        prompt = self.tokenize(self.render(request.messages, request.add_generation_prompt), "messages")
+        if tools.mode != "none" and request.stream and request.logprobs:
+            raise bad_request("logprobs are not streamed with tool calls (ask without stream)", "logprobs")
+        prompt = self.tokenize(self.render(request.messages, request.add_generation_prompt, tools.tools), "messages")
         length_param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         self.check_length(prompt, max_tokens, length_param)
         params = self.sampling_params(request, max_tokens,
                                       logprobs=(request.top_logprobs or 0) if request.logprobs else None,
-                                      guided_decoding=self.guided_decoding(request.response_format))
+                                      guided_decoding=self.guided_decoding(request.response_format, tools))
         runs = [PromptRun(0, prompt)]
         self.submit(runs, params)
         if request.stream:
-            return StreamingResponse(sse_events(self._stream(runs, raw_request, request)),
+            return StreamingResponse(sse_events(self._stream(runs, raw_request, request, tools)),
                                      media_type="text/event-stream")
         final = (await collect_finals(self, runs, raw_request))[0]
-        choices = [ChatChoice(index=c.index, message=ChatResponseMessage(content=c.text),
-                              logprobs=self._logprobs(c.token_ids, c.logprobs, request),
-                              finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in final.outputs]
+        choices = []
+        for c in final.outputs:
+            calls = parse_tool_calls(tools, c.text) if tools.mode != "none" else None
+            message = ChatResponseMessage(content=c.text) if calls is None else ChatResponseMessage(tool_calls=calls)
+            choices.append(ChatChoice(index=c.index, message=message,
+                                      logprobs=self._logprobs(c.token_ids, c.logprobs, request),
+                                      finish_reason=c.finish_reason if calls is None else
+                                      finish_reason(tools, c.finish_reason), stop_reason=c.stop_reason))
         return JSONResponse(ChatCompletionResponse(model=self.model_name, choices=choices,
                                                    usage=usage_of([final])).model_dump())
 
-    async def _stream(self, runs, raw_request, request: ChatCompletionRequest):
+    async def _stream(self, runs, raw_request, request: ChatCompletionRequest, tools: ToolPlan):
         response_id, created = random_id("chatcmpl"), int(time.time())
         options = request.stream_options
 
@@ -107,6 +119,10 @@ class OpenAIServingChat(OpenAIServing):
                 new = len(c.token_ids_diff)
                 if not (c.text_diff or c.finished):
                     continue
+                if tools.mode != "none":  # the calls go out whole once their JSON is complete
+                    if c.finished:
+                        choices.append(self._tool_chunk(c, tools))
+                    continue
                 logprobs = self._logprobs(c.token_ids[len(c.token_ids) - new:],
                                           c.logprobs[len(c.token_ids) - new:] if c.logprobs else None, request)
                 choices.append(ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text_diff),
@@ -117,6 +133,17 @@ class OpenAIServingChat(OpenAIServing):
                 yield chunk([choice], usage)
         if options and options.include_usage and final is not None:
             yield chunk([], usage_of([final]))
+
+    @staticmethod
+    def _tool_chunk(c, tools: ToolPlan) -> ChatStreamChoice:
+        """The last chunk of a tool-calling choice: its calls, or its text when it is not complete JSON."""
+        calls = parse_tool_calls(tools, c.text)
+        if calls is None:
+            return ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text),
+                                    finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+        deltas = [DeltaToolCall(index=i, **call.model_dump()) for i, call in enumerate(calls)]
+        return ChatStreamChoice(index=c.index, delta=DeltaMessage(tool_calls=deltas),
+                                finish_reason=finish_reason(tools, c.finish_reason), stop_reason=c.stop_reason)
 
     def _logprobs(self, token_ids: list[int], positions: Optional[list[PositionLogprobs]],
                   request: ChatCompletionRequest) -> Optional[ChatLogprobs]:

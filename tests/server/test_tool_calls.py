@@ -1,0 +1,98 @@
+"""Tool calls through the official openai client against the real server (the embedded SmolLM2):
+a named function or "required" makes the reply follow the tools' schemas (guided decoding), and
+the server hands it back as OpenAI `tool_calls`, whole or streamed; a conversation carrying earlier
+calls and tool results renders. Error cases are in test_openai_server.py's table."""
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from tests.server.conftest import MODEL_NAME
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+TIME = {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
+        "required": ["timezone"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "description": "Time in a timezone",
+                                           "parameters": TIME}}]
+SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _check_calls(calls, allowed=("get_weather", "get_time")):
+    assert calls, "no tool calls"
+    for call in calls:
+        assert call.type == "function" and call.id.startswith("call-") and call.function.name in allowed
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+    assert len({c.id for c in calls}) == len(calls)
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, seed=7)])
+def test_named_function_is_called_with_valid_arguments(client, sampling):
+    out = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=80,
+                                         tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                         **sampling)
+    choice = out.choices[0]
+    assert choice.message.content is None and choice.finish_reason == "stop"  # OpenAI's answer to a forced call
+    assert len(choice.message.tool_calls) == 1
+    _check_calls(choice.message.tool_calls, allowed=("get_weather",))
+
+
+def test_required_calls_one_or_more_declared_tools(client):
+    out = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice="required",
+                                         max_tokens=160, temperature=0.8, seed=1, n=2)
+    assert len(out.choices) == 2
+    for choice in out.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        _check_calls(choice.message.tool_calls)
+
+
+def test_streamed_tool_calls_reassemble(client):
+    stream = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice="required",
+                                            max_tokens=160, temperature=0, stream=True)
+    calls, finish, content = {}, None, ""
+    for chunk in stream:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for delta in choice.delta.tool_calls or []:
+                calls.setdefault(delta.index, delta)  # sent whole: one delta per call
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and content == ""
+    _check_calls([calls[i] for i in sorted(calls)])
+    # The same request unstreamed gives the same calls (greedy).
+    whole = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice="required",
+                                           max_tokens=160, temperature=0)
+    assert [(c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls] == \
+        [(calls[i].function.name, calls[i].function.arguments) for i in sorted(calls)]
+
+
+def test_cut_short_reply_comes_back_as_text(client):
+    """max_tokens ends the JSON early: no tool_calls to give, the text and finish_reason "length"."""
+    out = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=3, temperature=0,
+                                         tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = out.choices[0]
+    assert choice.finish_reason == "length" and choice.message.tool_calls is None
+    assert choice.message.content and choice.message.content.lstrip().startswith("{")
+
+
+def test_conversation_with_earlier_calls_and_results(client):
+    first = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=80,
+                                           tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                           temperature=0)
+    call = first.choices[0].message.tool_calls[0]
+    messages = ASK + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                      {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'}]
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, tools=TOOLS, tool_choice="none",
+                                           max_tokens=20, temperature=0)
+    assert reply.choices[0].message.tool_calls is None and reply.choices[0].message.content

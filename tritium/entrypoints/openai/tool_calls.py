@@ -1,0 +1,124 @@
+"""Tool calls for /v1/chat/completions, enforced by guided decoding (the model writes JSON that the
+grammar allows, and the server turns it into OpenAI `tool_calls`):
+
+- `tool_choice: {"type": "function", "function": {"name": F}}`: the reply is F's arguments, a JSON
+  value of F's `parameters` schema; one call, finish_reason "stop" (as OpenAI answers a forced call);
+- `tool_choice: "required"`: the reply is a JSON array of one or more {"name", "parameters"} objects,
+  each a declared tool with its own schema; finish_reason "tool_calls";
+- `tool_choice: "none"`: the tools are left out and the reply is text.
+
+`"auto"` (OpenAI's default once `tools` are given) would need a parser for each model family's
+own tool-call text; it is a 400 that says to use "required" or a named function. The tools are
+handed to the chat template (`tools=`), as Hugging Face templates take them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from tritium.entrypoints.openai.errors import bad_request
+from tritium.entrypoints.openai.protocol import FunctionCall, ToolCall, random_id
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a request's tools and tool_choice come to."""
+
+    mode: str  # "none" | "named" | "required"
+    tools: Optional[list[dict[str, Any]]]  # for the chat template (None: render without tools)
+    schema: Optional[dict[str, Any]] = None  # the JSON schema the reply must follow
+    name: Optional[str] = None  # the named function
+
+
+def _declared(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """name -> parameters schema of each declared function tool (400 naming a malformed one)."""
+    out = {}
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
+            raise bad_request('each tool must be {"type": "function", "function": {"name": ..., "parameters": ...}}',
+                              f"tools.{i}")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise bad_request("a function tool needs a name", f"tools.{i}.function.name")
+        if name in out:
+            raise bad_request(f"tool {name!r} is declared twice", f"tools.{i}.function.name")
+        params = fn.get("parameters", {"type": "object"})
+        if not isinstance(params, dict):
+            raise bad_request("parameters must be a JSON schema object", f"tools.{i}.function.parameters")
+        out[name] = params
+    return out
+
+
+def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any) -> ToolPlan:
+    if not tools:
+        if tool_choice not in (None, "none"):
+            raise bad_request("tool_choice needs tools", "tool_choice")
+        return ToolPlan("none", None)
+    declared = _declared(tools)
+    if tool_choice == "none":
+        return ToolPlan("none", None)
+    if tool_choice in (None, "auto"):
+        raise bad_request('tool_choice "auto" (the default with tools) needs a parser of the model\'s own '
+                          'tool-call text, which this server does not have; use tool_choice "required" or '
+                          '{"type": "function", "function": {"name": ...}}: their calls are enforced by '
+                          "guided decoding", "tool_choice")
+    if tool_choice == "required":
+        variants = [{"type": "object", "properties": {"name": {"const": name}, "parameters": params},
+                     "required": ["name", "parameters"], "additionalProperties": False}
+                    for name, params in declared.items()]
+        schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+        return ToolPlan("required", tools, schema)
+    if isinstance(tool_choice, dict):
+        fn = tool_choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if tool_choice.get("type") != "function" or not isinstance(name, str):
+            raise bad_request('a named tool_choice is {"type": "function", "function": {"name": ...}}', "tool_choice")
+        if name not in declared:
+            raise bad_request(f"tool_choice names {name!r}, which is not among the tools "
+                              f"({', '.join(declared)})", "tool_choice")
+        return ToolPlan("named", tools, declared[name], name)
+    raise bad_request(f'tool_choice must be "none", "auto", "required" or a named function, got {tool_choice!r}',
+                      "tool_choice")
+
+
+def parse_tool_calls(plan: ToolPlan, text: str) -> Optional[list[ToolCall]]:
+    """The reply's calls, or None when it is not complete JSON (cut by max_tokens or a stop)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if plan.mode == "named":
+        calls = [(plan.name, value)]
+    else:
+        calls = [(c["name"], c["parameters"]) for c in value]
+    return [ToolCall(id=random_id("call"), function=FunctionCall(name=name, arguments=json.dumps(args)))
+            for name, args in calls]
+
+
+def finish_reason(plan: ToolPlan, engine_reason: Optional[str]) -> Optional[str]:
+    if engine_reason != "stop":  # cut short: the engine's reason ("length", "abort")
+        return engine_reason
+    return "tool_calls" if plan.mode == "required" else "stop"
+
+
+def template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as chat templates take it: an assistant's tool_calls with their arguments as
+    objects (the API carries them as JSON strings; Hugging Face templates iterate them)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    converted = []
+    for call in calls:
+        if not isinstance(call.get("function"), dict):
+            converted.append(call)  # as sent: the template decides what it can render
+            continue
+        fn = dict(call["function"])
+        if isinstance(fn.get("arguments"), str):
+            try:
+                fn["arguments"] = json.loads(fn["arguments"])
+            except json.JSONDecodeError:
+                pass  # a template gets the string as it was sent
+        converted.append({**call, "function": fn})
+    return {**message, "tool_calls": converted}
