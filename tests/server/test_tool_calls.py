@@ -96,3 +96,48 @@ def test_conversation_with_earlier_calls_and_results(client):
     reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, tools=TOOLS, tool_choice="none",
                                            max_tokens=20, temperature=0)
     assert reply.choices[0].message.tool_calls is None and reply.choices[0].message.content
+
+
+def test_auto_without_a_parser_says_what_works(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=8)
+    body = err.value.body
+    assert body["param"] == "tool_choice" and "--tool-call-parser" in body["message"]
+    assert '"required"' in body["message"]
+
+
+@pytest.fixture(scope="module")
+def hermes_server(tmp_path_factory):
+    from tests.server.conftest import MAX_SEQ_LEN, ServerProcess
+
+    srv = ServerProcess(["--served-model-name", MODEL_NAME, "--dtype", "float32", "--max-seq-len", str(MAX_SEQ_LEN),
+                         "--tool-call-parser", "hermes", "--enable-auto-tool-choice"],
+                        str(tmp_path_factory.mktemp("hermes") / "server.log"))
+    try:
+        yield srv.wait_ready()
+    finally:
+        srv.stop()
+
+
+def test_auto_with_a_parser_passes_plain_replies_through(hermes_server):
+    """SmolLM2 was not taught <tool_call> blocks: its reply is content, streamed or not, the same text
+    as without tools (its chat template ignores them), and never a half-parsed call."""
+    client = openai.OpenAI(base_url=hermes_server.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
+    kwargs = dict(model=MODEL_NAME, messages=ASK, max_tokens=24, temperature=0)
+    plain = client.chat.completions.create(**kwargs).choices[0]
+    auto = client.chat.completions.create(tools=TOOLS, **kwargs).choices[0]
+    assert auto.message.tool_calls is None and auto.message.content == plain.message.content
+    assert auto.finish_reason == plain.finish_reason
+    chunks = list(client.chat.completions.create(tools=TOOLS, stream=True, **kwargs))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain.message.content
+    assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+
+
+def test_enable_auto_tool_choice_needs_a_parser():
+    from tritium.entrypoints.cli import build_parser
+    from tritium.entrypoints.serve_cli import server_config
+
+    with pytest.raises(ValueError, match="--enable-auto-tool-choice needs --tool-call-parser"):
+        server_config(build_parser().parse_args(["serve", "--enable-auto-tool-choice"]))
+    with pytest.raises(SystemExit):  # argparse names the choices
+        build_parser().parse_args(["serve", "--tool-call-parser", "nope"])

@@ -41,6 +41,13 @@ def add_parser(subparsers) -> None:
     _opt(g, "--max-queued-requests", type=int, default=None,
          help="refuse requests with 503 + Retry-After once this many wait beyond the running batch (default: no limit)")
     _opt(g, "--chat-template", default=None, help="Jinja chat template file (or the template itself)")
+    from tritium.entrypoints.openai.tool_parsers import PARSERS
+
+    _opt(g, "--tool-call-parser", default=None, choices=sorted(PARSERS),
+         help="read the model's own tool-call text for tool_choice \"auto\" (hermes: Qwen2.5 / Qwen3 / Hermes; "
+              "llama3_json: Llama 3.1 / 3.2; mistral); \"required\" and named functions need none")
+    _opt(g, "--enable-auto-tool-choice", action="store_true",
+         help="vLLM's switch for tool_choice \"auto\"; needs --tool-call-parser")
     _opt(g, "--drain-timeout", type=float, default=30.0,
          help="seconds SIGTERM waits for in-flight requests before aborting them")
     _opt(g, "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -82,6 +89,8 @@ def server_config(args):
         raise ValueError("--max-queued-requests must be >= 0")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port")
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (hermes, llama3_json or mistral)")
     kwargs = llm_kwargs(args)  # checked here: a bad option fails before the server starts
 
     def load_llm():
@@ -92,7 +101,7 @@ def server_config(args):
     return ServerConfig(load_llm=load_llm, served_model_name=args.served_model_name or model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_queued_requests=args.max_queued_requests,
                         max_batch_size=args.max_batch_size, chat_template=_chat_template(args.chat_template),
-                        drain_timeout_s=args.drain_timeout)
+                        drain_timeout_s=args.drain_timeout, tool_call_parser=args.tool_call_parser)
 
 
 if __name__ == "__main__":  # python -m tritium.entrypoints.serve_cli ...

@@ -55,6 +55,7 @@ class ServerConfig:
     max_batch_size: int = 256
     chat_template: Optional[str] = None
     drain_timeout_s: float = 30.0
+    tool_call_parser: Optional[str] = None  # tool_parsers.PARSERS name: tool_choice "auto" reads the model's calls
 
 
 @dataclass
@@ -96,6 +97,7 @@ class ServerState:
         names = [self.config.served_model_name]
         self.completions = OpenAIServingCompletion(llm, names, self.tracker, self.metrics)
         self.chat = OpenAIServingChat(llm, names, self.tracker, self.metrics)
+        self.chat.tool_call_parser = self.config.tool_call_parser
         if self.health is Health.STARTING:
             self.health = Health.READY
             logger.info("ready: serving %s", self.config.served_model_name)

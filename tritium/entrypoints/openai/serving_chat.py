@@ -17,13 +17,14 @@ from tritium.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk
                                                  random_id)
 from tritium.entrypoints.openai.serving_engine import (OpenAIServing, PromptRun, collect_finals, sse_events,
                                                        usage_of)
-from tritium.entrypoints.openai.tool_calls import (ToolPlan, finish_reason, parse_tool_calls, plan_tools,
-                                                   template_message)
+from tritium.entrypoints.openai.tool_calls import ToolPlan, finish_reason, parse_reply, plan_tools, template_message
 from tritium.outputs import PositionLogprobs
 from tritium.structured_output import GuidedDecodingParams
 
 
 class OpenAIServingChat(OpenAIServing):
+    tool_call_parser: Optional[str] = None  # the server's --tool-call-parser: what tool_choice "auto" needs
+
     def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
                tools: Optional[list[dict]] = None) -> str:
         """The conversation through the model's chat template (400 on anything it cannot take)."""
@@ -50,9 +51,9 @@ class OpenAIServingChat(OpenAIServing):
             raise bad_request(f"the chat template cannot render these messages: {e}", "messages") from None
 
     def guided_decoding(self, fmt: Optional[ResponseFormat], tools: ToolPlan) -> Optional[GuidedDecodingParams]:
-        if tools.mode != "none":
-            if fmt is not None and fmt.type != "text":
-                raise bad_request("response_format cannot be combined with tool calls", "response_format")
+        if tools.mode != "none" and fmt is not None and fmt.type != "text":
+            raise bad_request("response_format cannot be combined with tool calls", "response_format")
+        if tools.schema is not None:
             guided, param = GuidedDecodingParams(json=tools.schema), "tools"
         elif fmt is None or fmt.type == "text":
             return None
@@ -72,7 +73,7 @@ class OpenAIServingChat(OpenAIServing):
 
     async def create(self, request: ChatCompletionRequest, raw_request):
         self.check_model(request.model)
-        tools = plan_tools(request.tools, request.tool_choice)
+        tools = plan_tools(request.tools, request.tool_choice, self.tool_call_parser)
         if request.top_logprobs is not None and not request.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
         if tools.mode != "none" and request.stream and request.logprobs:
@@ -92,9 +93,8 @@ class OpenAIServingChat(OpenAIServing):
         final = (await collect_finals(self, runs, raw_request))[0]
         choices = []
         for c in final.outputs:
-            calls = parse_tool_calls(tools, c.text) if tools.mode != "none" else None
-            message = ChatResponseMessage(content=c.text) if calls is None else ChatResponseMessage(tool_calls=calls)
-            choices.append(ChatChoice(index=c.index, message=message,
+            content, calls = parse_reply(tools, c.text) if tools.mode != "none" else (c.text, None)
+            choices.append(ChatChoice(index=c.index, message=ChatResponseMessage(content=content, tool_calls=calls),
                                       logprobs=self._logprobs(c.token_ids, c.logprobs, request),
                                       finish_reason=c.finish_reason if calls is None else
                                       finish_reason(tools, c.finish_reason), stop_reason=c.stop_reason))
@@ -111,6 +111,7 @@ class OpenAIServingChat(OpenAIServing):
 
         for i in range(request.n):  # one choice per chunk, as OpenAI sends them
             yield chunk([ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+        sent = [0] * request.n  # "auto" tools: characters of each choice's text sent as content
         final = None
         async for _, out in self.outputs(runs, raw_request):
             final = out
@@ -119,9 +120,12 @@ class OpenAIServingChat(OpenAIServing):
                 new = len(c.token_ids_diff)
                 if not (c.text_diff or c.finished):
                     continue
+                if tools.mode == "auto":  # content until a tool call starts; the calls once complete
+                    choices.extend(self._auto_chunks(c, tools, sent))
+                    continue
                 if tools.mode != "none":  # the calls go out whole once their JSON is complete
                     if c.finished:
-                        choices.append(self._tool_chunk(c, tools))
+                        choices.append(self._tool_chunk(c, tools, 0))
                     continue
                 logprobs = self._logprobs(c.token_ids[len(c.token_ids) - new:],
                                           c.logprobs[len(c.token_ids) - new:] if c.logprobs else None, request)
@@ -135,15 +139,30 @@ class OpenAIServingChat(OpenAIServing):
             yield chunk([], usage_of([final]))
 
     @staticmethod
-    def _tool_chunk(c, tools: ToolPlan) -> ChatStreamChoice:
-        """The last chunk of a tool-calling choice: its calls, or its text when it is not complete JSON."""
-        calls = parse_tool_calls(tools, c.text)
+    def _tool_chunk(c, tools: ToolPlan, sent: int) -> ChatStreamChoice:
+        """The last chunk of a tool-calling choice, `sent` characters of its text already sent as
+        content: its calls, or the rest of its text when it holds none."""
+        _, calls = parse_reply(tools, c.text)
         if calls is None:
-            return ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text),
+            return ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text[sent:]),
                                     finish_reason=c.finish_reason, stop_reason=c.stop_reason)
         deltas = [DeltaToolCall(index=i, **call.model_dump()) for i, call in enumerate(calls)]
         return ChatStreamChoice(index=c.index, delta=DeltaMessage(tool_calls=deltas),
                                 finish_reason=finish_reason(tools, c.finish_reason), stop_reason=c.stop_reason)
+
+    def _auto_chunks(self, c, tools: ToolPlan, sent: list[int]) -> list[ChatStreamChoice]:
+        """tool_choice "auto": the text before any tool call as content (holding back what could be
+        the start of one), then at the end the calls the parser finds (or the rest as content)."""
+        parser, done = tools.parser, sent[c.index]
+        start = parser.call_start(c.text)
+        safe = start if start is not None else len(c.text) - parser.held_back(c.text)
+        out = []
+        if safe > done:
+            out.append(ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text[done:safe])))
+            sent[c.index] = done = safe
+        if c.finished:
+            out.append(self._tool_chunk(c, tools, done))
+        return out
 
     def _logprobs(self, token_ids: list[int], positions: Optional[list[PositionLogprobs]],
                   request: ChatCompletionRequest) -> Optional[ChatLogprobs]:

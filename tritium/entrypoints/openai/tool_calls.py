@@ -5,11 +5,12 @@ grammar allows, and the server turns it into OpenAI `tool_calls`):
   value of F's `parameters` schema; one call, finish_reason "stop" (as OpenAI answers a forced call);
 - `tool_choice: "required"`: the reply is a JSON array of one or more {"name", "parameters"} objects,
   each a declared tool with its own schema; finish_reason "tool_calls";
-- `tool_choice: "none"`: the tools are left out and the reply is text.
+- `tool_choice: "none"`: the tools are left out and the reply is text;
+- `tool_choice: "auto"` (OpenAI's default once `tools` are given): the model writes whatever it
+  likes, and the server's `--tool-call-parser` (tool_parsers.py) reads its family's own tool-call
+  text; without one, a 400 that says what works.
 
-`"auto"` (OpenAI's default once `tools` are given) would need a parser for each model family's
-own tool-call text; it is a 400 that says to use "required" or a named function. The tools are
-handed to the chat template (`tools=`), as Hugging Face templates take them.
+The tools are handed to the chat template (`tools=`), as Hugging Face templates take them.
 """
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ from typing import Any, Optional
 
 from tritium.entrypoints.openai.errors import bad_request
 from tritium.entrypoints.openai.protocol import FunctionCall, ToolCall, random_id
+from tritium.entrypoints.openai.tool_parsers import PARSERS, ToolParser
 
 
 @dataclass(frozen=True)
 class ToolPlan:
     """What a request's tools and tool_choice come to."""
 
-    mode: str  # "none" | "named" | "required"
+    mode: str  # "none" | "named" | "required" | "auto"
     tools: Optional[list[dict[str, Any]]]  # for the chat template (None: render without tools)
     schema: Optional[dict[str, Any]] = None  # the JSON schema the reply must follow
     name: Optional[str] = None  # the named function
+    parser: Optional[ToolParser] = None  # "auto": reads the model's own tool-call text
 
 
 def _declared(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -51,7 +54,8 @@ def _declared(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any) -> ToolPlan:
+def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any, parser: Optional[str] = None) -> ToolPlan:
+    """parser: the server's --tool-call-parser (a PARSERS name), which tool_choice "auto" needs."""
     if not tools:
         if tool_choice not in (None, "none"):
             raise bad_request("tool_choice needs tools", "tool_choice")
@@ -60,8 +64,11 @@ def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any) -> ToolP
     if tool_choice == "none":
         return ToolPlan("none", None)
     if tool_choice in (None, "auto"):
+        if parser is not None:
+            return ToolPlan("auto", tools, parser=PARSERS[parser])
         raise bad_request('tool_choice "auto" (the default with tools) needs a parser of the model\'s own '
-                          'tool-call text, which this server does not have; use tool_choice "required" or '
+                          "tool-call text: start the server with --tool-call-parser "
+                          f"({', '.join(PARSERS)}), or use tool_choice \"required\" or "
                           '{"type": "function", "function": {"name": ...}}: their calls are enforced by '
                           "guided decoding", "tool_choice")
     if tool_choice == "required":
@@ -83,24 +90,28 @@ def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any) -> ToolP
                       "tool_choice")
 
 
-def parse_tool_calls(plan: ToolPlan, text: str) -> Optional[list[ToolCall]]:
-    """The reply's calls, or None when it is not complete JSON (cut by max_tokens or a stop)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if plan.mode == "named":
-        calls = [(plan.name, value)]
+def parse_reply(plan: ToolPlan, text: str) -> tuple[Optional[str], Optional[list[ToolCall]]]:
+    """(content, calls) of a finished reply; calls None when it holds none (then content is the
+    text: a guided reply cut short by max_tokens or a stop, or an "auto" reply of plain text)."""
+    if plan.mode == "auto":
+        content, calls = plan.parser.extract(text)
+        if not calls:
+            return text, None
     else:
-        calls = [(c["name"], c["parameters"]) for c in value]
-    return [ToolCall(id=random_id("call"), function=FunctionCall(name=name, arguments=json.dumps(args)))
-            for name, args in calls]
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return text, None
+        content = None
+        calls = [(plan.name, value)] if plan.mode == "named" else [(c["name"], c["parameters"]) for c in value]
+    return content, [ToolCall(id=random_id("call"), function=FunctionCall(name=name, arguments=json.dumps(args)))
+                     for name, args in calls]
 
 
 def finish_reason(plan: ToolPlan, engine_reason: Optional[str]) -> Optional[str]:
     if engine_reason != "stop":  # cut short: the engine's reason ("length", "abort")
         return engine_reason
-    return "tool_calls" if plan.mode == "required" else "stop"
+    return "stop" if plan.mode == "named" else "tool_calls"
 
 
 def template_message(message: dict[str, Any]) -> dict[str, Any]:
