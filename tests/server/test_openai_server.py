@@ -204,6 +204,24 @@ def test_response_format_json_object_streamed(client):
     assert isinstance(json.loads(text), dict)
 
 
+def test_vllm_guided_fields_on_both_endpoints(client):
+    """vLLM's extra_body fields: the reply follows the guide on /v1/completions and /v1/chat/completions."""
+    colors = ["dark red", "green (light)", "blue?"]  # regex characters in the choices are literal
+    out = client.completions.create(model=MODEL_NAME, prompt="My favourite color is", max_tokens=10,
+                                    temperature=1.0, seed=2, n=3, extra_body={"guided_choice": colors})
+    assert all(c.text in colors for c in out.choices)
+    out = client.completions.create(model=MODEL_NAME, prompt="The year is", max_tokens=8, temperature=0,
+                                    extra_body={"guided_regex": r"[12][0-9]{3}"})
+    assert re.fullmatch(r"[12][0-9]{3}", out.choices[0].text)
+    chat = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "Describe a person."}],
+                                          max_tokens=80, temperature=0, extra_body={"guided_json": SCHEMA})
+    jsonschema.validate(json.loads(chat.choices[0].message.content), SCHEMA)
+    grammar = 'start: "yes" | "no"'
+    chat = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "Is it sunny?"}],
+                                          max_tokens=5, temperature=0, extra_body={"guided_grammar": grammar})
+    assert chat.choices[0].message.content in ("yes", "no")
+
+
 def test_tokenize_detokenize(server, reference_llm):
     r = httpx.post(server.base_url + "/tokenize", json={"model": MODEL_NAME, "prompt": "Hello world"}).json()
     assert r["tokens"] == reference_llm.tokenizer.encode("Hello world") and r["count"] == len(r["tokens"])
@@ -282,6 +300,12 @@ ERROR_CASES = [
     ("/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
                               "tool_choice": "required", "stream": True, "logprobs": True}, 400, "logprobs"),
     ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, 400, "top_logprobs"),
+    ("/v1/completions", {"prompt": "x", "guided_regex": "a", "guided_choice": ["b"]}, 400, "guided_choice"),
+    ("/v1/completions", {"prompt": "x", "guided_regex": "(unclosed"}, 400, "guided_regex"),
+    ("/v1/completions", {"prompt": "x", "guided_choice": []}, 400, "guided_choice"),
+    ("/v1/completions", {"prompt": "x", "guided_json": {"type": "no-such-type"}}, 400, "guided_json"),
+    ("/v1/chat/completions", {"messages": CHAT, "guided_regex": "a", "response_format": {"type": "json_object"}},
+     400, "guided_regex"),
     ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "json_schema"}}, 400, "response_format"),
     ("/v1/chat/completions", {"messages": CHAT, "response_format": {
         "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}}, 400,

@@ -49,6 +49,11 @@ class _SamplingRequest(_Request):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     stop_token_ids: Optional[list[StrictInt]] = None
+    # vLLM's structured-output fields (one at most)
+    guided_json: Union[None, StrictStr, dict[str, Any]] = None
+    guided_regex: Optional[StrictStr] = None
+    guided_choice: Optional[list[StrictStr]] = Field(None, min_length=1)
+    guided_grammar: Optional[StrictStr] = None
 
 
 class CompletionRequest(_SamplingRequest):

@@ -13,10 +13,10 @@ from tritium.entrypoints.openai.errors import bad_request
 from tritium.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
                                                  ChatCompletionResponse, ChatLogprobs, ChatMessage,
                                                  ChatResponseMessage, ChatStreamChoice, DeltaMessage,
-                                                 DeltaToolCall, ResponseFormat, TokenLogprob, TopLogprob,
+                                                 DeltaToolCall, TokenLogprob, TopLogprob,
                                                  random_id)
-from tritium.entrypoints.openai.serving_engine import (OpenAIServing, PromptRun, collect_finals, sse_events,
-                                                       usage_of)
+from tritium.entrypoints.openai.serving_engine import (GUIDED_FIELDS, OpenAIServing, PromptRun, collect_finals,
+                                                       sse_events, usage_of)
 from tritium.entrypoints.openai.tool_calls import ToolPlan, finish_reason, parse_reply, plan_tools, template_message
 from tritium.outputs import PositionLogprobs
 from tritium.structured_output import GuidedDecodingParams
@@ -50,26 +50,25 @@ class OpenAIServingChat(OpenAIServing):
         except (ValueError, TypeError, KeyError, jinja2.TemplateError) as e:  # e.g. tool_calls it cannot iterate
             raise bad_request(f"the chat template cannot render these messages: {e}", "messages") from None
 
-    def guided_decoding(self, fmt: Optional[ResponseFormat], tools: ToolPlan) -> Optional[GuidedDecodingParams]:
-        if tools.mode != "none" and fmt is not None and fmt.type != "text":
+    def guided_decoding(self, request: ChatCompletionRequest, tools: ToolPlan) -> Optional[GuidedDecodingParams]:
+        """The one guide of a request: its tool calls', response_format's, or vLLM's guided_* field's."""
+        fmt = request.response_format
+        formatted = fmt is not None and fmt.type != "text"
+        extra = self.extra_guided(request)
+        if tools.mode != "none" and formatted:
             raise bad_request("response_format cannot be combined with tool calls", "response_format")
+        if extra is not None and (formatted or tools.mode != "none"):
+            given = next(name for name in GUIDED_FIELDS if getattr(request, name) is not None)
+            raise bad_request(f"{given} cannot be combined with response_format or tool calls", given)
         if tools.schema is not None:
-            guided, param = GuidedDecodingParams(json=tools.schema), "tools"
-        elif fmt is None or fmt.type == "text":
-            return None
-        elif fmt.type == "json_object":
-            guided, param = GuidedDecodingParams(json_object=True), "response_format"
-        elif fmt.json_schema is None:
+            return self.check_guided(GuidedDecodingParams(json=tools.schema), "tools")
+        if extra is not None or not formatted:
+            return extra
+        if fmt.type == "json_object":
+            return self.check_guided(GuidedDecodingParams(json_object=True), "response_format")
+        if fmt.json_schema is None:
             raise bad_request("response_format type json_schema needs a json_schema object", "response_format")
-        else:
-            guided, param = GuidedDecodingParams(json=fmt.json_schema.schema_), "response_format"
-        if self.llm.grammar_backend is None:
-            raise bad_request(f"{param} needs a tokenizer; this model has none", param)
-        try:
-            self.llm.grammar_backend.validate(guided)
-        except ValueError as e:
-            raise bad_request(str(e), param) from None
-        return guided
+        return self.check_guided(GuidedDecodingParams(json=fmt.json_schema.schema_), "response_format")
 
     async def create(self, request: ChatCompletionRequest, raw_request):
         self.check_model(request.model)
@@ -82,9 +81,10 @@ class OpenAIServingChat(OpenAIServing):
         length_param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         self.check_length(prompt, max_tokens, length_param)
+        keep_special = {"skip_special_tokens": False} if tools.parser and tools.parser.keeps_special_tokens else {}
         params = self.sampling_params(request, max_tokens,
                                       logprobs=(request.top_logprobs or 0) if request.logprobs else None,
-                                      guided_decoding=self.guided_decoding(request.response_format, tools))
+                                      guided_decoding=self.guided_decoding(request, tools), **keep_special)
         runs = [PromptRun(0, prompt)]
         self.submit(runs, params)
         if request.stream:

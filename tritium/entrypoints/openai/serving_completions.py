@@ -35,7 +35,8 @@ class OpenAIServingCompletion(OpenAIServing):
             self.check_length(run.prompt, max_tokens)
         echo_logprobs = request.echo and request.logprobs is not None
         params = self.sampling_params(request, max_tokens, logprobs=request.logprobs, best_of=request.best_of,
-                                      prompt_logprobs=request.logprobs if echo_logprobs else None)
+                                      prompt_logprobs=request.logprobs if echo_logprobs else None,
+                                      guided_decoding=self.extra_guided(request))
         if request.stream and params.best_of > params.n:
             raise bad_request("best_of > n cannot be streamed: the best completions are known only at the end",
                               "best_of")

@@ -21,6 +21,15 @@ from tritium.llm.generation_stream import GenerationStream
 from tritium.llm.inputs import TokenizedPrompt, tokenize_prompt
 from tritium.outputs import RequestOutput
 from tritium.sampling_params import SamplingParams
+from tritium.structured_output import GuidedDecodingParams
+
+GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+_REGEX_META = set("\\.^$|?*+()[]{}")
+
+
+def literal_regex(text: str) -> str:
+    """A regex matching exactly `text` (only the regex syntax's own characters escaped)."""
+    return "".join("\\" + ch if ch in _REGEX_META else ch for ch in text)
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +136,34 @@ class OpenAIServing:
             raise bad_request(
                 f"the prompt ({len(prompt.token_ids)} tokens) plus {param}={max_tokens} exceeds the model's "
                 f"context of {self.max_seq_len} tokens", param)
+
+    def check_guided(self, guided: GuidedDecodingParams, param: str) -> GuidedDecodingParams:
+        """400 naming `param` when the model has no tokenizer or the guide does not compile."""
+        if self.llm.grammar_backend is None:
+            raise bad_request(f"{param} needs a tokenizer; this model has none", param)
+        try:
+            self.llm.grammar_backend.validate(guided)
+        except ValueError as e:
+            raise bad_request(str(e), param) from None
+        return guided
+
+    def extra_guided(self, request: _SamplingRequest) -> Optional[GuidedDecodingParams]:
+        """vLLM's guided_json / guided_regex / guided_choice / guided_grammar (one at most)."""
+        given = [name for name in GUIDED_FIELDS if getattr(request, name) is not None]
+        if not given:
+            return None
+        if len(given) > 1:
+            raise bad_request(f"give one of {', '.join(GUIDED_FIELDS)}, not {' and '.join(given)}", given[1])
+        name = given[0]
+        value = getattr(request, name)
+        try:
+            if name == "guided_choice":
+                guided = GuidedDecodingParams(regex="|".join(f"({literal_regex(c)})" for c in value))
+            else:
+                guided = GuidedDecodingParams(**{name[len("guided_"):]: value})
+        except ValueError as e:
+            raise bad_request(str(e), name) from None
+        return self.check_guided(guided, name)
 
     @staticmethod
     def sampling_params(request: _SamplingRequest, max_tokens: Optional[int], **extra) -> SamplingParams:

@@ -21,6 +21,8 @@ Call = tuple[str, Any]  # (function name, arguments as a JSON value)
 class ToolParser:
     # Text that opens a tool call: a stream holds content back from the first marker on.
     markers: tuple[str, ...] = ()
+    # The marker is a special token: the reply is detokenized with special tokens kept.
+    keeps_special_tokens = False
 
     def extract(self, text: str) -> tuple[Optional[str], list[Call]]:
         """(content, calls); calls empty when the text holds none (then content is the text)."""
@@ -103,6 +105,7 @@ class Llama3JsonParser(ToolParser):
 
 class MistralParser(ToolParser):
     markers = ("[TOOL_CALLS]",)
+    keeps_special_tokens = True  # [TOOL_CALLS] is one of Mistral's control tokens
 
     def extract(self, text):
         start = self.call_start(text)
