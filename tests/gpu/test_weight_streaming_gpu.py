@@ -12,6 +12,12 @@ from tritium.quantization.quant_utils import (dequantize_int4, fp8_scale, quanti
 CUDA = torch.device("cuda")
 
 
+@pytest.fixture(autouse=True)
+def timed_choice(monkeypatch):
+    """These tests check the timed tile choice (tests/gpu/conftest.py turns it off elsewhere)."""
+    monkeypatch.setenv("TRITIUM_GEMM_TUNING", "1")
+
+
 def _close(y, ref):
     err = (y.float() - ref).abs().max().item()
     assert err <= 2e-2 * ref.abs().max().item(), err

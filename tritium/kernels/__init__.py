@@ -59,6 +59,12 @@ def streaming_gemm_enabled() -> bool:
     return os.environ.get("TRITIUM_STREAMING_GEMM", "1") != "0"
 
 
+def gemm_tuning_enabled() -> bool:
+    """TRITIUM_GEMM_TUNING=0: the streaming GEMM takes fixed tiles (cuBLAS for 16-bit weights)
+    instead of compiling and timing candidates at first use (tests that do not measure speed)."""
+    return os.environ.get("TRITIUM_GEMM_TUNING", "1") != "0"
+
+
 def gpu_linear(x, weight, bias):
     """y = x W^T + b on a GPU: for a few rows the faster of the streaming kernel and cuBLAS for
     this shape (timed once), cuBLAS otherwise."""

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tritium.kernels import dot_precision, interpreting
+from tritium.kernels import dot_precision, gemm_tuning_enabled, interpreting
 from tritium.kernels.rope_kv_write import _quantize
 
 logger = logging.getLogger(__name__)
@@ -259,7 +259,8 @@ def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.d
     if chosen is not None:
         return chosen
     sms = _sm_count(device)
-    if interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    if (interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing()
+            or not gemm_tuning_enabled()):
         return CUBLAS if cublas is not None and not interpreting() else _heuristic(weight, n, k, group, sms)
     flush = torch.empty(128 * 2**20, dtype=torch.uint8, device=device)  # > L2 (50-60 MB on Hopper); freed below
     reference = cublas() if cublas is not None else None
