@@ -58,6 +58,14 @@ def test_required_calls_one_or_more_declared_tools(client):
         _check_calls(choice.message.tool_calls)
 
 
+def test_parallel_tool_calls_false_allows_one_call(client):
+    out = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice="required",
+                                         parallel_tool_calls=False, max_tokens=160, temperature=1.0, seed=4, n=3)
+    for choice in out.choices:
+        assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+        _check_calls(choice.message.tool_calls)
+
+
 def test_streamed_tool_calls_reassemble(client):
     stream = client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice="required",
                                             max_tokens=160, temperature=0, stream=True)

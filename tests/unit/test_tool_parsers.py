@@ -68,3 +68,10 @@ def test_streamed_auto_plain_reply_is_all_content():
     assert content == "" and calls == [("get_weather", {})] and finish == "tool_calls"
     content, calls, finish = _stream("llama3_json", ["{\"x\"", ": 1}"])  # JSON that is no call: sent at the end
     assert content == '{"x": 1}' and calls == [] and finish == "stop"
+
+
+def test_auto_with_parallel_tool_calls_false_keeps_the_first_call():
+    from tritium.entrypoints.openai.tool_calls import parse_reply
+
+    content, calls = parse_reply(plan_tools(TOOLS, "auto", "hermes", parallel=False), HERMES)
+    assert content == "Let me check." and [c.function.name for c in calls] == ["get_weather"]

@@ -99,6 +99,7 @@ class ChatCompletionRequest(_SamplingRequest):
     response_format: Optional[ResponseFormat] = None
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Union[None, str, dict[str, Any]] = None
+    parallel_tool_calls: bool = True  # False: at most one call
     add_generation_prompt: bool = True
 
 

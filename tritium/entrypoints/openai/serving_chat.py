@@ -72,7 +72,7 @@ class OpenAIServingChat(OpenAIServing):
 
     async def create(self, request: ChatCompletionRequest, raw_request):
         self.check_model(request.model)
-        tools = plan_tools(request.tools, request.tool_choice, self.tool_call_parser)
+        tools = plan_tools(request.tools, request.tool_choice, self.tool_call_parser, request.parallel_tool_calls)
         if request.top_logprobs is not None and not request.logprobs:
             raise bad_request("top_logprobs needs logprobs=true", "top_logprobs")
         if tools.mode != "none" and request.stream and request.logprobs:

@@ -32,6 +32,7 @@ class ToolPlan:
     schema: Optional[dict[str, Any]] = None  # the JSON schema the reply must follow
     name: Optional[str] = None  # the named function
     parser: Optional[ToolParser] = None  # "auto": reads the model's own tool-call text
+    parallel: bool = True  # "auto" with parallel_tool_calls=False keeps the first call
 
 
 def _declared(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -54,8 +55,10 @@ def _declared(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any, parser: Optional[str] = None) -> ToolPlan:
-    """parser: the server's --tool-call-parser (a PARSERS name), which tool_choice "auto" needs."""
+def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any, parser: Optional[str] = None,
+               parallel: bool = True) -> ToolPlan:
+    """parser: the server's --tool-call-parser (a PARSERS name), which tool_choice "auto" needs;
+    parallel: OpenAI's parallel_tool_calls (False: one call at most)."""
     if not tools:
         if tool_choice not in (None, "none"):
             raise bad_request("tool_choice needs tools", "tool_choice")
@@ -65,7 +68,7 @@ def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any, parser: 
         return ToolPlan("none", None)
     if tool_choice in (None, "auto"):
         if parser is not None:
-            return ToolPlan("auto", tools, parser=PARSERS[parser])
+            return ToolPlan("auto", tools, parser=PARSERS[parser], parallel=parallel)
         raise bad_request('tool_choice "auto" (the default with tools) needs a parser of the model\'s own '
                           "tool-call text: start the server with --tool-call-parser "
                           f"({', '.join(PARSERS)}), or use tool_choice \"required\" or "
@@ -75,7 +78,7 @@ def plan_tools(tools: Optional[list[dict[str, Any]]], tool_choice: Any, parser: 
         variants = [{"type": "object", "properties": {"name": {"const": name}, "parameters": params},
                      "required": ["name", "parameters"], "additionalProperties": False}
                     for name, params in declared.items()]
-        schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+        schema = {"type": "array", "minItems": 1, "items": {"anyOf": variants}, **({} if parallel else {"maxItems": 1})}
         return ToolPlan("required", tools, schema)
     if isinstance(tool_choice, dict):
         fn = tool_choice.get("function")
@@ -97,6 +100,7 @@ def parse_reply(plan: ToolPlan, text: str) -> tuple[Optional[str], Optional[list
         content, calls = plan.parser.extract(text)
         if not calls:
             return text, None
+        calls = calls if plan.parallel else calls[:1]
     else:
         try:
             value = json.loads(text)
