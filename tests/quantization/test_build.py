@@ -103,3 +103,19 @@ def test_build_writes_an_engine_that_gives_the_same_tokens(capsys, tiny_llama, t
 def test_build_needs_an_output_folder(capsys, tiny_llama):
     assert main(["build", tiny_llama]) == 2
     assert "error: --output <folder> is required" in capsys.readouterr().err
+
+
+def test_dry_run_takes_extra_llm_api_options(capsys, tmp_path):
+    """The plan follows --extra-llm-api-options as the engine would: its KV memory fraction, no
+    CUDA-graph pool when cuda_graph_config is null, its batch limit."""
+    args = ("llama-3.1-8b", "--gpu-memory", "80GiB", "--max-seq-len", "8192")
+    base = dry_run(capsys, *args)
+    options = tmp_path / "options.yaml"
+    options.write_text("kv_cache_config:\n  free_gpu_memory_fraction: 0.5\ncuda_graph_config: null\n")
+    tuned = dry_run(capsys, *args, "--extra-llm-api-options", str(options))
+    assert "50% of" in tuned["text"] and "90% of" in base["text"]
+    assert tuned["graphs"] == 0 < base["graphs"]
+    assert tuned["kv_tokens"] < base["kv_tokens"] * 0.6
+    options.write_text("max_batch_size: 16\n")
+    small = dry_run(capsys, *args, "--extra-llm-api-options", str(options))
+    assert small["sequences"] == 16 and "all max_batch_size sequences at max_seq_len fit" in small["text"]

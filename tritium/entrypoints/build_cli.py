@@ -85,9 +85,9 @@ def _dry_run(args: argparse.Namespace, kwargs: dict) -> int:
         quant = ckpt.quant_config if ckpt is not None else None
     gpu = parse_size(args.gpu_memory)
     # with any top-level limits from --extra-llm-api-options
-    build, kv, _, _ = resolve_llm_args(kwargs["build_config"], kwargs["kv_cache_config"], False,
-                                       top_level_args(kwargs))
-    plan = estimate_memory(model, gpu, build, kv, quant)
+    build, kv, _, options = resolve_llm_args(kwargs["build_config"], kwargs["kv_cache_config"], False,
+                                             top_level_args(kwargs))
+    plan = estimate_memory(model, gpu, build, kv, quant, cuda_graphs=not options.enforce_eager)
     q = quant.to_dict() if quant is not None else {}
     print(f"{args.model or 'the embedded model'} ({model.architecture}, {str(model.dtype).replace('torch.', '')}, "
           f"quantization {q.get('quant_algo') or 'none'}, KV cache {q.get('kv_cache_quant_algo') or 'model dtype'}) "
