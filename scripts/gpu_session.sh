@@ -64,6 +64,22 @@ offline() {  # offline <tag> <dataset> [flags...]
     | grep -iE "throughput|^(TTFT|TPOT)|KV cache cap|startup: engine|preemptions|error|Traceback" | head -20
 }
 
+load_engine() {  # load_engine <tag>: a fresh process loads /tmp/eng-fp8 to its first token (phase log)
+  timeout 150 python3 - "$1" <<'PY' 2>&1 | tee "$LOGS/engine-load-$1.log" | grep -v Loading | tail -8
+import logging, sys, time
+t0 = time.perf_counter()
+from tritium import LLM, SamplingParams
+logging.basicConfig(level=logging.WARNING, format="[tritium] %(levelname)s %(message)s")
+logging.getLogger("tritium").setLevel(logging.INFO)  # the start-up phase log
+llm = LLM(model="/tmp/eng-fp8")
+t1 = time.perf_counter()
+llm.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False)
+t2 = time.perf_counter()
+print(f"saved FP8 8B engine ({sys.argv[1]}): import+load {t1 - t0:.1f} s, to first token {t2 - t0:.1f} s "
+      "(interpreter start excluded)")
+PY
+}
+
 for stage in "$@"; do
   echo "=== stage $stage ($(date +%T))"
   case "$stage" in
@@ -126,25 +142,11 @@ for stage in "$@"; do
       timeout 200 python3 -m tritium.entrypoints.cli build /tmp/l8b --load-format dummy \
         --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tee "$LOGS/engine-build.log" | tail -5
       echo "build wall $((SECONDS - start)) s"; du -sh /tmp/eng-fp8
-      timeout 120 python3 - <<'PY' 2>&1 | tee "$LOGS/engine-load.log" | grep -v Loading | tail -12
-import logging, time
-t0 = time.perf_counter()
-from tritium import LLM, SamplingParams
-logging.basicConfig(level=logging.WARNING, format="[tritium] %(levelname)s %(message)s")
-logging.getLogger("tritium").setLevel(logging.INFO)  # the start-up phase log
-llm = LLM(model="/tmp/eng-fp8")
-t1 = time.perf_counter()
-out = llm.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False)
-t2 = time.perf_counter()
-print(f"saved FP8 8B engine: import+load {t1 - t0:.1f} s, to first token {t2 - t0:.1f} s (process start excluded)")
-llm.shutdown()
-del llm
-import gc, torch; gc.collect(); torch.cuda.empty_cache()
-t4 = time.perf_counter()
-llm = LLM(model="/tmp/eng-fp8")
-llm.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False)
-print(f"second load in the same process (Triton kernels compiled, files in page cache): {time.perf_counter() - t4:.1f} s")
-PY
+      load_engine warm-triton-cache
+      # a machine that never ran these kernels: Triton compiles what the engine uses (the saved
+      # tile choices spare it the losing candidates)
+      rm -rf "${TRITON_CACHE_DIR:-$HOME/.triton/cache}"
+      load_engine cold-triton-cache
       ;;
     *) echo "unknown stage $stage" >&2 ;;
   esac
