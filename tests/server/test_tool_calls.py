@@ -149,3 +149,20 @@ def test_enable_auto_tool_choice_needs_a_parser():
         server_config(build_parser().parse_args(["serve", "--enable-auto-tool-choice"]))
     with pytest.raises(SystemExit):  # argparse names the choices
         build_parser().parse_args(["serve", "--tool-call-parser", "nope"])
+
+
+def test_openai_parse_helper_with_a_pydantic_tool(client):
+    """The client's own typed helper: a strict pydantic function tool, forced, parsed back into the model."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Weather(BaseModel):
+        city: str = Field(max_length=20)
+        unit: Literal["celsius", "fahrenheit"]
+
+    tool = openai.pydantic_function_tool(Weather)
+    out = client.chat.completions.parse(model=MODEL_NAME, messages=ASK, tools=[tool], max_tokens=60, temperature=0,
+                                        tool_choice={"type": "function", "function": {"name": "Weather"}})
+    call = out.choices[0].message.tool_calls[0]
+    assert isinstance(call.function.parsed_arguments, Weather)
