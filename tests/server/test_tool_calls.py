@@ -166,3 +166,22 @@ def test_openai_parse_helper_with_a_pydantic_tool(client):
                                         tool_choice={"type": "function", "function": {"name": "Weather"}})
     call = out.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, Weather)
+
+
+def test_named_function_arguments_stream_in_pieces(client):
+    """As OpenAI streams a call: the first delta carries id, type and name, later ones more arguments."""
+    kwargs = dict(model=MODEL_NAME, messages=ASK, tools=TOOLS, max_tokens=80, temperature=0,
+                  tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    deltas, finish = [], None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            deltas += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert len(deltas) > 2 and finish == "stop"
+    first, rest = deltas[0], deltas[1:]
+    assert first.id.startswith("call-") and first.type == "function" and first.function.name == "get_weather"
+    assert all(d.index == 0 and d.id is None and d.function.name is None for d in rest)
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    jsonschema.validate(json.loads(arguments), WEATHER)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
+    assert whole.function.arguments == json.dumps(json.loads(arguments))  # the same call (greedy)

@@ -13,7 +13,7 @@ from tritium.entrypoints.openai.errors import bad_request
 from tritium.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
                                                  ChatCompletionResponse, ChatLogprobs, ChatMessage,
                                                  ChatResponseMessage, ChatStreamChoice, DeltaMessage,
-                                                 DeltaToolCall, TokenLogprob, TopLogprob,
+                                                 DeltaFunctionCall, DeltaToolCall, TokenLogprob, TopLogprob,
                                                  random_id)
 from tritium.entrypoints.openai.serving_engine import (GUIDED_FIELDS, OpenAIServing, PromptRun, collect_finals,
                                                        sse_events, usage_of)
@@ -111,7 +111,7 @@ class OpenAIServingChat(OpenAIServing):
 
         for i in range(request.n):  # one choice per chunk, as OpenAI sends them
             yield chunk([ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-        sent = [0] * request.n  # "auto" tools: characters of each choice's text sent as content
+        sent = [0] * request.n  # per choice: "auto" tools: characters sent as content; "named": pieces sent
         final = None
         async for _, out in self.outputs(runs, raw_request):
             final = out
@@ -122,6 +122,9 @@ class OpenAIServingChat(OpenAIServing):
                     continue
                 if tools.mode == "auto":  # content until a tool call starts; the calls once complete
                     choices.extend(self._auto_chunks(c, tools, sent))
+                    continue
+                if tools.mode == "named":  # the reply is the arguments: streamed as OpenAI streams them
+                    choices.append(self._named_chunk(c, tools, sent))
                     continue
                 if tools.mode != "none":  # the calls go out whole once their JSON is complete
                     if c.finished:
@@ -139,6 +142,18 @@ class OpenAIServingChat(OpenAIServing):
             yield chunk([], usage_of([final]))
 
     @staticmethod
+    def _named_chunk(c, tools: ToolPlan, sent: list[int]) -> ChatStreamChoice:
+        """A forced function's arguments as they are generated: the first piece carries the call's
+        id and name (sent[index] counts the pieces sent)."""
+        call = DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=c.text_diff))
+        if sent[c.index] == 0:
+            call.id, call.type, call.function.name = random_id("call"), "function", tools.name
+        sent[c.index] += 1
+        return ChatStreamChoice(index=c.index, delta=DeltaMessage(tool_calls=[call]),
+                                finish_reason=finish_reason(tools, c.finish_reason) if c.finished else None,
+                                stop_reason=c.stop_reason)
+
+    @staticmethod
     def _tool_chunk(c, tools: ToolPlan, sent: int) -> ChatStreamChoice:
         """The last chunk of a tool-calling choice, `sent` characters of its text already sent as
         content: its calls, or the rest of its text when it holds none."""
@@ -146,7 +161,9 @@ class OpenAIServingChat(OpenAIServing):
         if calls is None:
             return ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text[sent:]),
                                     finish_reason=c.finish_reason, stop_reason=c.stop_reason)
-        deltas = [DeltaToolCall(index=i, **call.model_dump()) for i, call in enumerate(calls)]
+        deltas = [DeltaToolCall(index=i, id=call.id, type=call.type,
+                                function=DeltaFunctionCall(name=call.function.name, arguments=call.function.arguments))
+                  for i, call in enumerate(calls)]
         return ChatStreamChoice(index=c.index, delta=DeltaMessage(tool_calls=deltas),
                                 finish_reason=finish_reason(tools, c.finish_reason), stop_reason=c.stop_reason)
 

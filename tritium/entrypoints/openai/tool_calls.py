@@ -11,6 +11,8 @@ grammar allows, and the server turns it into OpenAI `tool_calls`):
   text; without one, a 400 that says what works.
 
 The tools are handed to the chat template (`tools=`), as Hugging Face templates take them.
+Streaming: a named function's arguments go out in pieces as they are generated (as OpenAI streams
+them); "required" and "auto" calls go out whole once complete.
 """
 from __future__ import annotations
 
