@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import triton
 import torch.nn.functional as F
 
 from tritium.kernels import streaming_gemm as wog
@@ -52,7 +51,8 @@ def main() -> None:
             }
             for method, (fn, nbytes, kind) in runs.items():
                 us = wog.time_from_memory_ms(fn, flush) * 1e3
-                chosen = [c for key, c in wog._CHOSEN.items() if kind is not None and key[:4] == (*kind, n, k)]
+                chosen = [c for key, c in wog._CHOSEN.items() if kind is not None and key[:4] == (*kind, n, k)
+                          and key[-1] == (m == 1)]  # the key ends with "one row"
                 print(f"{name:8} {m:4d} {method:28} {us:8.1f} {nbytes / us / 1e3:7.0f}  {chosen[0] if chosen else ''}")
             if args.candidates and m == 1:
                 _time_candidates(name, n, k, x, w, q8, s8, p4, s4, z4, f8, sf8, x_scale, flush)
@@ -60,7 +60,7 @@ def main() -> None:
 
 def _time_candidates(name, n, k, x, w, q8, s8, p4, s4, z4, f8, sf8, x_scale, flush) -> None:
     """Every candidate tile of each weight kind, so that the candidate list can be judged."""
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    sms = wog._sm_count(x.device)
     kinds = {"bf16": (wog.DENSE, 0, 2 * n * k, lambda c: wog.dense_gemv(x, w, config=c)),
              "int8": (wog.INT8, 0, n * k, lambda c: wog.w8a16_gemm(x, q8, s8, config=c)),
              "int4": (wog.INT4, 128, n * k // 2, lambda c: wog.w4a16_gemm(x, p4, s4, z4, 128, config=c)),

@@ -26,7 +26,8 @@ def _args(*argv: str):
 
 
 def test_file_keys_replace_the_flags(tmp_path):
-    from tritium import KvCacheConfig, SchedulerConfig
+    from tritium import KvCacheConfig
+    from tritium.entrypoints.extra_options import resolve_llm_kwargs
     from tritium.llmapi import CapacitySchedulerPolicy
 
     path = tmp_path / "extra.yaml"
@@ -36,9 +37,11 @@ def test_file_keys_replace_the_flags(tmp_path):
     assert kw["max_batch_size"] == 3 and kw["build_config"].max_batch_size == 64  # LLM: the top level wins
     assert kw["kv_cache_config"] == {"max_tokens": 64, "enable_block_reuse": False}  # replaced, not merged
     assert kw["scheduler_config"] == {"capacity_scheduler_policy": "GUARANTEED_NO_EVICT"}
-    assert isinstance(KvCacheConfig(**kw["kv_cache_config"]), KvCacheConfig)
-    policy = SchedulerConfig(**kw["scheduler_config"]).capacity_scheduler_policy
-    assert policy in (CapacitySchedulerPolicy.GUARANTEED_NO_EVICT, "GUARANTEED_NO_EVICT")
+    # What LLM(**kw) resolves them to: the file's limit, its whole KV cache section, its policy.
+    build, kv, scheduling, _ = resolve_llm_kwargs(kw)
+    assert build.max_batch_size == 3
+    assert kv == KvCacheConfig(max_tokens=64, enable_block_reuse=False)  # 0.5 of the flags is gone
+    assert scheduling.capacity_scheduler_policy is CapacitySchedulerPolicy.GUARANTEED_NO_EVICT
     assert llm_kwargs(_args())["build_config"].max_batch_size == 256  # no file: the flags alone
 
 

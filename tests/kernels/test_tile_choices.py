@@ -76,7 +76,10 @@ def test_malformed_records_are_named_and_ignored(chosen, fake_gpu, caplog):
     assert not chosen and "ignoring the saved GEMM tile choices" in caplog.text
 
 
-def test_nothing_is_kept_or_taken_off_cuda(chosen):
+def test_nothing_is_kept_or_taken_off_cuda(chosen, fake_gpu):
     _fill(chosen)
+    saved = tile_choices.export_choices(CUDA0)  # this GPU's, valid on it
     assert tile_choices.export_choices(torch.device("cpu")) is None
-    assert tile_choices.import_choices({"gpu": "x", "triton": "y", "choices": []}, torch.device("cpu")) == 0
+    chosen.clear()
+    assert tile_choices.import_choices(saved, torch.device("cpu")) == 0 and not chosen
+    assert tile_choices.import_choices(saved, CUDA0) == 3  # the same records do load on the GPU

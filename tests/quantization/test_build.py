@@ -116,6 +116,10 @@ def test_dry_run_takes_extra_llm_api_options(capsys, tmp_path):
     assert "50% of" in tuned["text"] and "90% of" in base["text"]
     assert tuned["graphs"] == 0 < base["graphs"]
     assert tuned["kv_tokens"] < base["kv_tokens"] * 0.6
+    options.write_text("enforce_eager: true\n")
+    assert dry_run(capsys, *args, "--extra-llm-api-options", str(options))["graphs"] == 0
+    options.write_text("cuda_graph_config:\n  batch_sizes: [1, 64]\n")  # the largest graph is 64 sequences
+    assert 0 < dry_run(capsys, *args, "--extra-llm-api-options", str(options))["graphs"] < base["graphs"]
     options.write_text("max_batch_size: 16\n")
     small = dry_run(capsys, *args, "--extra-llm-api-options", str(options))
     assert small["sequences"] == 16 and "all max_batch_size sequences at max_seq_len fit" in small["text"]

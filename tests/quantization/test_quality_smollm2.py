@@ -91,8 +91,7 @@ def test_perplexity_and_greedy_text(smollm2_quant_env, algo, kv, group, bound, t
 def test_awq(smollm2_quant_env):
     """AWQ at group 32 on one calibration sample of 128 tokens (its searches are the slow part)."""
     _, config, tokenizer, ids, samples, base = smollm2_quant_env
-    rtn = _PPL.get("W4A16/None/32") or perplexity(quantized(smollm2_quant_env, quant_algo="W4A16", group_size=32),
-                                                   config, ids)
+    rtn = _PPL.get("W4A16/None/32", float("nan"))  # for the printout only, when its test ran first
     awq_model = quantized(smollm2_quant_env, samples=[s[:128] for s in samples[:1]], quant_algo="W4A16_AWQ",
                           group_size=32)
     awq = perplexity(awq_model, config, ids)

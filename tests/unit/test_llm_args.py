@@ -135,7 +135,7 @@ def test_a_chunking_policy_needs_chunked_prefill():
 
 def test_cuda_graph_config_forms_and_the_sizes_captured():
     assert resolve_llm_args(None, None, False, {})[3].cuda_graph_config is None  # tritium's sizes, padded
-    assert decode_graph_sizes(64) == (capture_sizes(64), True)
+    assert decode_graph_sizes(64) == ([1, 2, 4, 8, 16, 32, 48, 64], True)
     options = resolve_llm_args(None, None, False, {"cuda_graph_config": {"batch_sizes": [4, 1, 2, 2]}})[3]
     assert decode_graph_sizes(64, options.cuda_graph_config) == ([1, 2, 4], False)  # TensorRT-LLM: no padding
     assert decode_graph_sizes(2, options.cuda_graph_config) == ([1, 2], False)  # above max_batch_size: unused

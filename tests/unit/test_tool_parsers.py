@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tritium.entrypoints.openai.serving_chat import OpenAIServingChat
+from tritium.entrypoints.openai.serving_chat import ChoiceStream, OpenAIServingChat
 from tritium.entrypoints.openai.tool_calls import plan_tools
 from tritium.entrypoints.openai.tool_parsers import PARSERS
 
@@ -22,32 +22,31 @@ HERMES = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"ci
     ("hermes", HERMES, "Let me check.", [("get_weather", {"city": "Paris"}), ("get_time", {"tz": "CET"})]),
     ("hermes", '<tool_call>{"name": "f", "arguments": {}}</tool_call>', None, [("f", {})]),
     ("hermes", "Paris is sunny today.", "Paris is sunny today.", []),
-    ("hermes", '<tool_call>{"name": "f", "arguments": </tool_call>', None, []),  # broken: all content
+    ("hermes", '<tool_call>{"name": "f", "arguments": </tool_call>',
+     '<tool_call>{"name": "f", "arguments": </tool_call>', []),  # broken: all content
     ("llama3_json", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', None,
      [("get_weather", {"city": "Paris"})]),
     ("llama3_json", '{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {}}', None,
      [("a", {"x": 1}), ("b", {})]),
-    ("llama3_json", '{"temperature": 21}', None, []),  # JSON, but not a call
+    ("llama3_json", '{"temperature": 21}', '{"temperature": 21}', []),  # JSON, but not a call
     ("llama3_json", "It is sunny.", "It is sunny.", []),
     ("mistral", '[TOOL_CALLS] [{"name": "f", "arguments": {"a": "b"}}]', None, [("f", {"a": "b"})]),
     ("mistral", "No tools needed.", "No tools needed.", []),
 ])
 def test_extract(parser, text, content, calls):
-    got_content, got_calls = PARSERS[parser].extract(text)
-    assert got_calls == calls
-    assert got_content == (content if calls else text)
+    assert PARSERS[parser].extract(text) == (content, calls)
 
 
 def _stream(parser: str, pieces: list[str]):
     """Feed cumulative text as the engine delivers it; collect what the client receives."""
     plan = plan_tools(TOOLS, "auto", parser)
-    chat, sent, text, received = object.__new__(OpenAIServingChat), [0], "", []
+    chat, stream, text, received = object.__new__(OpenAIServingChat), ChoiceStream(), "", []
     for i, piece in enumerate(pieces):
         text += piece
         last = i == len(pieces) - 1
         c = SimpleNamespace(index=0, text=text, finished=last, finish_reason="stop" if last else None,
                             stop_reason=None)
-        received += chat._auto_chunks(c, plan, sent)
+        received += chat._auto_chunks(c, plan, stream)
     content = "".join(ch.delta.content or "" for ch in received)
     calls = [(d.function.name, json.loads(d.function.arguments)) for ch in received for d in ch.delta.tool_calls or []]
     return content, calls, received[-1].finish_reason

@@ -68,8 +68,7 @@ def _dry_run(args: argparse.Namespace, kwargs: dict) -> int:
 
     from tritium.bench.model_shapes import resolve_model_arg
     from tritium.config import ModelConfig, resolve_dtype
-    from tritium.entrypoints.extra_options import top_level_args
-    from tritium.llm.llm_args import resolve_llm_args
+    from tritium.entrypoints.extra_options import resolve_llm_kwargs
     from tritium.loader.source import resolve_model_source
     from tritium.worker.memory_estimate import estimate_memory, parse_size
     from tritium.worker.memory_plan import describe_memory
@@ -84,10 +83,9 @@ def _dry_run(args: argparse.Namespace, kwargs: dict) -> int:
         ckpt = detect(source.path, source.hf_config)
         quant = ckpt.quant_config if ckpt is not None else None
     gpu = parse_size(args.gpu_memory)
-    # with any top-level limits from --extra-llm-api-options
-    build, kv, _, options = resolve_llm_args(kwargs["build_config"], kwargs["kv_cache_config"], False,
-                                             top_level_args(kwargs))
-    plan = estimate_memory(model, gpu, build, kv, quant, cuda_graphs=not options.enforce_eager)
+    build, kv, _, options = resolve_llm_kwargs(kwargs)  # as the engine would, --extra-llm-api-options included
+    plan = estimate_memory(model, gpu, build, kv, quant, cuda_graphs=not options.enforce_eager,
+                           cuda_graph_config=options.cuda_graph_config)
     q = quant.to_dict() if quant is not None else {}
     print(f"{args.model or 'the embedded model'} ({model.architecture}, {str(model.dtype).replace('torch.', '')}, "
           f"quantization {q.get('quant_algo') or 'none'}, KV cache {q.get('kv_cache_quant_algo') or 'model dtype'}) "

@@ -60,13 +60,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 CAPACITY_POLICY_CHOICES = ("max_utilization", "guaranteed_no_evict")  # trtllm-bench --scheduler_policy's values
 
 
-def engine_configs(args, max_seq_len=None):
-    """(BuildConfig, KvCacheConfig, SchedulerConfig or None) from the model / engine flags;
-    max_seq_len: instead of --max-seq-len (benchmarks size it from their requests)."""
+def engine_configs(args):
+    """(BuildConfig, KvCacheConfig, SchedulerConfig or None) from the model / engine flags."""
     from tritium import BuildConfig, KvCacheConfig, SchedulerConfig
 
     build = BuildConfig(max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
-                        max_seq_len=args.max_seq_len if max_seq_len is None else max_seq_len,
+                        max_seq_len=args.max_seq_len,
                         enable_chunked_prefill=not args.disable_chunked_prefill)
     kv = KvCacheConfig(enable_block_reuse=not args.disable_prefix_caching,
                        free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
@@ -75,12 +74,12 @@ def engine_configs(args, max_seq_len=None):
     return build, kv, None if policy is None else SchedulerConfig(capacity_scheduler_policy=policy)
 
 
-def llm_kwargs(args, max_seq_len=None) -> dict:
+def llm_kwargs(args) -> dict:
     """LLM(...) keyword arguments (all but the model) from the model / engine / quantization flags,
     then --extra-llm-api-options' keys over them (checked now, before any loading)."""
     from tritium.entrypoints.extra_options import merge_extra_options, read_extra_options
 
-    build, kv, scheduling = engine_configs(args, max_seq_len)
+    build, kv, scheduling = engine_configs(args)
     quant, calib = quant_configs(args)
     kwargs = dict(tokenizer=args.tokenizer, dtype=args.dtype, build_config=build, kv_cache_config=kv,
                   scheduler_config=scheduling, load_format=args.load_format, device=args.device,

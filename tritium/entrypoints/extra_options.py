@@ -21,9 +21,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Optional
 
-# LLM(...) arguments whose dict in the file is built into their config class here (the LLM itself
-# takes dicts for kv_cache_config, scheduler_config and cuda_graph_config).
-_CONFIG_CLASSES = ("build_config", "quant_config", "calib_config")
 _FROM_COMMAND_LINE = ("model",)  # what the command itself names
 
 
@@ -51,19 +48,16 @@ def read_extra_options(path: Optional[str]) -> dict[str, Any]:
     return data
 
 
-def _config_objects(extra: dict[str, Any]) -> dict[str, Any]:
-    from tritium.config import BuildConfig
+def _quant_objects(extra: dict[str, Any]) -> dict[str, Any]:
+    """quant_config / calib_config sections as their classes (LLM(...) takes the other configs as
+    dicts itself: llm_args.resolve_llm_args)."""
+    from tritium.llm.llm_args import user_config
     from tritium.quantization import CalibConfig, QuantConfig
 
-    classes = {"build_config": BuildConfig, "quant_config": QuantConfig, "calib_config": CalibConfig}
     out = dict(extra)
-    for name in _CONFIG_CLASSES:
-        value = out.get(name)
-        if isinstance(value, dict):
-            try:
-                out[name] = classes[name](**value)
-            except TypeError as e:
-                raise ValueError(f"{name}: {e}") from None
+    for name, cls in (("quant_config", QuantConfig), ("calib_config", CalibConfig)):
+        if isinstance(out.get(name), dict):
+            out[name] = user_config(cls, name, out[name])
     return out
 
 
@@ -75,18 +69,24 @@ def top_level_args(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k not in named}
 
 
+def resolve_llm_kwargs(kwargs: dict[str, Any]):
+    """What LLM(**kwargs) resolves its configs to, loading nothing: llm_args.resolve_llm_args'
+    (build config, KV cache config, scheduler config, runtime options)."""
+    from tritium.llm.llm_args import resolve_llm_args
+
+    return resolve_llm_args(kwargs.get("build_config"), kwargs.get("kv_cache_config"),
+                            bool(kwargs.get("enforce_eager", False)), top_level_args(kwargs))
+
+
 def merge_extra_options(kwargs: dict[str, Any], extra: dict[str, Any], source: str = "") -> dict[str, Any]:
     """LLM kwargs from the flags, with the file's keys replacing theirs, checked as the LLM will
     check them (ValueError naming the key and `source`, the file)."""
     if not extra:
         return kwargs
-    from tritium.llm.llm_args import resolve_llm_args
-
     where = f"--extra-llm-api-options {source}: " if source else "--extra-llm-api-options: "
     try:
-        merged = {**kwargs, **_config_objects(extra)}
-        resolve_llm_args(merged.get("build_config"), merged.get("kv_cache_config"),
-                         bool(merged.get("enforce_eager", False)), top_level_args(merged))  # before any loading
+        merged = {**kwargs, **_quant_objects(extra)}
+        resolve_llm_kwargs(merged)  # names and values checked before any loading
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None
     return merged

@@ -47,7 +47,8 @@ def add_parser(subparsers) -> None:
          help="read the model's own tool-call text for tool_choice \"auto\" (hermes: Qwen2.5 / Qwen3 / Hermes; "
               "llama3_json: Llama 3.1 / 3.2; mistral); \"required\" and named functions need none")
     _opt(g, "--enable-auto-tool-choice", action="store_true",
-         help="vLLM's switch for tool_choice \"auto\"; needs --tool-call-parser")
+         help="vLLM's switch for tool_choice \"auto\", accepted for its command lines: --tool-call-parser alone "
+              "turns \"auto\" on; this one needs it")
     _opt(g, "--drain-timeout", type=float, default=30.0,
          help="seconds SIGTERM waits for in-flight requests before aborting them")
     _opt(g, "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

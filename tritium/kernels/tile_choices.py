@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import triton
 
+from tritium.config import _DTYPES
 from tritium.kernels import streaming_gemm
 
 logger = logging.getLogger(__name__)
@@ -43,13 +44,13 @@ def adopt(records: list[dict[str, Any]], device_index: int) -> int:
     taken = 0
     for rec in records:
         try:
-            dtype = getattr(torch, rec["dtype"])
-            if not isinstance(dtype, torch.dtype):
-                raise ValueError(f"{rec['dtype']!r} is not a dtype")
+            if rec["dtype"] not in _DTYPES:
+                raise ValueError(f"{rec['dtype']!r} is not a dtype tritium runs in")
+            dtype = _DTYPES[rec["dtype"]]
             key = (int(rec["weight"]), int(rec["act"]), int(rec["n"]), int(rec["k"]), int(rec["group"]), dtype,
                    torch.device("cuda", device_index), bool(rec["one_row"]))
             cfg = streaming_gemm.GemvConfig(**{f: rec[f] for f in _CONFIG_FIELDS})
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"tile choice {rec!r} is malformed ({e})") from None
         if key not in streaming_gemm._CHOSEN:
             streaming_gemm._CHOSEN[key] = cfg

@@ -60,22 +60,22 @@ def resolve_llm_args(build_config: Optional[BuildConfig], kv_cache_config: Any, 
     runtime options); the caller's configs are copied, so changing them afterwards does not change
     a built LLM. Raises ValueError naming each argument that tritium does not implement."""
     kwargs = dict(kwargs)
-    build = copy.copy(build_config) if build_config is not None else BuildConfig()
+    build = user_config(BuildConfig, "build_config", build_config)
     for name in BUILD_FIELDS:
         value = kwargs.pop(name, None)
         if value is not None:
             setattr(build, name, value)
     build.validate()
-    kv = _user_config(KvCacheConfig, "kv_cache_config", kv_cache_config)
+    kv = user_config(KvCacheConfig, "kv_cache_config", kv_cache_config)
     scheduling = kwargs.pop("scheduler_config", None)
-    scheduling = None if scheduling is None else _user_config(SchedulerConfig, "scheduler_config", scheduling)
+    scheduling = None if scheduling is None else user_config(SchedulerConfig, "scheduler_config", scheduling)
     options = RuntimeOptions(enforce_eager=enforce_eager)
 
     cuda_graph_config = kwargs.pop("cuda_graph_config", _DEFAULT)
     if cuda_graph_config is None:
         options.enforce_eager = True
     elif cuda_graph_config is not _DEFAULT:
-        options.cuda_graph_config = _user_config(CudaGraphConfig, "cuda_graph_config", cuda_graph_config)
+        options.cuda_graph_config = user_config(CudaGraphConfig, "cuda_graph_config", cuda_graph_config)
     options.disable_overlap_scheduler = bool(kwargs.pop("disable_overlap_scheduler", False))
     processor = kwargs.pop("batched_logits_processor", None)
     if processor is not None and not callable(processor):
@@ -99,7 +99,7 @@ def resolve_llm_args(build_config: Optional[BuildConfig], kv_cache_config: Any, 
     return build, kv, scheduling, options
 
 
-def _user_config(cls, name: str, value: Any):
+def user_config(cls, name: str, value: Any):
     """A copy of a user's config object, or one built from a dict (TensorRT-LLM's pydantic
     configs also take one, e.g. from a YAML file); None: the class's defaults."""
     if value is None:

@@ -4,8 +4,9 @@ calibration inputs (Frantar et al., 2022), so the layer's output on those inputs
 
 Per quantized linear, with H = 2 X^T X / n over its calibration inputs X [n, K]:
     H += 1% of its mean diagonal (dampening); U = upper Cholesky factor of H^-1
-    for each column c (in blocks of the group size; a group's scale and zero point are taken
-    from its min / max when its first column comes up, as the weights stand then):
+    for each column c (in blocks of the group size; a group's scale and zero point come from
+    quant_utils.int4_group_params' range search when its first column comes up, as the weights
+    stand then):
         q_c = dequant(quant(w_c));  e = (w_c - q_c) / U[c, c];  w_{c+1..} -= e U[c, c+1..]
 The result is on tritium's int4 grid (quant_utils' asymmetric groups): the layer keeps the
 quantized weight and its (scale, zero) (int4_params), which Int4WeightOnlyMethod.quantize stores.
@@ -71,3 +72,4 @@ def apply_gptq(model: nn.Module, stats: dict, group: int) -> None:
         q, scale, zero = gptq_quantize(w, stats[m.prefix].xtx.to(w.device), group, m.params_dtype)
         w.copy_(q.to(w.dtype))
         m.int4_params = (scale, zero)
+        stats[m.prefix].xtx = None  # [K, K] float32 each: free them as they are used

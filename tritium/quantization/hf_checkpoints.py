@@ -108,7 +108,8 @@ class CheckpointQuantization:
             zero = unpack_awq(t["qzeros"])  # [K/G, N]
         else:
             q = unpack_gptq_rows(t["qweight"])  # [K, N]
-            zero = (unpack_gptq_cols(t["qzeros"]).int() + self.zero_offset).clamp(0, 15)  # [K/G, N]
+            # gptq v1 stores zero - 1: a stored 15 is a zero point of 16, which the uint8 zeros hold
+            zero = unpack_gptq_cols(t["qzeros"]).int() + self.zero_offset  # [K/G, N], 0..16
         k, n = q.shape
         if scales.shape != (k // group, n) or zero.shape != scales.shape or k % group:
             raise ValueError(f"{module}: qweight {tuple(t['qweight'].shape)}, qzeros {tuple(t['qzeros'].shape)} and "
@@ -125,8 +126,7 @@ class CheckpointQuantization:
 
     def _take_kv_scale(self, name: str, tensor: torch.Tensor) -> bool:
         """self_attn.k_proj.k_scale / self_attn.k_scale (v likewise; kv_scale for both)."""
-        for suffix, which in ((".k_proj.k_scale", "k"), (".v_proj.v_scale", "v"), (".k_scale", "k"),
-                              (".v_scale", "v"), (".kv_scale", "kv")):
+        for suffix, which in ((".k_scale", "k"), (".v_scale", "v"), (".kv_scale", "kv")):  # k_proj.k_scale too
             if name.endswith(suffix):
                 layer = _layer_index(name)
                 for w in which:

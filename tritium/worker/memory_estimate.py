@@ -23,12 +23,9 @@ from typing import Optional
 import torch
 
 from tritium.config import BuildConfig, KvCacheConfig, ModelConfig, ResolvedSchedulerConfig
-from tritium.quantization.config import FP8_ALGOS, INT4_ALGOS, QuantConfig
+from tritium.quantization.config import INT4_ALGOS, QuantAlgo, QuantConfig
 from tritium.quantization.quant_utils import padded_k
 from tritium.worker.memory_plan import gpu_kv_budget, memory_plan_summary, plan_kv_blocks
-
-_CAPTURE_MAX = 512  # the largest CUDA-graph batch (worker/cuda_graph.py)
-
 
 def parse_size(text: str) -> int:
     """'80GiB', '141GB', '512MiB', '1e9' -> bytes."""
@@ -54,7 +51,7 @@ def _linear_bytes(n: int, k: int, quant: Optional[QuantConfig], dtype_bytes: int
     if algo in INT4_ALGOS:
         kp = padded_k(k, quant.group_size)
         return n * kp // 2 + n * (kp // quant.group_size) * (dtype_bytes + 1)
-    return n * k + 4 * n + (4 if algo == FP8_ALGOS[0] else 0)  # 1-byte weights, float32 scales (+ input scale)
+    return n * k + 4 * n + (4 if algo == QuantAlgo.FP8 else 0)  # 1-byte weights, float32 scales (+ input scale)
 
 
 def estimate_weight_bytes(model: ModelConfig, quant: Optional[QuantConfig] = None) -> int:
@@ -81,15 +78,18 @@ def _step_bytes(model: ModelConfig, tokens: int, rows: int) -> int:
 
 
 def estimate_memory(model: ModelConfig, gpu_memory: int, build: BuildConfig, kv: KvCacheConfig,
-                    quant: Optional[QuantConfig] = None, cuda_graphs: bool = True) -> dict:
-    """The memory plan (memory_plan_summary's dict) a GPU of `gpu_memory` bytes would get."""
+                    quant: Optional[QuantConfig] = None, cuda_graphs: bool = True,
+                    cuda_graph_config=None) -> dict:
+    """The memory plan (memory_plan_summary's dict) a GPU of `gpu_memory` bytes would get;
+    cuda_graph_config: a config.CudaGraphConfig choosing the graphs, as the engine takes it."""
     from tritium.quantization import KV_CACHE_DTYPES
+    from tritium.worker.cuda_graph import decode_graph_sizes
 
     sched = ResolvedSchedulerConfig.from_build(build, model)
     weights = estimate_weight_bytes(model, quant)
     tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
     activations = _step_bytes(model, tokens, min(sched.max_num_seqs, tokens))
-    top = min(sched.max_num_seqs, _CAPTURE_MAX)
+    top = decode_graph_sizes(sched.max_num_seqs, cuda_graph_config)[0][-1]  # the largest graph, as captured
     graphs = _step_bytes(model, top, top) if cuda_graphs else 0
     kv_dtype = (KV_CACHE_DTYPES.get(quant.kv_cache_quant_algo) if quant is not None else None) or model.dtype
     budget, reason = gpu_kv_budget(gpu_memory - weights, activations + graphs, kv.free_gpu_memory_fraction)

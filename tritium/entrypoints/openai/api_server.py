@@ -96,8 +96,8 @@ class ServerState:
         self.tracker = RequestTracker(self.config.max_queued_requests, self.config.max_batch_size, self.metrics)
         names = [self.config.served_model_name]
         self.completions = OpenAIServingCompletion(llm, names, self.tracker, self.metrics)
-        self.chat = OpenAIServingChat(llm, names, self.tracker, self.metrics)
-        self.chat.tool_call_parser = self.config.tool_call_parser
+        self.chat = OpenAIServingChat(llm, names, self.tracker, self.metrics,
+                                      tool_call_parser=self.config.tool_call_parser)
         if self.health is Health.STARTING:
             self.health = Health.READY
             logger.info("ready: serving %s", self.config.served_model_name)

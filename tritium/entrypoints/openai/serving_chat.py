@@ -4,6 +4,7 @@ function; tool_calls.py) enforced by guided decoding."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import jinja2
@@ -15,15 +16,25 @@ from tritium.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk
                                                  ChatResponseMessage, ChatStreamChoice, DeltaMessage,
                                                  DeltaFunctionCall, DeltaToolCall, TokenLogprob, TopLogprob,
                                                  random_id)
-from tritium.entrypoints.openai.serving_engine import (GUIDED_FIELDS, OpenAIServing, PromptRun, collect_finals,
-                                                       sse_events, usage_of)
-from tritium.entrypoints.openai.tool_calls import ToolPlan, finish_reason, parse_reply, plan_tools, template_message
+from tritium.entrypoints.openai.serving_engine import (OpenAIServing, PromptRun, collect_finals,
+                                                       guided_fields_given, sse_events, usage_of)
+from tritium.entrypoints.openai.tool_calls import ToolPlan, plan_tools, template_message, tool_reply
 from tritium.outputs import PositionLogprobs
 from tritium.structured_output import GuidedDecodingParams
 
 
+@dataclass
+class ChoiceStream:
+    """A streamed tool-calling choice's progress."""
+
+    sent: int = 0  # "auto": characters sent as content; "named": argument pieces sent
+    in_call: bool = False  # "auto": a tool call has started, nothing more goes out as content
+
+
 class OpenAIServingChat(OpenAIServing):
-    tool_call_parser: Optional[str] = None  # the server's --tool-call-parser: what tool_choice "auto" needs
+    def __init__(self, *args, tool_call_parser: Optional[str] = None):
+        super().__init__(*args)
+        self.tool_call_parser = tool_call_parser  # the server's --tool-call-parser: what tool_choice "auto" needs
 
     def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
                tools: Optional[list[dict]] = None) -> str:
@@ -54,16 +65,15 @@ class OpenAIServingChat(OpenAIServing):
         """The one guide of a request: its tool calls', response_format's, or vLLM's guided_* field's."""
         fmt = request.response_format
         formatted = fmt is not None and fmt.type != "text"
-        extra = self.extra_guided(request)
+        given = guided_fields_given(request)
         if tools.mode != "none" and formatted:
             raise bad_request("response_format cannot be combined with tool calls", "response_format")
-        if extra is not None and (formatted or tools.mode != "none"):
-            given = next(name for name in GUIDED_FIELDS if getattr(request, name) is not None)
-            raise bad_request(f"{given} cannot be combined with response_format or tool calls", given)
+        if given and (formatted or tools.mode != "none"):  # refused before any guide is compiled
+            raise bad_request(f"{given[0]} cannot be combined with response_format or tool calls", given[0])
         if tools.schema is not None:
             return self.check_guided(GuidedDecodingParams(json=tools.schema), "tools")
-        if extra is not None or not formatted:
-            return extra
+        if given or not formatted:
+            return self.extra_guided(request)
         if fmt.type == "json_object":
             return self.check_guided(GuidedDecodingParams(json_object=True), "response_format")
         if fmt.json_schema is None:
@@ -93,11 +103,11 @@ class OpenAIServingChat(OpenAIServing):
         final = (await collect_finals(self, runs, raw_request))[0]
         choices = []
         for c in final.outputs:
-            content, calls = parse_reply(tools, c.text) if tools.mode != "none" else (c.text, None)
+            content, calls, reason = (tool_reply(tools, c.text, c.finish_reason) if tools.mode != "none"
+                                      else (c.text, None, c.finish_reason))
             choices.append(ChatChoice(index=c.index, message=ChatResponseMessage(content=content, tool_calls=calls),
                                       logprobs=self._logprobs(c.token_ids, c.logprobs, request),
-                                      finish_reason=c.finish_reason if calls is None else
-                                      finish_reason(tools, c.finish_reason), stop_reason=c.stop_reason))
+                                      finish_reason=reason, stop_reason=c.stop_reason))
         return JSONResponse(ChatCompletionResponse(model=self.model_name, choices=choices,
                                                    usage=usage_of([final])).model_dump())
 
@@ -111,7 +121,7 @@ class OpenAIServingChat(OpenAIServing):
 
         for i in range(request.n):  # one choice per chunk, as OpenAI sends them
             yield chunk([ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-        sent = [0] * request.n  # per choice: "auto" tools: characters sent as content; "named": pieces sent
+        streams = [ChoiceStream() for _ in range(request.n)]
         final = None
         async for _, out in self.outputs(runs, raw_request):
             final = out
@@ -121,10 +131,10 @@ class OpenAIServingChat(OpenAIServing):
                 if not (c.text_diff or c.finished):
                     continue
                 if tools.mode == "auto":  # content until a tool call starts; the calls once complete
-                    choices.extend(self._auto_chunks(c, tools, sent))
+                    choices.extend(self._auto_chunks(c, tools, streams[c.index]))
                     continue
                 if tools.mode == "named":  # the reply is the arguments: streamed as OpenAI streams them
-                    choices.append(self._named_chunk(c, tools, sent))
+                    choices.append(self._named_chunk(c, tools, streams[c.index]))
                     continue
                 if tools.mode != "none":  # the calls go out whole once their JSON is complete
                     if c.finished:
@@ -142,43 +152,45 @@ class OpenAIServingChat(OpenAIServing):
             yield chunk([], usage_of([final]))
 
     @staticmethod
-    def _named_chunk(c, tools: ToolPlan, sent: list[int]) -> ChatStreamChoice:
+    def _named_chunk(c, tools: ToolPlan, stream: ChoiceStream) -> ChatStreamChoice:
         """A forced function's arguments as they are generated: the first piece carries the call's
-        id and name (sent[index] counts the pieces sent)."""
+        id and name; it ends with the engine's finish reason, as OpenAI ends a forced call."""
         call = DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=c.text_diff))
-        if sent[c.index] == 0:
+        if stream.sent == 0:
             call.id, call.type, call.function.name = random_id("call"), "function", tools.name
-        sent[c.index] += 1
+        stream.sent += 1
         return ChatStreamChoice(index=c.index, delta=DeltaMessage(tool_calls=[call]),
-                                finish_reason=finish_reason(tools, c.finish_reason) if c.finished else None,
-                                stop_reason=c.stop_reason)
+                                finish_reason=c.finish_reason if c.finished else None, stop_reason=c.stop_reason)
 
     @staticmethod
     def _tool_chunk(c, tools: ToolPlan, sent: int) -> ChatStreamChoice:
         """The last chunk of a tool-calling choice, `sent` characters of its text already sent as
         content: its calls, or the rest of its text when it holds none."""
-        _, calls = parse_reply(tools, c.text)
+        _, calls, reason = tool_reply(tools, c.text, c.finish_reason)
         if calls is None:
             return ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text[sent:]),
-                                    finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+                                    finish_reason=reason, stop_reason=c.stop_reason)
         deltas = [DeltaToolCall(index=i, id=call.id, type=call.type,
                                 function=DeltaFunctionCall(name=call.function.name, arguments=call.function.arguments))
                   for i, call in enumerate(calls)]
         return ChatStreamChoice(index=c.index, delta=DeltaMessage(tool_calls=deltas),
-                                finish_reason=finish_reason(tools, c.finish_reason), stop_reason=c.stop_reason)
+                                finish_reason=reason, stop_reason=c.stop_reason)
 
-    def _auto_chunks(self, c, tools: ToolPlan, sent: list[int]) -> list[ChatStreamChoice]:
+    def _auto_chunks(self, c, tools: ToolPlan, stream: ChoiceStream) -> list[ChatStreamChoice]:
         """tool_choice "auto": the text before any tool call as content (holding back what could be
-        the start of one), then at the end the calls the parser finds (or the rest as content)."""
-        parser, done = tools.parser, sent[c.index]
-        start = parser.call_start(c.text)
-        safe = start if start is not None else len(c.text) - parser.held_back(c.text)
+        the start of one), then at the end the calls the parser finds (or the rest as content).
+        A marker cannot start in text already sent, so each token searches only the new text."""
         out = []
-        if safe > done:
-            out.append(ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text[done:safe])))
-            sent[c.index] = done = safe
+        if not stream.in_call:
+            parser = tools.parser
+            start = parser.call_start(c.text, stream.sent)
+            safe = start if start is not None else len(c.text) - parser.held_back(c.text)
+            if safe > stream.sent:
+                out.append(ChatStreamChoice(index=c.index, delta=DeltaMessage(content=c.text[stream.sent:safe])))
+                stream.sent = safe
+            stream.in_call = start is not None
         if c.finished:
-            out.append(self._tool_chunk(c, tools, done))
+            out.append(self._tool_chunk(c, tools, stream.sent))
         return out
 
     def _logprobs(self, token_ids: list[int], positions: Optional[list[PositionLogprobs]],

@@ -27,6 +27,11 @@ GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar
 _REGEX_META = set("\\.^$|?*+()[]{}")
 
 
+def guided_fields_given(request: _SamplingRequest) -> list[str]:
+    """The vLLM guided_* fields a request sets."""
+    return [name for name in GUIDED_FIELDS if getattr(request, name) is not None]
+
+
 def literal_regex(text: str) -> str:
     """A regex matching exactly `text` (only the regex syntax's own characters escaped)."""
     return "".join("\\" + ch if ch in _REGEX_META else ch for ch in text)
@@ -149,7 +154,7 @@ class OpenAIServing:
 
     def extra_guided(self, request: _SamplingRequest) -> Optional[GuidedDecodingParams]:
         """vLLM's guided_json / guided_regex / guided_choice / guided_grammar (one at most)."""
-        given = [name for name in GUIDED_FIELDS if getattr(request, name) is not None]
+        given = guided_fields_given(request)
         if not given:
             return None
         if len(given) > 1:

@@ -114,10 +114,13 @@ def parse_reply(plan: ToolPlan, text: str) -> tuple[Optional[str], Optional[list
                      for name, args in calls]
 
 
-def finish_reason(plan: ToolPlan, engine_reason: Optional[str]) -> Optional[str]:
-    if engine_reason != "stop":  # cut short: the engine's reason ("length", "abort")
-        return engine_reason
-    return "stop" if plan.mode == "named" else "tool_calls"
+def tool_reply(plan: ToolPlan, text: str, engine_reason: Optional[str]):
+    """(content, calls, finish_reason) of a finished tool-calling reply: "tool_calls" when it holds
+    calls and ended by itself, except for a forced function ("stop", as OpenAI answers one); the
+    engine's own reason when it holds none or was cut short ("length", "abort")."""
+    content, calls = parse_reply(plan, text)
+    reason = "tool_calls" if calls and engine_reason == "stop" and plan.mode != "named" else engine_reason
+    return content, calls, reason
 
 
 def template_message(message: dict[str, Any]) -> dict[str, Any]:

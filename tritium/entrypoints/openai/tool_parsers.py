@@ -28,9 +28,9 @@ class ToolParser:
         """(content, calls); calls empty when the text holds none (then content is the text)."""
         raise NotImplementedError
 
-    def call_start(self, text: str) -> Optional[int]:
-        """Where the first tool call starts in text, or None."""
-        found = [i for i in (text.find(m) for m in self.markers) if i >= 0]
+    def call_start(self, text: str, start: int = 0) -> Optional[int]:
+        """Where the first tool call starts in text (at or after `start`), or None."""
+        found = [i for i in (text.find(m, start) for m in self.markers) if i >= 0]
         return min(found) if found else None
 
     def held_back(self, text: str) -> int:
@@ -71,8 +71,7 @@ class HermesParser(ToolParser):
 
 
 class Llama3JsonParser(ToolParser):
-    markers = ("<|python_tag|>", "{")
-
+    # A call is the whole reply: call_start and held_back look at its beginning, not for markers.
     def extract(self, text):
         body = text.strip()
         if body.startswith("<|python_tag|>"):
@@ -94,8 +93,8 @@ class Llama3JsonParser(ToolParser):
                 pos += 1
         return None, calls
 
-    def call_start(self, text):
-        if text.lstrip().startswith(("<|python_tag|>", "{")):  # a call is the whole reply, blanks included
+    def call_start(self, text, start=0):
+        if start == 0 and text.lstrip().startswith(("<|python_tag|>", "{")):  # blanks before it included
             return 0
         return None
 
