@@ -67,7 +67,9 @@ _PPL: dict[str, float] = {}
 CASES = [
     ("W8A16", None, 128, 0.01, 0.01),
     ("FP8", None, 128, 0.035, 0.02),  # MEASURED +2.7%: e4m3's 3 mantissa bits, per-tensor scales
-    ("FP8_PER_CHANNEL_PER_TOKEN", None, 128, 0.03, 0.01),  # MEASURED +2.0% (weights alone: +1.3%)
+    # MEASURED +2.0% on an AVX-512 CPU, +3.0% in an AVX2 process (ATEN_CPU_CAPABILITY=avx2): float32
+    # matmuls sum in another order, and per-token FP8 rounding of the next layer's inputs amplifies it
+    ("FP8_PER_CHANNEL_PER_TOKEN", None, 128, 0.035, 0.01),
     ("W8A8_SQ_PER_CHANNEL", None, 128, 0.02, 0.01),  # MEASURED +1.4%
     (None, "FP8", 128, 0.025, 0.01),  # MEASURED +1.6%: e4m3 keys / values with one scale per head
     (None, "INT8", 128, 0.01, 0.01),
