@@ -18,8 +18,10 @@ the command that rebuilds it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,6 +29,8 @@ import torch
 from torch import nn
 
 from tritium.loader.cache import MANIFEST, check_files, read_manifest, write_folder_atomically
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 ENGINE_CONFIG = "tritium_engine.json"
@@ -91,9 +95,11 @@ def read_engine(path: str, verify: bool = True) -> EngineInfo:
     if manifest.get("key") != {"format_version": FORMAT_VERSION}:
         raise _engine_error(path, f"{MANIFEST} belongs to another format", config)
     if verify:
+        start = time.perf_counter()
         problem = check_files(path, manifest)
         if problem:
             raise _engine_error(path, problem, config)
+        logger.info("saved engine files checked (sizes, CRC32) in %.1f s", time.perf_counter() - start)
     return EngineInfo(path, config)
 
 
@@ -122,11 +128,14 @@ def load_engine_state(model: nn.Module, path: str) -> None:
 
     targets: dict[str, torch.Tensor] = dict(model.named_parameters())
     targets.update({n: b for n, b in model.named_buffers() if n.rpartition(".")[2] in SAVED_BUFFERS})
+    start = time.perf_counter()
     try:
         assign_saved_tensors(targets, os.path.join(path, WEIGHTS_FILE))
     except ValueError as e:
         raise EngineFormatError(f"saved engine {path}: its tensors do not match the model it describes ({e})") \
             from None
+    size = sum(t.numel() * t.element_size() for t in targets.values())
+    logger.info("saved engine weights: %.2f GiB in place in %.1f s", size / 2**30, time.perf_counter() - start)
 
 
 def save_engine(path: str, model: nn.Module, engine_config: dict[str, Any], tokenizer=None) -> None:
