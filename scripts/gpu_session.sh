@@ -19,6 +19,7 @@
 #   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
 #                  saturation (512 concurrent), then 2 requests/s
 #   policy         offline 1000/1000 x1024 with each capacity scheduler policy
+#   serve-profile  tritium serve at saturation under py-spy (front, engine process, client) and top
 #   engine-load    tritium build of a FP8 8B engine, then load to first token (phase log)
 #   profile        torch profiler tables: batch-1 FP8 / W4A16 decode, a 467-token prefill step
 #   stream-test    tests/gpu/test_weight_streaming_gpu.py
@@ -69,7 +70,7 @@ load_engine() {  # load_engine <tag>: a fresh process loads /tmp/eng-fp8 to its 
 import logging, sys, time
 t0 = time.perf_counter()
 from tritium import LLM, SamplingParams
-logging.basicConfig(level=logging.WARNING, format="[tritium] %(levelname)s %(message)s")
+logging.basicConfig(level=logging.WARNING, format="[tritium %(relativeCreated)6.0f ms] %(levelname)s %(message)s")
 logging.getLogger("tritium").setLevel(logging.INFO)  # the start-up phase log
 llm = LLM(model="/tmp/eng-fp8")
 t1 = time.perf_counter()
@@ -135,6 +136,32 @@ for stage in "$@"; do
       kill "$server"; wait "$server"
       pkill -f "tritium.entrypoints.cli serve" || true  # never leave a server holding the GPU
       tail -5 "$LOGS/serve.log" ;;
+    serve-profile)  # where the server's time goes at saturation: py-spy on the front, the engine
+      # process and the client (.tools/ carries the py-spy wheel), CPU use of each
+      python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .tools/py_spy*.whl || exit 1
+      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
+      timeout 300 python3 -m tritium.entrypoints.cli serve /tmp/l8b --load-format dummy --dtype bfloat16 \
+        --max-batch-size 512 --max-num-tokens 8192 --max-seq-len 4096 --port 8000 ${SERVE_FLAGS:-} \
+        > "$LOGS/serve-prof.log" 2>&1 &
+      server=$!
+      RUN_TIMEOUT=200 tritium bench serve --ready-timeout 120 --num-prompts "${PROF_PROMPTS:-1024}" \
+        --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" --max-concurrency 512 \
+        --result-json "$LOGS/serve-prof.json" > "$LOGS/serve-prof-bench.log" 2>&1 &
+      bench=$!
+      until curl -sf localhost:8000/health >/dev/null; do sleep 1; done
+      sleep 25  # into the steady state (the first 512 prompts' prefill is over)
+      front=$(pgrep -f "^python3 -m tritium.entrypoints.cli serve" | head -1)
+      engine=$(pgrep -f "spawn_main" | head -1)
+      client=$(pgrep -f "^python3 -m tritium.entrypoints.cli bench serve" | head -1)
+      echo "front $front engine $engine client $client"
+      for who in front engine client; do
+        /tmp/pyspy/bin/py-spy record -p "${!who}" -d 12 -r 250 --threads --nonblocking -f raw \
+          -o "$LOGS/spy-$who.txt" > "$LOGS/spy-$who.log" 2>&1 &
+      done
+      top -b -n 3 -d 4 -p "$front,$engine,$client" | grep -E "^ *[0-9]+ " | tail -9
+      wait "$bench"; tail -32 "$LOGS/serve-prof-bench.log"
+      kill "$server"; wait "$server"; pkill -f "tritium.entrypoints.cli serve" || true
+      grep -vE "HTTP/1.1|^INFO" "$LOGS/serve-prof.log" | tail -40 ;;
     engine-load)
       rm -rf /tmp/eng-fp8
       mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json

@@ -1,6 +1,6 @@
 """The LLM API on the real SmolLM2-135M-Instruct GGUF: text, chat, streaming, stop strings,
 logprobs against Hugging Face logits, n / best_of, seeds, abort, and bad input that must not
-disturb other requests."""
+disturb other requests; with the engine in a thread and in its own process."""
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +13,18 @@ from tritium import SamplingParams
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture(scope="module")
-def llm(smol_llm):
-    return smol_llm
+@pytest.fixture(scope="module", params=["engine-thread", "engine-process"])
+def llm(request, smol_llm):
+    """Every test twice: the engine in a thread of this process, and in a child process."""
+    if request.param == "engine-thread":
+        yield smol_llm
+        return
+    from tritium.default_model import default_model_path
+    from tritium.llm.llm import LLM
+
+    with LLM(default_model_path(), dtype="float32", max_batch_size=16, max_seq_len=512, max_beam_width=4,
+             engine_process=True) as llm:
+        yield llm
 
 
 def test_generate_text_matches_hugging_face_greedy(llm, hf_smol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 
 import httpx
@@ -100,9 +101,42 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_engine_death_fails_requests_and_exits_nonzero(start_tiny_server):
-    srv = start_tiny_server(script=_CRASHING_ENGINE).wait_ready()
+def test_engine_thread_death_fails_requests_and_exits_nonzero(start_tiny_server):
+    srv = start_tiny_server("--no-engine-process", script=_CRASHING_ENGINE).wait_ready()
     r = httpx.post(srv.base_url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=30)
     assert r.status_code == 500 and "engine" in r.json()["error"]["message"]
     assert srv.proc.wait(30) == 1
-    assert "engine thread has died" in srv.log()
+    assert "the engine has stopped" in srv.log()
+
+
+def _engine_child_pid(server_pid: int) -> int:
+    """The engine process: the server's child started by multiprocessing's spawn."""
+    children = []
+    for task in os.listdir(f"/proc/{server_pid}/task"):  # started from the thread that loaded the engine
+        with open(f"/proc/{server_pid}/task/{task}/children") as f:
+            children += [int(p) for p in f.read().split()]
+    for pid in children:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"spawn_main" in f.read():
+                return pid
+    raise AssertionError(f"no engine process among the server's children {children}")
+
+
+def test_engine_process_death_fails_requests_and_exits_nonzero(start_tiny_server):
+    srv = start_tiny_server("--max-seq-len", "256").wait_ready()
+    engine_pid = _engine_child_pid(srv.proc.pid)
+    events = []
+    with httpx.stream("POST", srv.base_url + "/v1/completions", json=_long_request(240, stream=True),
+                      timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(line[len("data: "):])
+            if len(events) == 1:  # generating: the engine process dies now
+                os.kill(engine_pid, signal.SIGKILL)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert "engine process exited unexpectedly" in error["message"] and "-9" in error["message"]
+    assert srv.proc.wait(30) == 1  # the watchdog ends the server: a supervisor restarts it
+    assert "the engine has stopped" in srv.log()

@@ -77,3 +77,32 @@ def test_put_after_the_consuming_loop_closed_does_not_raise():
     stream.put(snap("ab", False))
     stream.put(snap("abc", True))
     assert stream.result(timeout=1).outputs[0].text == "abc"
+
+
+def test_batched_wakeups_wake_every_consumer_with_one_call_per_loop():
+    from tritium.llm.generation_stream import batched_wakeups
+
+    streams = [GenerationStream(str(i), lambda _: None) for i in range(50)]
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        calls = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a: (calls.append(a), real(*a))[1]
+        consumers = [asyncio.ensure_future(s.aresult()) for s in streams]
+        await asyncio.sleep(0.05)  # every consumer waits on its stream
+
+        def engine_step():
+            with batched_wakeups():
+                for i, s in enumerate(streams):
+                    s.put(snap(f"text {i}", True))
+
+        await asyncio.to_thread(engine_step)
+        finals = await asyncio.wait_for(asyncio.gather(*consumers), timeout=5)
+        return calls, finals
+
+    calls, finals = asyncio.run(run())
+    assert [f.outputs[0].text for f in finals] == [f"text {i}" for i in range(50)]
+    from tritium.llm.generation_stream import _set_all
+
+    assert [c[0] for c in calls].count(_set_all) == 1  # one wake-up call for the 50 streams, not 50

@@ -18,6 +18,7 @@ import torch
 from tritium.core.request import Request
 from tritium.core.sched_output import EngineCoreOutput
 from tritium.engine.engine_core import EngineCore
+from tritium.engine.stats import EngineTotals, IterationStats, SchedulerSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,16 @@ class BackgroundEngine:
     @property
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    # ---- what the front reads (also offered by EngineProcess) --------------------------------
+    def scheduler_snapshot(self) -> SchedulerSnapshot:
+        return SchedulerSnapshot.of(self.core.scheduler)
+
+    def drain_stats(self) -> list[IterationStats]:
+        return self.core.stats.drain()
+
+    def stats_totals(self) -> EngineTotals:
+        return self.core.stats.snapshot_totals()
 
     # ---- loop -----------------------------------------------------------------------------
     def _apply(self, kind: str, payload) -> None:

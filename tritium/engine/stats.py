@@ -38,6 +38,21 @@ class IterationStats:
         return self.num_running + self.num_waiting
 
 
+@dataclass(frozen=True)
+class SchedulerSnapshot:
+    """The scheduler's state now (for metrics gauges), read without locking: each field is one read."""
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # share of KV blocks held by requests, 0..1
+    num_preemptions_total: int
+
+    @classmethod
+    def of(cls, scheduler: "Scheduler") -> "SchedulerSnapshot":
+        return cls(num_running=scheduler.num_running, num_waiting=scheduler.num_waiting,
+                   kv_cache_usage=scheduler.kv_cache_manager.usage,
+                   num_preemptions_total=scheduler.num_preemptions_total)
+
+
 @dataclass
 class EngineTotals:
     """Running totals since the engine started (for counters that must not lose steps)."""

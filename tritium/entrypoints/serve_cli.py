@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
               "turns \"auto\" on; this one needs it")
     _opt(g, "--drain-timeout", type=float, default=30.0,
          help="seconds SIGTERM waits for in-flight requests before aborting them")
+    g.add_argument("--engine-process", "--engine_process", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the engine's step loop in its own process, so that the HTTP front never delays a "
+                        "step (default); --no-engine-process keeps it in a thread of the server's process")
     _opt(g, "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     g.add_argument("--tensor-parallel-size", "--tensor_parallel_size", "--tp-size", "--tp_size", type=int, default=1,
                    dest="tensor_parallel_size")
@@ -97,7 +100,7 @@ def server_config(args):
     def load_llm():
         from tritium.llm.llm import LLM
 
-        return LLM(model=model, **kwargs)
+        return LLM(model=model, engine_process=args.engine_process, **kwargs)
 
     return ServerConfig(load_llm=load_llm, served_model_name=args.served_model_name or model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_queued_requests=args.max_queued_requests,

@@ -4,8 +4,8 @@
     for out in llm.generate(["Hello"], SamplingParams(max_tokens=32)):
         print(out.prompt, out.outputs[0].text)
 
-The engine steps in a background thread; `generate` blocks with a progress bar,
-`generate_async` streams.
+The engine steps in a background thread (or, with engine_process=True, a child process);
+`generate` blocks with a progress bar, `generate_async` streams.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tritium.core.request import Request
 from tritium.engine.background import BackgroundEngine
 from tritium.engine.factory import build_engine
 from tritium.engine.stats import EngineTotals, IterationStats
-from tritium.llm.generation_stream import GenerationStream
+from tritium.llm.generation_stream import GenerationStream, batched_wakeups
 from tritium.llm.inputs import (EngineLimits, PromptInput, check_beam_fits, check_params, normalize_params,
                                 normalize_prompts, tokenize_prompt)
 from tritium.llm.llm_args import resolve_llm_args
@@ -29,6 +29,7 @@ from tritium.llm.output_processor import OutputProcessor
 from tritium.outputs import RequestOutput
 from tritium.quantization import CalibConfig, QuantConfig
 from tritium.sampling_params import SamplingParams
+from tritium.structured_output.backend import GrammarBackend
 
 Messages = list[dict[str, str]]
 
@@ -45,7 +46,11 @@ class LLM:
                  tensor_parallel_size: int = 1, load_format: str = "auto", device: Optional[str] = None,
                  skip_tokenizer_init: bool = False, enforce_eager: bool = False,
                  quant_config: Optional[QuantConfig] = None, calib_config: Optional[CalibConfig] = None,
-                 **kwargs: Any):
+                 engine_process: bool = False, **kwargs: Any):
+        """engine_process: run the engine's step loop in a child process (tritium serve does), so
+        that the front's work (detokenizing, an HTTP server) never delays a step; needs requests
+        without logits processors. A script that sets it must guard its top level with
+        `if __name__ == "__main__":` (the child is started with spawn)."""
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: only 1 is supported in this version")
         self.build_config, self.kv_cache_config, scheduling, options = resolve_llm_args(
@@ -56,34 +61,63 @@ class LLM:
             model = default_model_path()
         self.model_path = model
         self.batched_logits_processor = options.batched_logits_processor
-        parts = build_engine(model, tokenizer, dtype, self.build_config, self.kv_cache_config,
-                             scheduler_config=scheduling, cuda_graph_config=options.cuda_graph_config,
-                             load_format=load_format, device=device,
-                             skip_tokenizer_init=skip_tokenizer_init, enforce_eager=options.enforce_eager,
-                             runner_options=dict(batched_logits_processor=options.batched_logits_processor,
-                                                 allow_overlap=not options.disable_overlap_scheduler),
-                             quant_config=quant_config, calib_config=calib_config)
-        self._parts = parts
-        self.quant_config = parts.quant_config
-        self.model_config = parts.model_config
-        self.scheduler_config = parts.scheduler_config
-        self.kv_cache_plan = parts.kv_plan
-        self.startup_seconds = dict(parts.startup_seconds)  # start-up phase -> wall seconds (also logged)
-        self.device = parts.device
-        self.tokenizer = parts.tokenizer
-        self.grammar_backend = parts.grammar_backend
-        self._processor = OutputProcessor(self.tokenizer)
+        self.engine_process = engine_process
+        if engine_process and options.batched_logits_processor is not None:
+            raise ValueError("batched_logits_processor runs in the engine: it cannot be used with engine_process=True")
+        build_kwargs = dict(model=model, tokenizer=tokenizer, dtype=dtype, build_config=self.build_config,
+                            kv_cache_config=self.kv_cache_config, scheduler_config=scheduling,
+                            cuda_graph_config=options.cuda_graph_config, load_format=load_format, device=device,
+                            skip_tokenizer_init=skip_tokenizer_init, enforce_eager=options.enforce_eager,
+                            runner_options=dict(batched_logits_processor=options.batched_logits_processor,
+                                                allow_overlap=not options.disable_overlap_scheduler),
+                            quant_config=quant_config, calib_config=calib_config)
         self._lock = threading.Lock()  # guards the output processor across the caller and engine threads
         self._ids = itertools.count()
-        self._engine = BackgroundEngine(parts.core, self._on_outputs, self._on_error)
+        self._parts = None  # the engine's parts when it runs in this process
+        if engine_process:
+            engine, info, tok = self._start_engine_process(build_kwargs)
+        else:
+            self._parts = info = build_engine(**build_kwargs)
+            tok = info.tokenizer
+        self.quant_config = info.quant_config
+        self.model_config = info.model_config
+        self.scheduler_config = info.scheduler_config
+        self.kv_cache_plan = info.kv_plan
+        self.startup_seconds = dict(info.startup_seconds)  # start-up phase -> wall seconds (also logged)
+        self.device = info.device
+        self.tokenizer = tok
+        self.grammar_backend = (self._parts.grammar_backend if self._parts is not None else
+                                GrammarBackend(tok, self.model_config.vocab_size, self.model_config.eos_token_ids)
+                                if tok is not None else None)
+        self._processor = OutputProcessor(self.tokenizer)
+        self._engine = engine if engine_process else BackgroundEngine(self._parts.core, self._on_outputs,
+                                                                      self._on_error)
+
+    def _start_engine_process(self, build_kwargs: dict[str, Any]):
+        """Start the child building the engine; load the tokenizer here meanwhile."""
+        from tritium.engine.engine_process import EngineProcess
+        from tritium.loader.model_loader import load_tokenizer
+        from tritium.loader.source import resolve_model_source
+
+        engine = EngineProcess(build_kwargs, self._on_outputs, self._on_error)
+        try:
+            tok = None
+            if not build_kwargs["skip_tokenizer_init"]:
+                source = resolve_model_source(build_kwargs["model"], build_kwargs["load_format"], verify=False)
+                tok = load_tokenizer(source, build_kwargs["tokenizer"])
+            info = engine.wait_ready()
+        except BaseException:
+            engine.shutdown(timeout=10)
+            raise
+        return engine, info, tok
 
     # ---- engine callbacks (engine thread) -----------------------------------------------------
     def _on_outputs(self, outputs):
-        with self._lock:
+        with self._lock, batched_wakeups():
             return self._processor.process_outputs(outputs)
 
     def _on_error(self, exc: BaseException, child_ids: list[str]) -> None:
-        with self._lock:
+        with self._lock, batched_wakeups():
             self._processor.fail(child_ids, exc)
 
     # ---- submission ---------------------------------------------------------------------------
@@ -102,6 +136,9 @@ class LLM:
                               has_batched_processor=self.batched_logits_processor is not None)
         for p in params:
             check_params(p, self.tokenizer, limits)
+            if self.engine_process and p.logits_processor:
+                raise ValueError("SamplingParams.logits_processor runs in the engine: it cannot be used with "
+                                 "LLM(engine_process=True)")
             if p.guided_decoding is not None:
                 if self.grammar_backend is None:
                     raise ValueError("SamplingParams.guided_decoding needs a tokenizer; this model has none")
@@ -125,7 +162,12 @@ class LLM:
         for i, cid in enumerate(child_ids):
             child_params = params.child(i) if len(child_ids) > 1 else params
             requests.append(Request(cid, prompt.token_ids, child_params, self.model_config.eos_token_ids))
-        self._engine.add_requests(requests)
+        try:
+            self._engine.add_requests(requests)
+        except BaseException:
+            with self._lock:
+                self._processor.discard(request_id)
+            raise
         return request_id
 
     def abort(self, request_id: str) -> None:
@@ -192,6 +234,9 @@ class LLM:
         from tritium.engine.engine_dir import engine_description
         from tritium.loader.saved_engine import save_engine
 
+        if self._parts is None:  # the engine (its weights) lives in the child process
+            self._engine.call("save", engine_dir, self.build_config)
+            return
         save_engine(engine_dir, self._parts.model, engine_description(self._parts, self.build_config),
                     self.tokenizer)
 
@@ -199,11 +244,11 @@ class LLM:
         """Per-step engine statistics recorded since the last call, oldest first (TensorRT-LLM's
         llm.get_stats()); the engine keeps the last 16384 steps when nobody asks. `timeout` is
         accepted for TensorRT-LLM's signature: the statistics are already here, nothing waits."""
-        return self._engine.core.stats.drain()
+        return self._engine.drain_stats()
 
     def get_stats_totals(self) -> EngineTotals:
         """Steps, prompt / generation tokens, preemptions and busy time since the engine started."""
-        return self._engine.core.stats.snapshot_totals()
+        return self._engine.stats_totals()
 
     def _check_alive(self) -> None:
         if not self._engine.is_alive:

@@ -106,6 +106,12 @@ class OutputProcessor:
         return IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens,
                                       params.spaces_between_special_tokens)
 
+    def discard(self, request_id: str) -> None:
+        """Forget a request the engine never took (its submission failed)."""
+        parent = self._parents.pop(request_id, None)
+        for cid in parent.children if parent is not None else ():
+            self._parent_of.pop(cid, None)
+
     def child_ids(self, request_id: str) -> list[str]:
         parent = self._parents.get(request_id)
         return list(parent.children) if parent else []

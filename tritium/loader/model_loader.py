@@ -9,7 +9,9 @@ from the GGUF file is saved as a fast-tokenizer folder."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
@@ -23,6 +25,8 @@ from tritium.loader.gguf_loader import iterate_gguf
 from tritium.loader.hf_loader import iterate_safetensors
 from tritium.loader.source import ModelSource
 from tritium.models.registry import get_model_class
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tritium.quantization import ModelQuantization
@@ -57,8 +61,10 @@ def load_model(source: ModelSource, model_config: ModelConfig, device: torch.dev
     model before the weights are quantized."""
     device = torch.device(device)
     model_cls = get_model_class(model_config.architecture)
+    start = time.perf_counter()
     with _default_dtype(model_config.dtype), device:
         model = model_cls(model_config, quant=quant) if quant is not None else model_cls(model_config)
+    built = time.perf_counter()
     with torch.no_grad():
         if source.format == "dummy":
             init_dummy_weights(model)
@@ -89,9 +95,12 @@ def load_model(source: ModelSource, model_config: ModelConfig, device: torch.dev
                 raise ValueError(f"{quant.config.quant_algo or quant.config.kv_cache_quant_algo} needs calibration "
                                  "samples")
             calibrate(model, model_config, quant.config, calibration_samples())
+        loaded = time.perf_counter()
         for module in model.modules():  # e.g. repack linear weights for the CPU's matmul kernels
             if hasattr(module, "process_weights_after_loading"):
                 module.process_weights_after_loading()
+    logger.info("model: modules built in %.1f s, weights %.1f s, prepared for the device in %.1f s",
+                built - start, loaded - built, time.perf_counter() - loaded)
     return model.eval()
 
 

@@ -86,7 +86,9 @@ def _gguf_source(path: str, fmt: str) -> ModelSource:
     return ModelSource(fmt, path, hf_config, tokenizer_path=path, generation_eos_ids=eos_ids)
 
 
-def resolve_model_source(model: str, load_format: str = "auto") -> ModelSource:
+def resolve_model_source(model: str, load_format: str = "auto", verify: bool = True) -> ModelSource:
+    """verify=False: a saved engine's files are not read through for their CRC32s (a caller that
+    only wants its tokenizer while another process loads it)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format={load_format!r} is not supported; use one of {', '.join(LOAD_FORMATS)}")
     path = os.path.abspath(os.path.expanduser(str(model)))
@@ -107,7 +109,7 @@ def resolve_model_source(model: str, load_format: str = "auto") -> ModelSource:
     if is_engine_dir(path):
         if load_format not in ("auto", "engine"):
             raise ValueError(f"{path} is a saved engine; load_format={load_format!r} does not apply to it")
-        info = read_engine(path)
+        info = read_engine(path, verify=verify)
         eos = info.config.get("generation_eos_ids")
         return ModelSource("engine", path, info.hf_config, _tokenizer_dir(path),
                            tuple(eos) if eos is not None else None, engine=info)

@@ -106,7 +106,7 @@ class ServerState:
     async def _watch_engine(self) -> None:
         while self.health in (Health.READY, Health.DRAINING):
             if not self.llm._engine.is_alive:
-                logger.error("the engine thread has died; failing %d open requests and exiting",
+                logger.error("the engine has stopped; failing %d open requests and exiting",
                              self.tracker.num_in_flight)
                 self.tracker.fail_all(RuntimeError("the engine has stopped"))
                 self.die()

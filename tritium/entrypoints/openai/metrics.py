@@ -1,36 +1,25 @@
 """Prometheus metrics for /metrics: engine gauges read at scrape time, request histograms and
 counters recorded by the server as requests finish.
 
-engine_snapshot() is the one place that reads engine internals (the scheduler), so switching to
-the engine's own iteration stats later changes this function only.
+engine_snapshot() is the one place that asks the engine for its scheduler's state.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from tritium.engine.stats import SchedulerSnapshot
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                     7.5, 10.0, 20.0, 40.0, 80.0)
 _TOKEN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
 
 
-@dataclass
-class EngineSnapshot:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float  # share of KV blocks held by requests, 0..1
-    num_preemptions_total: int
-
-
-def engine_snapshot(llm) -> EngineSnapshot:
-    """Read from the scheduler without locking: each field is one atomic read of a counter."""
-    scheduler = llm._engine.core.scheduler
-    return EngineSnapshot(num_running=scheduler.num_running, num_waiting=scheduler.num_waiting,
-                          kv_cache_usage=scheduler.kv_cache_manager.usage,
-                          num_preemptions_total=scheduler.num_preemptions_total)
+def engine_snapshot(llm) -> SchedulerSnapshot:
+    """The engine's scheduler state (read live in-process; the engine process's last report)."""
+    return llm._engine.scheduler_snapshot()
 
 
 class _EngineCollector:
@@ -80,7 +69,7 @@ class ServerMetrics:
                                  labelnames=labels + ["reason"], registry=self.registry)
         self.registry.register(_EngineCollector(self))
 
-    def snapshot(self) -> Optional[EngineSnapshot]:
+    def snapshot(self) -> Optional[SchedulerSnapshot]:
         return engine_snapshot(self.llm) if self.llm is not None else None
 
     def record_rejection(self, reason: str) -> None:
