@@ -19,6 +19,7 @@
 #   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
 #                  saturation (512 concurrent), then 2 requests/s
 #   policy         offline 1000/1000 x1024 with each capacity scheduler policy
+#   serve-sat      the server's saturation run only, started with $SERVE_FLAGS (--no-engine-process: A/B)
 #   serve-profile  tritium serve at saturation under py-spy (front, engine process, client) and top
 #   engine-load    tritium build of a FP8 8B engine, then load to first token (phase log)
 #   profile        torch profiler tables: batch-1 FP8 / W4A16 decode, a 467-token prefill step
@@ -136,6 +137,18 @@ for stage in "$@"; do
       kill "$server"; wait "$server"
       pkill -f "tritium.entrypoints.cli serve" || true  # never leave a server holding the GPU
       tail -5 "$LOGS/serve.log" ;;
+    serve-sat)  # only the server's saturation run, with $SERVE_FLAGS (e.g. --no-engine-process)
+      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
+      tag=$(echo "${SERVE_FLAGS:-default}" | tr -c 'a-z0-9\n' '-')
+      timeout "${SERVE_TIMEOUT:-200}" python3 -m tritium.entrypoints.cli serve /tmp/l8b --load-format dummy \
+        --dtype bfloat16 --max-batch-size 512 --max-num-tokens 8192 --max-seq-len 4096 --port 8000 \
+        ${SERVE_FLAGS:-} > "$LOGS/serve-$tag.log" 2>&1 &
+      server=$!
+      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-180} tritium bench serve --ready-timeout 120 \
+        --num-prompts "${SAT_PROMPTS:-1536}" --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" \
+        --max-concurrency 512 --result-json "$LOGS/serve-sat-$tag.json" 2>&1 | tee "$LOGS/serve-sat-$tag.log" \
+        | grep -E "duration|Output token|Mean (TTFT|TPOT|ITL)|P50 ITL|Failed"
+      kill "$server"; wait "$server"; pkill -f "tritium.entrypoints.cli serve" || true ;;
     serve-profile)  # where the server's time goes at saturation: py-spy on the front, the engine
       # process and the client (.tools/ carries the py-spy wheel), CPU use of each
       python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .tools/py_spy*.whl || exit 1
