@@ -2,7 +2,8 @@
 
 Fed from the engine thread; consumed with `async for`, `await stream` (or `stream.aresult()`) or
 the blocking `stream.result()`. Each item is a RequestOutput snapshot (cumulative text, with
-`text_diff` holding what is new); the last one has finished=True.
+`text_diff` holding what is new since the item before); the last one has finished=True. A consumer
+slower than the engine gets fewer snapshots, each with the diffs of the steps it missed.
 """
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def _set_all(events: list) -> None:
         event.set()
 
 
+def _absorb(older: RequestOutput, newer: RequestOutput) -> RequestOutput:
+    """`newer` (cumulative text / tokens) with each completion's diffs extended to also hold
+    what `older` added: one snapshot as if the consumer had skipped `older`."""
+    before = {c.index: c for c in older.outputs}
+    for c in newer.outputs:
+        prev = before.get(c.index)
+        if prev is not None:
+            c.text_diff = prev.text_diff + c.text_diff
+            c.token_ids_diff = prev.token_ids_diff + c.token_ids_diff
+    return newer
+
+
 class GenerationStream:
     def __init__(self, request_id: str, abort: Callable[[str], None]):
         self.request_id = request_id
@@ -58,7 +71,14 @@ class GenerationStream:
     # Called on the engine thread.
     def put(self, item) -> None:
         with self._cond:
-            self._items.append(item)
+            last = self._items[-1] if self._items else None
+            if isinstance(item, RequestOutput) and isinstance(last, RequestOutput) and not last.finished:
+                # The consumer has not taken the previous snapshot yet (it lags behind the engine):
+                # hand it one snapshot carrying both steps' diffs instead of two, so that a loaded
+                # server writes one chunk where it would write two (vLLM's output collector does the same).
+                self._items[-1] = _absorb(last, item)
+            else:
+                self._items.append(item)
             if isinstance(item, BaseException):
                 self._error = item
             elif item.finished:

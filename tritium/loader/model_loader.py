@@ -177,11 +177,11 @@ def _copy_to_device(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
     """The Hugging Face tokenizer: `tokenizer` (a folder, hub id or .gguf file) if given, else the
     source's own; None when the source has none (a dummy or bare checkpoint folder)."""
+    path = tokenizer if tokenizer is not None else source.tokenizer_path
+    if path is None:  # before importing transformers (~1 s, and more beside a loading model)
+        return None
     from transformers import AutoTokenizer
 
-    path = tokenizer if tokenizer is not None else source.tokenizer_path
-    if path is None:
-        return None
     if str(path).endswith(".gguf") and os.path.isfile(path):
         import transformers
 
