@@ -17,11 +17,9 @@ close and exits (it never outlives its front holding the GPU).
 """
 from __future__ import annotations
 
-import faulthandler
 import itertools
 import logging
 import multiprocessing
-import os
 import pickle
 import signal
 import threading
@@ -129,16 +127,10 @@ def _child_main(conn, build_kwargs: dict[str, Any], log_level: int) -> None:
                     channel.send("reply", call_id, False, _portable(e))
             elif kind == "stop":
                 logger.info("engine process: stopping")
-                faulthandler.dump_traceback_later(10)  # a stop that hangs shows where (stderr)
                 break
     finally:
         engine.shutdown()  # fails whatever is still in flight (sent to the front as errors)
     logger.info("engine process: stopped")
-    logging.shutdown()
-    conn.close()
-    # Skip the interpreter's teardown (CUDA graphs, caches, atexit hooks): everything that
-    # matters is released, and a slow teardown would hold up the server's shutdown.
-    os._exit(0)
 
 
 def _save(parts, engine_dir: str, build_config) -> None:
@@ -166,10 +158,12 @@ class EngineProcess:
         child_conn.close()  # ours closed: the child's death reads as EOF here
         self._live: set[str] = set()
         self._lock = threading.Lock()  # guards _live and _calls (the reader thread and callers)
+        self._join_lock = threading.Lock()  # one thread reaps the child (see _wait_exit)
         self._calls: dict[int, Future] = {}
         self._call_ids = itertools.count()
         self._snapshot = SchedulerSnapshot(0, 0, 0.0, 0)
         self._stopping = False
+        self._closed = False  # the child's end of the pipe closed (it exited)
         self._reader: Optional[threading.Thread] = None
 
     def wait_ready(self) -> EngineInfo:
@@ -216,21 +210,27 @@ class EngineProcess:
         except OSError:
             pass
         start = time.monotonic()
-        faulthandler.dump_traceback_later(10)  # a stop that hangs shows where (stderr)
-        self._process.join(timeout)
-        faulthandler.cancel_dump_traceback_later()
-        logger.info("engine process stopped in %.1f s", time.monotonic() - start)
-        if self._process.is_alive():
+        if self._wait_exit(timeout) is None:
             logger.warning("the engine process did not stop within %.0f s: terminating it", timeout)
             self._process.terminate()
-            self._process.join(5)
+            self._wait_exit(5)
+        else:
+            logger.info("engine process stopped in %.1f s", time.monotonic() - start)
         if self._reader is not None:
             self._reader.join(5)
         self._channel.conn.close()
 
     @property
     def is_alive(self) -> bool:
-        return self._process.is_alive() and (self._reader is None or self._reader.is_alive())
+        """Ready and not stopped: the reader runs until the child's end of the pipe closes."""
+        return not (self._stopping or self._closed) and self._reader is not None and self._reader.is_alive()
+
+    def _wait_exit(self, timeout: float) -> Optional[int]:
+        """The child's exit code once it has exited within `timeout`, else None. One thread at a
+        time: two threads reaping the same child race (one gets ECHILD and would read it as alive)."""
+        with self._join_lock:
+            self._process.join(timeout)
+            return self._process.exitcode
 
     def scheduler_snapshot(self) -> SchedulerSnapshot:
         return self._snapshot  # as of the engine's last step
@@ -285,11 +285,12 @@ class EngineProcess:
 
     def _fail_all(self) -> None:
         """The pipe closed: fail what was still in flight and every waiting call."""
-        self._process.join(5)
+        self._closed = True  # before anyone hears of it: is_alive is already False then
+        code = self._wait_exit(5)
         if self._stopping:
             exc = RuntimeError("the engine was shut down before the request finished")
         else:
-            exc = RuntimeError(f"the engine process exited unexpectedly (exit code {self._process.exitcode})")
+            exc = RuntimeError(f"the engine process exited unexpectedly (exit code {code})")
             logger.error("%s", exc)
         with self._lock:
             failed, self._live = sorted(self._live), set()
