@@ -130,3 +130,30 @@ def test_long_stream_keeps_decode_windows_small(smollm2):
     detok, pieces = stream(smollm2, encode(smollm2, "Q:"), out)
     assert detok.text == text and detok.output_token_ids == out
     assert len(detok._ids) - detok._prefix_offset <= 16  # windows do not grow with the text
+
+
+def test_rust_decoder_decodes_as_the_tokenizer_does(smollm2):
+    """The detokenizer's shortcut past transformers' decode wrapper gives the same text, with and
+    without special tokens, on random ids (partial UTF-8 bytes, specials and all)."""
+    from tritium.llm.detokenizer import rust_decoder
+
+    backend = rust_decoder(smollm2)
+    assert backend is not None  # SmolLM2's fast tokenizer takes the shortcut
+    rng = random.Random(0)
+    specials = list(smollm2.all_special_ids)
+    for _ in range(300):
+        ids = [rng.randrange(smollm2.vocab_size) for _ in range(rng.randrange(1, 12))]
+        ids.insert(rng.randrange(len(ids) + 1), rng.choice(specials))
+        for skip in (True, False):
+            assert backend.decode(ids, skip_special_tokens=skip) == smollm2.decode(ids, skip_special_tokens=skip)
+
+
+def test_rust_decoder_is_not_used_where_the_tokenizer_cleans_up_spaces(smollm2):
+    from tritium.llm.detokenizer import rust_decoder
+
+    before = smollm2.clean_up_tokenization_spaces
+    smollm2.clean_up_tokenization_spaces = True
+    try:
+        assert rust_decoder(smollm2) is None
+    finally:
+        smollm2.clean_up_tokenization_spaces = before

@@ -222,8 +222,9 @@ class EngineProcess:
 
     @property
     def is_alive(self) -> bool:
-        """Ready and not stopped: the reader runs until the child's end of the pipe closes."""
-        return not (self._stopping or self._closed) and self._reader is not None and self._reader.is_alive()
+        """Ready and not stopped, and the child's end of the pipe still open."""
+        # Flags only: Thread.is_alive() took ~0.3 ms under GIL contention, twice per request.
+        return self._reader is not None and not (self._stopping or self._closed)
 
     def _wait_exit(self, timeout: float) -> Optional[int]:
         """The child's exit code once it has exited within `timeout`, else None. One thread at a
@@ -257,6 +258,12 @@ class EngineProcess:
 
     # ---- the reader thread ---------------------------------------------------------------------
     def _read(self) -> None:
+        try:
+            self._read_messages()
+        finally:  # the pipe closed, or handing on outputs failed: either way this engine is gone
+            self._fail_all()
+
+    def _read_messages(self) -> None:
         while True:
             try:
                 msg = self._channel.recv()
@@ -281,7 +288,6 @@ class EngineProcess:
                     future = self._calls.pop(call_id, None)
                 if future is not None:
                     future.set_result(value) if ok else future.set_exception(value)
-        self._fail_all()
 
     def _fail_all(self) -> None:
         """The pipe closed: fail what was still in flight and every waiting call."""

@@ -30,6 +30,7 @@ class IncrementalDetokenizer:
         self._spaces_between_special_tokens = spaces_between_special_tokens
         self._added_tokens = (tokenizer.added_tokens_decoder  # {id: AddedToken}; built per call: keep it
                               if spaces_between_special_tokens is not None and not skip_special_tokens else None)
+        self._backend = rust_decoder(tokenizer)
         context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self._ids: list[int] = context  # context + all output ids
         self._num_context = len(context)
@@ -73,9 +74,27 @@ class IncrementalDetokenizer:
 
     def _decode(self, ids: list[int]) -> str:
         if self._spaces_between_special_tokens is None or self._skip_special_tokens:
+            if self._backend is not None:
+                return self._backend.decode(ids, skip_special_tokens=self._skip_special_tokens)
             return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special_tokens)
         return decode_spacing_added_tokens(self._tokenizer, self._added_tokens, ids,
                                            self._spaces_between_special_tokens)
+
+
+def rust_decoder(tokenizer):
+    """The `tokenizers.Tokenizer` behind a fast Hugging Face tokenizer when decoding through it
+    gives exactly what tokenizer.decode() gives (the stock fast-tokenizer _decode, no clean-up of
+    spaces), else None. Called twice per streamed token per request, the Python wrapper around
+    it cost ~7 us a call (~11 us of the ~36 us a token costs the front)."""
+    try:
+        from transformers import PreTrainedTokenizerFast
+    except ImportError:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (backend is None or type(tokenizer)._decode is not PreTrainedTokenizerFast._decode
+            or getattr(tokenizer, "clean_up_tokenization_spaces", True)):
+        return None
+    return backend
 
 
 def decode_spacing_added_tokens(tokenizer, added: dict, ids: Sequence[int], spaces: bool) -> str:
