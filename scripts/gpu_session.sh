@@ -82,6 +82,27 @@ print(f"saved FP8 8B engine ({sys.argv[1]}): import+load {t1 - t0:.1f} s, to fir
 PY
 }
 
+start_server() {  # start_server <log name> <seconds> [flags]: tritium serve of $SHAPE (dummy bf16) on :8000
+  local log=$1 limit=$2; shift 2
+  mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
+  # started directly (not through the tritium function) so that $server is `timeout`, which passes
+  # stop_server's SIGTERM on to the server
+  timeout "$limit" python3 -m tritium.entrypoints.cli serve /tmp/l8b --load-format dummy --dtype bfloat16 \
+    --max-batch-size 512 --max-num-tokens 8192 --max-seq-len 4096 --port 8000 "$@" > "$LOGS/$log" 2>&1 &
+  server=$!
+}
+
+stop_server() {
+  kill "$server"; wait "$server"
+  pkill -f "tritium.entrypoints.cli serve" || true  # never leave a server holding the GPU
+}
+
+saturation() {  # saturation <tag> [bench serve flags]: 467 in / 256 out at 512 concurrent streams
+  local tag=$1; shift
+  tritium bench serve --ready-timeout 120 --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" \
+    --max-concurrency 512 --result-json "$LOGS/serve-$tag.json" "$@"
+}
+
 for stage in "$@"; do
   echo "=== stage $stage ($(date +%T))"
   case "$stage" in
@@ -121,45 +142,25 @@ for stage in "$@"; do
       # the same engine offline first: the server should lose under 10% to it (issue 8)
       dataset /tmp/d467.jsonl "${SAT_PROMPTS:-1536}" 467 256
       offline 467-conc512 /tmp/d467.jsonl --concurrency 512 --max-seq-len 4096
-      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
-      # started directly (not through the tritium function) so that $! is `timeout`, which passes
-      # the SIGTERM below on to the server
-      timeout "${SERVE_TIMEOUT:-330}" python3 -m tritium.entrypoints.cli serve /tmp/l8b --load-format dummy \
-        --dtype bfloat16 --max-batch-size 512 --max-num-tokens 8192 --max-seq-len 4096 --port 8000 \
-        --log-level info > "$LOGS/serve.log" 2>&1 &
-      server=$!
-      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-240} tritium bench serve --ready-timeout 120 \
-        --num-prompts "${SAT_PROMPTS:-1536}" --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" \
-        --max-concurrency 512 --result-json "$LOGS/serve-sat.json" 2>&1 | tee "$LOGS/serve-sat.log" | tail -30
+      start_server serve.log "${SERVE_TIMEOUT:-330}" --log-level info
+      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-240} saturation sat --num-prompts "${SAT_PROMPTS:-1536}" 2>&1 \
+        | tee "$LOGS/serve-sat.log" | tail -30
       RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-240} tritium bench serve --num-prompts "${RATE_PROMPTS:-60}" --input-mean 467 \
         --output-mean 256 --vocab-size "$VOCAB" --request-rate 2 --result-json "$LOGS/serve-rate2.json" 2>&1 \
         | tee "$LOGS/serve-rate2.log" | tail -30
-      kill "$server"; wait "$server"
-      pkill -f "tritium.entrypoints.cli serve" || true  # never leave a server holding the GPU
+      stop_server
       tail -5 "$LOGS/serve.log" ;;
     serve-sat)  # only the server's saturation run, with $SERVE_FLAGS (e.g. --no-engine-process)
-      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
       tag=$(echo "${SERVE_FLAGS:-default}" | tr -c 'a-z0-9\n' '-')
-      timeout "${SERVE_TIMEOUT:-200}" python3 -m tritium.entrypoints.cli serve /tmp/l8b --load-format dummy \
-        --dtype bfloat16 --max-batch-size 512 --max-num-tokens 8192 --max-seq-len 4096 --port 8000 \
-        ${SERVE_FLAGS:-} > "$LOGS/serve-$tag.log" 2>&1 &
-      server=$!
-      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-180} tritium bench serve --ready-timeout 120 \
-        --num-prompts "${SAT_PROMPTS:-1536}" --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" \
-        --max-concurrency 512 --result-json "$LOGS/serve-sat-$tag.json" 2>&1 | tee "$LOGS/serve-sat-$tag.log" \
-        | grep -E "duration|Output token|Mean (TTFT|TPOT|ITL)|P50 ITL|Failed"
-      kill "$server"; wait "$server"; pkill -f "tritium.entrypoints.cli serve" || true ;;
+      start_server "serve-$tag.log" "${SERVE_TIMEOUT:-200}" ${SERVE_FLAGS:-}
+      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-180} saturation "sat-$tag" --num-prompts "${SAT_PROMPTS:-1536}" 2>&1 \
+        | tee "$LOGS/serve-sat-$tag.log" | grep -E "duration|Output token|Mean (TTFT|TPOT|ITL)|P50 ITL|Failed"
+      stop_server ;;
     serve-profile)  # where the server's time goes at saturation: py-spy on the front, the engine
       # process and the client (.tools/ carries the py-spy wheel), CPU use of each
       python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .tools/py_spy*.whl || exit 1
-      mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json
-      timeout 300 python3 -m tritium.entrypoints.cli serve /tmp/l8b --load-format dummy --dtype bfloat16 \
-        --max-batch-size 512 --max-num-tokens 8192 --max-seq-len 4096 --port 8000 ${SERVE_FLAGS:-} \
-        > "$LOGS/serve-prof.log" 2>&1 &
-      server=$!
-      RUN_TIMEOUT=200 tritium bench serve --ready-timeout 120 --num-prompts "${PROF_PROMPTS:-1024}" \
-        --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" --max-concurrency 512 \
-        --result-json "$LOGS/serve-prof.json" > "$LOGS/serve-prof-bench.log" 2>&1 &
+      start_server serve-prof.log 300 ${SERVE_FLAGS:-}
+      RUN_TIMEOUT=200 saturation prof --num-prompts "${PROF_PROMPTS:-1024}" > "$LOGS/serve-prof-bench.log" 2>&1 &
       bench=$!
       until curl -sf localhost:8000/health >/dev/null; do sleep 1; done
       sleep 25  # into the steady state (the first 512 prompts' prefill is over)
@@ -173,7 +174,7 @@ for stage in "$@"; do
       done
       top -b -n 3 -d 4 -p "$front,$engine,$client" | grep -E "^ *[0-9]+ " | tail -9
       wait "$bench"; tail -32 "$LOGS/serve-prof-bench.log"
-      kill "$server"; wait "$server"; pkill -f "tritium.entrypoints.cli serve" || true
+      stop_server
       grep -vE "HTTP/1.1|^INFO" "$LOGS/serve-prof.log" | tail -40 ;;
     engine-load)
       rm -rf /tmp/eng-fp8

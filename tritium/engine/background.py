@@ -61,8 +61,8 @@ class BackgroundEngine:
 
     @property
     def is_alive(self) -> bool:
-        # A flag the loop clears on its way out: Thread.is_alive() waited ~0.3 ms for the GIL
-        # under load, and callers ask once or twice per request.
+        # A flag the loop clears on its way out, as EngineProcess.is_alive: Thread.is_alive()
+        # waits for a lock, slow under load, and callers ask once or twice per request.
         return self._running
 
     # ---- what the front reads (also offered by EngineProcess) --------------------------------

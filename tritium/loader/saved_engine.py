@@ -128,14 +128,11 @@ def load_engine_state(model: nn.Module, path: str) -> None:
 
     targets: dict[str, torch.Tensor] = dict(model.named_parameters())
     targets.update({n: b for n, b in model.named_buffers() if n.rpartition(".")[2] in SAVED_BUFFERS})
-    start = time.perf_counter()
     try:
         assign_saved_tensors(targets, os.path.join(path, WEIGHTS_FILE))
     except ValueError as e:
         raise EngineFormatError(f"saved engine {path}: its tensors do not match the model it describes ({e})") \
             from None
-    size = sum(t.numel() * t.element_size() for t in targets.values())
-    logger.info("saved engine weights: %.2f GiB in place in %.1f s", size / 2**30, time.perf_counter() - start)
 
 
 def save_engine(path: str, model: nn.Module, engine_config: dict[str, Any], tokenizer=None) -> None:
