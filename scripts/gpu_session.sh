@@ -23,6 +23,10 @@
 #   serve-profile  tritium serve at saturation under py-spy (front, engine process, client) and top
 #   engine-load    tritium build of a FP8 8B engine, then load to first token (phase log)
 #   profile        torch profiler tables: batch-1 FP8 / W4A16 decode, a 467-token prefill step
+#   prefill-spy    467-token prefills one at a time under py-spy (carry .tools): the prefill step's host time
+#   prefill-ab     467-token prefills one at a time, prefill CUDA graphs on and off (same process)
+#   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step (GPU tests)
+#   serve-rate2    tritium serve at 2 requests/s only (TTFT / ITL)
 #   stream-test    tests/gpu/test_weight_streaming_gpu.py
 #   gpu-tests      each tests/gpu module under its own time limit
 #   latency-short  batch-1 decode: bf16, FP8, W4A16, W8A16
@@ -40,7 +44,9 @@ else
   export PYTHONPATH=$PWD
 fi
 RUN_TIMEOUT=${RUN_TIMEOUT:-150}  # seconds for one engine run: a stuck run must not eat the call
-tritium() { timeout "$RUN_TIMEOUT" python3 -m tritium.entrypoints.cli "$@"; }
+# SIGABRT at the time limit: Python's faulthandler prints every thread's stack (where a run hung)
+export PYTHONFAULTHANDLER=1
+tritium() { timeout -s ABRT "$RUN_TIMEOUT" python3 -m tritium.entrypoints.cli "$@"; }
 SHAPE=${SHAPE:-llama-3.1-8b}  # a packaged model shape (tritium/bench/model_shapes); another for a CPU smoke run
 VOCAB=$(python3 -c "import json; print(json.load(open('tritium/bench/model_shapes/$SHAPE/config.json'))['vocab_size'])")
 MODEL=(--model "$SHAPE" --load-format dummy --dtype bfloat16)
@@ -61,9 +67,23 @@ latency() {  # latency <tag> [flags...]
 
 offline() {  # offline <tag> <dataset> [flags...]
   local tag=$1 data=$2; shift 2
+  rm -f "$LOGS/off-$tag.json"
   tritium bench throughput "${MODEL[@]}" --dataset "$data" --max-batch-size 512 --max-num-tokens 8192 \
-    --report-json "$LOGS/off-$tag.json" "$@" 2>&1 | tee "$LOGS/off-$tag.log" \
-    | grep -iE "throughput|^(TTFT|TPOT)|KV cache cap|startup: engine|preemptions|error|Traceback" | head -20
+    --report-json "$LOGS/off-$tag.json" "$@" > "$LOGS/off-$tag.log" 2>&1 &
+  local run=$!
+  # once the report is written, the run has 20 s to shut down; then SIGABRT (faulthandler: stacks)
+  while kill -0 $run 2>/dev/null; do
+    if [ -e "$LOGS/off-$tag.json" ]; then
+      sleep 20
+      kill -0 $run 2>/dev/null && { echo "still running 20 s after its report: SIGABRT"; pkill -ABRT -f "bench throughput"; }
+      break
+    fi
+    sleep 1
+  done
+  wait $run
+  tr '\r' '\n' < "$LOGS/off-$tag.log" \
+    | grep -iE "^(output token|total token|request) throughput|^(TTFT|TPOT)|KV cache cap|startup: engine|preemptions|error|Traceback|^Thread|^  File" \
+    | head -40
 }
 
 load_engine() {  # load_engine <tag>: a fresh process loads /tmp/eng-fp8 to its first token (phase log)
@@ -150,6 +170,19 @@ for stage in "$@"; do
         | tee "$LOGS/serve-rate2.log" | tail -30
       stop_server
       tail -5 "$LOGS/serve.log" ;;
+    serve-rate2)  # only the server at 2 requests/s (TTFT / ITL targets)
+      start_server serve-rate2.log "${SERVE_TIMEOUT:-150}" --log-level info
+      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-120} tritium bench serve --ready-timeout 120 --num-prompts "${RATE_PROMPTS:-40}" \
+        --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" --request-rate 2 \
+        --result-json "$LOGS/serve-rate2.json" 2>&1 | tee "$LOGS/serve-rate2-bench.log" \
+        | grep -E "duration|Output token|(Mean|P50|P99) (TTFT|TPOT|ITL)|Failed"
+      stop_server ;;
+    prefill-ab)  # 467-token prefills one at a time, with and without the prefill CUDA graphs
+      timeout 200 python3 scripts/gpu_speed_check.py --sections prefill-ab 2>&1 | tee "$LOGS/prefill-ab.log" \
+        | grep -E "^\[prefill|Error|error" ;;
+    prefill-graph-tests)  # the prefill graphs against Hugging Face and the eager step, on the GPU
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill_graph_replay.py \
+        tests/gpu/test_gpu_engine.py -k "prefill or graphs_overlap" 2>&1 | tee "$LOGS/pytest-prefill.log" | tail -15 ;;
     serve-sat)  # only the server's saturation run, with $SERVE_FLAGS (e.g. --no-engine-process)
       tag=$(echo "${SERVE_FLAGS:-default}" | tr -c 'a-z0-9\n' '-')
       start_server "serve-$tag.log" "${SERVE_TIMEOUT:-200}" ${SERVE_FLAGS:-}
@@ -176,6 +209,15 @@ for stage in "$@"; do
       wait "$bench"; tail -32 "$LOGS/serve-prof-bench.log"
       stop_server
       grep -vE "HTTP/1.1|^INFO" "$LOGS/serve-prof.log" | tail -40 ;;
+    prefill-spy)  # where a lone 467-token prefill step's host time goes (the 2 req/s TTFT)
+      python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .tools/py_spy*.whl || exit 1
+      timeout 200 python3 scripts/gpu_speed_check.py --sections prefill-loop > "$LOGS/prefill-loop.log" 2>&1 &
+      loop=$!
+      until grep -q "prefill-loop\] warm" "$LOGS/prefill-loop.log" || ! kill -0 $loop 2>/dev/null; do sleep 1; done
+      pid=$(pgrep -P "$loop" | head -1)  # the python under `timeout`
+      /tmp/pyspy/bin/py-spy record -p "$pid" -d 15 -r 500 --threads --nonblocking -f raw -o "$LOGS/spy-prefill.txt" \
+        > "$LOGS/spy-prefill.log" 2>&1
+      wait $loop; grep -E "^\[prefill" "$LOGS/prefill-loop.log"; tail -3 "$LOGS/spy-prefill.log" ;;
     engine-load)
       rm -rf /tmp/eng-fp8
       mkdir -p /tmp/l8b && cp tritium/bench/model_shapes/$SHAPE/config.json /tmp/l8b/config.json

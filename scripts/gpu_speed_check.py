@@ -239,6 +239,34 @@ def profile_decode(report: dict, batch: int, quant_algo: Optional[str] = None, p
     llm.shutdown()
 
 
+def prefill_loop(report: dict, prompt_len: int = 467, seconds: float = 30.0, tag: str = "") -> None:
+    """One fresh prompt_len-token prompt at a time, max_tokens 1, for `seconds` (a profiler such as
+    py-spy attaches meanwhile): each request's wall time is what the serving TTFT is made of."""
+    from tritium import BuildConfig, SamplingParams
+    from tritium.llm.llm import LLM
+
+    folder = tempfile.mkdtemp()
+    shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
+    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=8, max_seq_len=2048))
+    rng = np.random.default_rng(0)
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, detokenize=False)
+    for _ in range(3):
+        llm.generate([rng.integers(10, 30000, prompt_len).tolist()], params, use_tqdm=False)
+    print("[prefill-loop] warm", flush=True)
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        llm.generate([rng.integers(10, 30000, prompt_len).tolist()], params, use_tqdm=False)
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    key = f"prefill-loop {prompt_len} {tag}".strip()
+    report[key] = dict(median_ms=times[len(times) // 2], runs=len(times))
+    print(f"[{key}] {len(times)} requests, wall median {times[len(times) // 2]:.1f} ms, "
+          f"min {times[0]:.1f}, max {times[-1]:.1f}", flush=True)
+    llm.shutdown()
+
+
 def cold_start(report: dict) -> None:
     """Process start to the first token of an 8B dummy model (a fresh Python process)."""
     code = ("import time, tempfile, shutil, os; t0 = time.time();"
@@ -402,6 +430,13 @@ def main() -> None:
             profile_decode(report, 1, algo)
     if "profile-prefill" in sections:  # one 467-token prefill (the serving TTFT's largest part)
         profile_decode(report, 1, prompt_len=467, max_tokens=1)
+    if "prefill-loop" in sections:  # 467-token prefills one after another (py-spy attaches: prefill-spy stage)
+        prefill_loop(report)
+    if "prefill-ab" in sections:  # the same with and without the prefill CUDA graphs
+        prefill_loop(report, seconds=10.0, tag="prefill graphs")
+        os.environ["TRITIUM_PREFILL_GRAPHS"] = "0"
+        prefill_loop(report, seconds=10.0, tag="eager prefill")
+        del os.environ["TRITIUM_PREFILL_GRAPHS"]
     if "offline" in sections:
         offline_throughput(report, 128, 128, 4096, 512)
         offline_throughput(report, 1000, 1000, 1024, 512)

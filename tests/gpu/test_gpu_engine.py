@@ -85,3 +85,33 @@ def test_sampled_decoding_is_reproducible_under_graphs_and_overlap(tiny_llama):
         a = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
     b = [o.outputs[0].token_ids for o in LLM(tiny_llama, dtype="float32", enforce_eager=True).generate(prompts, params)]
     assert a == b
+
+
+def test_prefill_graphs_replay_prompts_chunks_and_cached_prefixes(tiny_llama, hf_tiny_llama):
+    """Steps with prompt tokens replay the prefill graphs and give Hugging Face's tokens: prompts of
+    many lengths at once (steps mixing prefills and decodes, one prompt chunked by max_num_tokens),
+    then a prompt whose prefix is cached (its prefill attends over a cached context)."""
+    import random
+
+    from tritium import BuildConfig, KvCacheConfig
+
+    rng = random.Random(11)
+    shared = [rng.randrange(256) for _ in range(70)]
+    prompts = [[rng.randrange(256) for _ in range(n)] for n in (3, 17, 40, 100, 150)]
+    prompts += [shared + [rng.randrange(256) for _ in range(n)] for n in (5, 30)]
+    want = [hf_greedy(hf_tiny_llama, p, GREEDY.max_tokens) for p in prompts]
+    build = BuildConfig(max_batch_size=8, max_num_tokens=128, max_seq_len=240)
+    with LLM(tiny_llama, dtype="float32", build_config=build, kv_cache_config=KvCacheConfig(tokens_per_block=16)) as llm:
+        graphs = llm._engine.core.runner.prefill_graphs
+        assert graphs.sizes == [16, 32, 64, 128]
+        replayed, run = [], graphs.run
+        graphs.run = lambda inputs, size: replayed.append((inputs.attn_metadata.num_actual_tokens, size)) or run(
+            inputs, size)
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts[:5], GREEDY)]
+        first = llm.generate([prompts[5]], GREEDY)[0]
+        second = llm.generate([prompts[6]], GREEDY)[0]
+    assert got + [first.outputs[0].token_ids, second.outputs[0].token_ids] == want
+    assert second.num_cached_tokens >= 64  # the shared prefix's whole blocks came from the cache
+    assert all(tokens <= size < 2 * max(tokens, 16) for tokens, size in replayed), replayed
+    assert replayed[0] == (128, 128)  # the first step: a full chunk of the five prompts
+    assert replayed[-1][0] == len(prompts[6]) - second.num_cached_tokens  # the prefill after a cached prefix

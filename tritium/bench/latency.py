@@ -11,7 +11,7 @@ throughput (batch x output tokens / wall time); the report gives their median an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -50,7 +50,9 @@ def _iteration_stats(records: list[RequestRecord]) -> dict[str, float]:
             "throughput": sum(r.num_output_tokens for r in records) / wall}
 
 
-def run_latency(spec: EngineSpec, settings: LatencySettings) -> dict[str, Any]:
+def run_latency(spec: EngineSpec, settings: LatencySettings,
+                publish: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """The report; publish(report) runs before the engine shuts down (run_throughput's reason)."""
     if settings.batch_size > spec.max_batch_size:
         raise ValueError(f"--batch-size {settings.batch_size} exceeds --max-batch-size {spec.max_batch_size}")
     session = BenchSession(settings.backend, spec, spec.seq_len_for(settings.input_len + settings.output_len))
@@ -86,6 +88,8 @@ def run_latency(spec: EngineSpec, settings: LatencySettings) -> dict[str, Any]:
         }
         report["resources"] = session.resources()
         report["engine_steps"] = engine_step_summary(steps)
+        if publish is not None:
+            publish(report)
         return report
     finally:
         session.close()

@@ -7,6 +7,7 @@ from this module's import (after the interpreter and torch have started), and sa
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import resource
@@ -68,9 +69,16 @@ def git_commit() -> Optional[str]:
     return commit + ("+dirty" if dirty else "")
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    import transformers
+def _package_version(name: str) -> Optional[str]:
+    """An installed package's version from its metadata, without importing it (importing
+    transformers late in a loaded GPU process took minutes on an H200 host)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
+
+def machine_info(device: torch.device) -> dict[str, Any]:
     from tritium import __version__
 
     info: dict[str, Any] = {"device": device.type}
@@ -81,7 +89,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     else:
         name, flags = _cpu_info()
         info.update(name=name, cpu_flags=flags, logical_cores=os.cpu_count(), torch_threads=torch.get_num_threads())
-    info.update(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+    info.update(python=platform.python_version(), torch=torch.__version__, transformers=_package_version("transformers"),
                 tritium=__version__, commit=git_commit())
     return info
 

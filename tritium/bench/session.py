@@ -28,6 +28,7 @@ class BenchSession:
             raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
         self.engine_ready_s = since_process_start(time.perf_counter())
         self.first_token_s: Optional[float] = None
+        self.machine = machine_info(self.backend.device)  # now, before the engine is loaded with work
 
     # ---- requests ---------------------------------------------------------------------------
     def prompt_ids(self, requests: list[BenchRequest]) -> list[list[int]]:
@@ -71,7 +72,7 @@ class BenchSession:
     # ---- report -----------------------------------------------------------------------------
     def report_header(self, benchmark: str, settings: dict[str, Any]) -> dict[str, Any]:
         return {"benchmark": benchmark, "engine": self.backend.engine_info(),
-                "machine": machine_info(self.backend.device), "settings": settings}
+                "machine": self.machine, "settings": settings}
 
     def resources(self) -> dict[str, Any]:
         return {"kv_cache_capacity_tokens": self.backend.kv_cache_capacity,

@@ -9,7 +9,7 @@ trtllm-bench.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from tqdm.auto import tqdm
 
@@ -42,7 +42,10 @@ class ThroughputSettings:
             raise ValueError(f"--warmup must not be negative, got {self.warmup}")
 
 
-def run_throughput(spec: EngineSpec, settings: ThroughputSettings) -> dict[str, Any]:
+def run_throughput(spec: EngineSpec, settings: ThroughputSettings,
+                   publish: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """The report; publish(report) runs before the engine shuts down, so that a slow or failing
+    teardown never costs the measurement."""
     requests = read_jsonl(settings.dataset, settings.num_requests)  # before the model: a bad file fails fast
     output_lens = [r.output_tokens for r in requests]
     known = all(r.input_ids is not None for r in requests)
@@ -69,6 +72,8 @@ def run_throughput(spec: EngineSpec, settings: ThroughputSettings) -> dict[str, 
         report["resources"] = session.resources()
         report["engine_steps"] = engine_step_summary(steps)
         report["requests"] = request_rows(records)
+        if publish is not None:
+            publish(report)
         return report
     finally:
         session.close()

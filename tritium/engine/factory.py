@@ -23,6 +23,7 @@ from tritium.quantization.config import check_device_support
 from tritium.structured_output.backend import GrammarBackend
 from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import decode_graph_sizes
+from tritium.worker.prefill_graph import MAX_REQS as PREFILL_GRAPH_MAX_REQS, prefill_graph_sizes
 from tritium.worker.memory_plan import (KvCachePlan, describe_memory, memory_plan_summary, plan_kv_cache,
                                        profile_activation_bytes, weights_bytes)
 from tritium.worker.model_runner import ModelRunner
@@ -129,13 +130,16 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     backend = make_attention_backend(dev)
     use_graphs = dev.type == "cuda" and not enforce_eager and backend.name == "triton"
     graph_sizes = decode_graph_sizes(sched.max_num_seqs, cuda_graph_config)  # (sizes, padding), checked anywhere
+    prefill_sizes = prefill_graph_sizes(sched.max_num_batched_tokens, sched.max_model_len) if use_graphs else []
     activation = graph_reserve = 0
     if dev.type == "cuda":
         activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend)
-        if use_graphs:  # the graphs' pool holds one decode step's activations at the largest size,
-            top = graph_sizes[0][-1]  # plus their shared float32 logits buffer
-            graph_reserve = (profile_activation_bytes(nn_model, model_config, sched, dev, backend, num_tokens=top)
-                             + top * model_config.vocab_size * 4)
+        if use_graphs:  # the graphs' pool holds one step's activations at the largest graph (decode
+            # rows or prefill tokens), plus the float32 logits buffers of both kinds
+            top = graph_sizes[0][-1]
+            tokens = max([top] + prefill_sizes)
+            graph_reserve = (profile_activation_bytes(nn_model, model_config, sched, dev, backend, num_tokens=tokens)
+                             + (top + (PREFILL_GRAPH_MAX_REQS if prefill_sizes else 0)) * model_config.vocab_size * 4)
     clock.lap("memory profile")
     kv_dtype = (quant.kv_cache_dtype if quant is not None else None) or model_config.dtype
     plan = plan_kv_cache(model_config, sched, kv_cache_config, kv_dtype, dev, activation + graph_reserve)
@@ -156,9 +160,10 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     runner = ModelRunner(nn_model, model_config, cache, dev, backend, max_num_seqs=sched.max_num_seqs,
                          max_model_len=sched.max_model_len, use_cuda_graphs=use_graphs,
                          structured_output=StructuredOutputManager(grammar) if grammar is not None else None,
-                         max_beam_width=sched.max_beam_width, cuda_graph_sizes=graph_sizes, **runner_options)
+                         max_beam_width=sched.max_beam_width, cuda_graph_sizes=graph_sizes,
+                         prefill_graph_sizes=prefill_sizes, **runner_options)
     if runner.graphs is not None:
-        logger.info("CUDA graph pool: %.2f GiB used of %.2f GiB reserved", runner.graphs.pool_bytes / 2**30,
+        logger.info("CUDA graph pool: %.2f GiB used of %.2f GiB reserved", runner.graph_pool_bytes / 2**30,
                     graph_reserve / 2**30)
     clock.lap("KV cache and CUDA graphs" if runner.graphs is not None else "KV cache")
     core = EngineCore(Scheduler(sched, cache), runner)

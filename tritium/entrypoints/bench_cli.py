@@ -141,7 +141,7 @@ def _run_throughput(args: argparse.Namespace) -> int:
 
     settings = ThroughputSettings(dataset=args.dataset, backend=args.backend, num_requests=args.num_requests,
                                   concurrency=args.concurrency, streaming=args.streaming, warmup=args.warmup)
-    _print_report(run_throughput(_engine_spec(args), settings), args.report_json)
+    run_throughput(_engine_spec(args), settings, publish=lambda report: _print_report(report, args.report_json))
     return 0
 
 
@@ -161,7 +161,7 @@ def _run_latency(args: argparse.Namespace) -> int:
     settings = LatencySettings(backend=args.backend, batch_size=args.batch_size, input_len=args.input_len,
                                output_len=args.output_len, iterations=args.iterations, warmup=args.warmup,
                                streaming=args.streaming, seed=args.seed)
-    _print_report(run_latency(_engine_spec(args), settings), args.report_json)
+    run_latency(_engine_spec(args), settings, publish=lambda report: _print_report(report, args.report_json))
     return 0
 
 

@@ -7,7 +7,8 @@ buffers; a replay copies the step's inputs into the first R rows of those buffer
 rest with rows that write no KV (slot -1) and attend over nothing (length 0). Lengths and block
 tables are read on the device, so one graph serves every context length.
 
-Prefill and mixed steps, and batches above the largest size, run eagerly.
+Steps with prompt tokens have graphs of their own (prefill_graph.py); batches above the
+largest size run eagerly.
 """
 from __future__ import annotations
 
@@ -105,10 +106,11 @@ class DecodeGraphs:
         self.model.compute_logits(hidden, out=self.logits[:size])  # [B, vocab] float32
 
     @torch.inference_mode()
-    def capture(self) -> None:
+    def capture(self, pool=None) -> None:
+        """pool: a graph memory pool to share (torch.cuda.graph_pool_handle()); None: a new one."""
         start = time.perf_counter()
         before = torch.cuda.memory_allocated(self.device) - self.logits.numel() * self.logits.element_size()
-        pool = torch.cuda.graph_pool_handle()
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self.seq_lens.fill_(1)  # short lengths keep the warm-up cheap; the KV slots stay unwritten (-1)
         for size in reversed(self.sizes):  # largest first: later graphs reuse its pool
             self.metas[size] = self._metadata(size)

@@ -10,7 +10,8 @@ plan_kv_blocks, memory_plan_summary), from these estimates instead of measuremen
                  q/k/v output, attention output, gate/up output and SiLU product, in the model
                  dtype, plus float32 logits of max_batch_size rows (the profiled figure on a GPU
                  is measured instead; this is its analytic counterpart)
-    CUDA graphs  one decode step's activations at the largest captured batch and its float32 logits
+    CUDA graphs  one step's activations at the largest graph (decode batch or prefill token count)
+                 and both kinds' float32 logits buffers
     KV cache     free_gpu_memory_fraction of what is left, at 2 x layers x kv_heads x head_dim x
                  dtype bytes a token (1 byte for FP8 / INT8 caches: twice the tokens of bfloat16)
 On a GPU the engine measures the activation peaks by profiling and reads the free memory from
@@ -84,13 +85,16 @@ def estimate_memory(model: ModelConfig, gpu_memory: int, build: BuildConfig, kv:
     cuda_graph_config: a config.CudaGraphConfig choosing the graphs, as the engine takes it."""
     from tritium.quantization import KV_CACHE_DTYPES
     from tritium.worker.cuda_graph import decode_graph_sizes
+    from tritium.worker.prefill_graph import MAX_REQS as PREFILL_GRAPH_MAX_REQS, prefill_graph_sizes
 
     sched = ResolvedSchedulerConfig.from_build(build, model)
     weights = estimate_weight_bytes(model, quant)
     tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
     activations = _step_bytes(model, tokens, min(sched.max_num_seqs, tokens))
     top = decode_graph_sizes(sched.max_num_seqs, cuda_graph_config)[0][-1]  # the largest graph, as captured
-    graphs = _step_bytes(model, top, top) if cuda_graphs else 0
+    prefill = prefill_graph_sizes(sched.max_num_batched_tokens, sched.max_model_len)
+    graph_rows = top + (PREFILL_GRAPH_MAX_REQS if prefill else 0)  # both kinds' logits buffers
+    graphs = _step_bytes(model, max([top] + prefill), graph_rows) if cuda_graphs else 0
     kv_dtype = (KV_CACHE_DTYPES.get(quant.kv_cache_quant_algo) if quant is not None else None) or model.dtype
     budget, reason = gpu_kv_budget(gpu_memory - weights, activations + graphs, kv.free_gpu_memory_fraction)
     plan = plan_kv_blocks(model, sched, kv, kv_dtype, budget, reason)

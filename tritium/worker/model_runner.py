@@ -27,6 +27,7 @@ from tritium.worker.cuda_graph import DecodeGraphs, decode_graph_sizes
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, StepInputs, build_step_inputs
 from tritium.worker.beam_search import BeamCandidateTensors, BeamRows, beam_groups, copy_kv_blocks
 from tritium.worker.logits_outputs import LogitsOutputs
+from tritium.worker.prefill_graph import MAX_REQS as PREFILL_GRAPH_MAX_REQS, PrefillGraphs
 from tritium.worker.memory_plan import allocate_kv_caches
 from tritium.worker.sampling_features import SamplingFeatures
 
@@ -73,9 +74,11 @@ class ModelRunner:
                  max_model_len: Optional[int] = None, use_cuda_graphs: bool = False,
                  max_beam_width: int = 1, batched_logits_processor=None, allow_overlap: bool = True,
                  structured_output: Optional[StructuredOutputManager] = None,
-                 cuda_graph_sizes: Optional[tuple[list[int], bool]] = None):
+                 cuda_graph_sizes: Optional[tuple[list[int], bool]] = None,
+                 prefill_graph_sizes: Optional[list[int]] = None):
         """cuda_graph_sizes: (sizes, padding) of the decode graphs (cuda_graph.decode_graph_sizes;
-        None: tritium's sizes up to max_num_seqs, padded)."""
+        None: tritium's sizes up to max_num_seqs, padded). prefill_graph_sizes: token counts of
+        the graphs for steps with prompt tokens (prefill_graph.prefill_graph_sizes; None: none)."""
         self.model = model
         self.model_config = model_config
         self.cache_config = cache_config
@@ -107,11 +110,21 @@ class ModelRunner:
         self._sync_req_ids: set[str] = set()  # requests whose features need every token on the host
         self.num_placeholder_tokens = 0  # inputs fed from the previous step's device tensor (a statistic)
         self.graphs: Optional[DecodeGraphs] = None
+        self.prefill_graphs: Optional[PrefillGraphs] = None
+        self.graph_pool_bytes = 0
         if use_cuda_graphs:
+            before = torch.cuda.memory_allocated(device)
+            pool = torch.cuda.graph_pool_handle()  # shared: one graph's temporaries are live at a time
+            if prefill_graph_sizes:  # first: their largest step holds the most temporaries
+                self.prefill_graphs = PrefillGraphs(model, self.kv_caches, backend, prefill_graph_sizes,
+                                                    min(PREFILL_GRAPH_MAX_REQS, max_rows), max_blocks,
+                                                    max_model_len, device)
+                self.prefill_graphs.capture(pool)
             sizes, padding = cuda_graph_sizes or decode_graph_sizes(max_num_seqs)
             self.graphs = DecodeGraphs(model, self.kv_caches, backend, sizes, max_blocks, max_model_len, device,
                                        padding)
-            self.graphs.capture()
+            self.graphs.capture(pool)
+            self.graph_pool_bytes = torch.cuda.memory_allocated(device) - before
 
     # ---- state ----------------------------------------------------------------------------
     def _update_states(self, so: SchedulerOutput) -> None:
@@ -172,9 +185,13 @@ class ModelRunner:
         self._prev_sampled, self._prev_rows = None, {}
         handle = StepHandle()
         wants_prompt_outputs = self.logits_outputs.wants_prompt_outputs(so.num_scheduled_tokens)
+        prefill_size = (self.prefill_graphs.bucket(inputs)
+                        if self.prefill_graphs is not None and not wants_prompt_outputs else None)
         if (self.graphs is not None and inputs.is_pure_decode and not wants_prompt_outputs
                 and self.graphs.bucket(len(states)) is not None):
             logits = self.graphs.run(inputs)  # [R, V]: every request of a decode step samples
+        elif prefill_size is not None:
+            logits = self.prefill_graphs.run(inputs, prefill_size)  # [N, V]: the requests that sample
         else:
             ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=self.kv_caches, backend=self.backend)
             with forward_context(ctx):
