@@ -54,14 +54,17 @@ def test_padded_replay_matches_the_eager_step(device, tmp_path):
 
         graphs = PrefillGraphs(model, kv, backend, [16, 32], max_reqs=4, max_blocks_per_seq=8, max_model_len=128,
                                device=device)
-        graphs.slot_mapping.fill_(5)  # stale rows from an earlier, larger step: the replay must reset them
-        graphs.logits_indices.fill_(31)
         if device.type == "cuda":
             graphs.capture(torch.cuda.graph_pool_handle())
         else:
             for size in graphs.sizes:
                 graphs.metas[size] = graphs._metadata(size)
                 graphs.graphs[size] = SimpleNamespace(replay=functools.partial(graphs._forward, size))
+        # what an earlier, larger step leaves behind: the replay must reset what padding needs
+        graphs.slot_mapping.fill_(5)
+        graphs.seq_lens.fill_(40)
+        graphs.query_start_loc.fill_(30)
+        graphs.logits_indices.fill_(31)
         assert graphs.bucket(inputs) == 32
         got = graphs.run(inputs, 32)
     assert got.shape == want.shape == (3, config.vocab_size)
