@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import dot_precision, gemm_tuning_enabled, interpreting
+from tritium.kernels.act_quant import row_fp8_scales
 from tritium.kernels.rope_kv_write import _quantize
 
 logger = logging.getLogger(__name__)
@@ -154,27 +155,6 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K, HAS_
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _row_fp8_scale_kernel(x_ptr, out_ptr, K, stride_xm, BLOCK: tl.constexpr):
-    """out[m] = max(amax |x[m, :]| / 448, 1e-12): per-token FP8 scales (quant_utils.fp8_scale)."""
-    row = tl.program_id(0)
-    amax = tl.zeros([BLOCK], tl.float32)
-    for k0 in range(0, K, BLOCK):
-        ks = k0 + tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + row * stride_xm + ks, mask=ks < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    tl.store(out_ptr + row, tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12))
-
-
-def row_fp8_scales(x: torch.Tensor) -> torch.Tensor:
-    """x [M, K] -> float32 [M]: each row's FP8 scale."""
-    m, k = x.shape
-    out = torch.empty(m, dtype=torch.float32, device=x.device)
-    block = min(triton.next_power_of_2(k), 16384)  # one pass over a row for every Llama width
-    _row_fp8_scale_kernel[(m,)](x, out, k, x.stride(0), BLOCK=block, num_warps=8 if block > 4096 else 4)
-    return out
 
 
 # ---- launch and tile choice ---------------------------------------------------------------------

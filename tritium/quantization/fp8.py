@@ -102,12 +102,11 @@ class Fp8LinearMethod(QuantizedLinearMethod):
         torch's float32 passes, which cost tens of ms in an 8192-token step."""
         if not use_triton(x2):
             return self._quantize_input(layer, x2)
-        from tritium.kernels.fp8_quant import quantize_fp8_rows
-        from tritium.kernels.streaming_gemm import row_fp8_scales
+        from tritium.kernels.act_quant import quantize_rows, row_fp8_scales
 
         x2 = x2.contiguous()
         scale = row_fp8_scales(x2)[:, None] if self.dynamic else layer.input_scale  # [M, 1] or [1]
-        return quantize_fp8_rows(x2, scale), scale
+        return quantize_rows(x2, scale, FP8_DTYPE), scale
 
     def _apply_emulated(self, layer, x2, bias):
         xq, x_scale = self._quantize_input(layer, x2)
