@@ -25,8 +25,10 @@
 #   profile        torch profiler tables: batch-1 FP8 / W4A16 decode, a 467-token prefill step
 #   prefill-spy    467-token prefills one at a time under py-spy (carry .tools): the prefill step's host time
 #   prefill-ab     467-token prefills one at a time, prefill CUDA graphs on and off (same process)
-#   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step (GPU tests)
+#   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
+#                  the fused split-K sum (GPU tests of this session's changes)
 #   serve-rate2    tritium serve at 2 requests/s only (TTFT / ITL)
+#   fused-sum-ab   batch-1 FP8 / W4A16 decode, TRITIUM_FUSED_SPLIT_SUM off and on
 #   stream-test    tests/gpu/test_weight_streaming_gpu.py
 #   gpu-tests      each tests/gpu module under its own time limit
 #   latency-short  batch-1 decode: bf16, FP8, W4A16, W8A16
@@ -144,6 +146,11 @@ for stage in "$@"; do
     latency-short)  # bf16 baseline, FP8, W4A16
       latency bf16
       for q in FP8 W4A16 W8A16; do latency "$q" --quantization "$q"; done ;;
+    fused-sum-ab)  # batch-1 decode with the split-K partials summed in the GEMM kernel vs a second kernel
+      for q in FP8 W4A16; do
+        latency "$q-split-kernel" --quantization "$q"
+        TRITIUM_FUSED_SPLIT_SUM=1 latency "$q-fused-sum" --quantization "$q"
+      done ;;
     quant-latency)
       TRITIUM_STREAMING_GEMM=0 latency bf16-cublas
       latency bf16
@@ -182,7 +189,10 @@ for stage in "$@"; do
         | grep -E "^\[prefill|Error|error" ;;
     prefill-graph-tests)  # the prefill graphs against Hugging Face and the eager step, on the GPU
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill_graph_replay.py \
-        tests/gpu/test_gpu_engine.py -k "prefill or graphs_overlap" 2>&1 | tee "$LOGS/pytest-prefill.log" | tail -15 ;;
+        tests/kernels/test_act_quant.py tests/gpu/test_gpu_engine.py -k "prefill or graphs_overlap or quant" \
+        2>&1 | tee "$LOGS/pytest-prefill.log" | tail -15
+      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_weight_streaming_gpu.py -k fused 2>&1 \
+        | tee "$LOGS/pytest-fused.log" | tail -5 ;;
     serve-sat)  # only the server's saturation run, with $SERVE_FLAGS (e.g. --no-engine-process)
       tag=$(echo "${SERVE_FLAGS:-default}" | tr -c 'a-z0-9\n' '-')
       start_server "serve-$tag.log" "${SERVE_TIMEOUT:-200}" ${SERVE_FLAGS:-}

@@ -125,3 +125,20 @@ def test_candidate_tiles(weight, group):
         assert programs >= 2 * sms or steps < 4
         if weight == streaming_gemm.INT4:
             assert c.block_k % group == 0
+
+
+@pytest.mark.parametrize("config", [SPLIT, GEMV_SPLIT, GemvConfig(block_n=16, block_k=64, split_k=3)])
+def test_fused_split_sum_equals_the_split_kernel(device, monkeypatch, config):
+    """TRITIUM_FUSED_SPLIT_SUM=1: the last split program per tile sums the partials (with the bias);
+    same result as the second kernel, and the arrival counters are left at zero for the next launch."""
+    gen = torch.Generator().manual_seed(12)
+    rows = 1 if config.gemv else 3
+    x = torch.randn(rows, 200, generator=gen).to(device)
+    wq, w_scale = quantize_fp8_per_row(torch.randn(40, 200, generator=gen))
+    bias = torch.randn(40, generator=gen).to(device)
+    args = (x, wq.to(device), w_scale.to(device), None, bias)
+    want = fp8_gemv(*args, config=config)
+    monkeypatch.setenv("TRITIUM_FUSED_SPLIT_SUM", "1")
+    for _ in range(2):  # the second launch finds the counters the first one left
+        assert torch.equal(fp8_gemv(*args, config=config), want)
+    assert int(streaming_gemm._ARRIVALS[x.device].abs().sum()) == 0

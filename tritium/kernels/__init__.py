@@ -59,6 +59,12 @@ def streaming_gemm_enabled() -> bool:
     return os.environ.get("TRITIUM_STREAMING_GEMM", "1") != "0"
 
 
+def fused_split_sum_enabled() -> bool:
+    """TRITIUM_FUSED_SPLIT_SUM=1: a split weight-streaming GEMM sums its partials in its last
+    program per tile instead of a second kernel (off until measured on a GPU)."""
+    return os.environ.get("TRITIUM_FUSED_SPLIT_SUM", "0") == "1"
+
+
 def gemm_tuning_enabled() -> bool:
     """TRITIUM_GEMM_TUNING=0: the streaming GEMM takes fixed tiles (cuBLAS for 16-bit weights)
     instead of compiling and timing candidates at first use (tests that do not measure speed)."""

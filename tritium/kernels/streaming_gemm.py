@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from tritium.kernels import dot_precision, gemm_tuning_enabled, interpreting
+from tritium.kernels import dot_precision, fused_split_sum_enabled, gemm_tuning_enabled, interpreting
 from tritium.kernels.act_quant import row_fp8_scales
 from tritium.kernels.rope_kv_write import _quantize
 
@@ -61,14 +61,16 @@ CUBLAS = GemvConfig(0, 0, 0)  # dense_gemv's choice when cuBLAS timed faster tha
 
 
 @triton.jit
-def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr, y_ptr, part_ptr,
+def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr, y_ptr, part_ptr, arrivals_ptr,
                        M, N, K, KW, STEPS_PER_SPLIT, stride_xm, stride_wn, stride_sn, stride_ym,
                        WEIGHT: tl.constexpr, ACT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr,
-                       GEMV: tl.constexpr, ACC_K: tl.constexpr):
+                       GEMV: tl.constexpr, ACC_K: tl.constexpr, FUSED_SUM: tl.constexpr):
     """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4). GEMV (BLOCK_M 1): products
-    accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end."""
+    accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end.
+    FUSED_SUM: the last split program to finish an output tile (counted in arrivals_ptr, int32 per
+    tile, zero between launches) sums the tile's partials, instead of a second kernel."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     pid_k = tl.program_id(2)
@@ -136,6 +138,21 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
     out_mask = r_mask[:, None] & c_mask[None, :]
     if SPLIT:
         tl.store(part_ptr + (pid_k * M + rows[:, None]) * N + cols[None, :], acc, mask=out_mask)
+        if FUSED_SUM:
+            tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+            # release: this program's partial is visible to whoever counts after it; acquire: the
+            # last one sees every partial
+            arrived = tl.atomic_add(arrivals_ptr + tile, 1, sem="acq_rel")
+            if arrived == tl.num_programs(2) - 1:
+                acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                for s in range(tl.num_programs(2)):
+                    acc += tl.load(part_ptr + (s * M + rows[:, None]) * N + cols[None, :], mask=out_mask, other=0.0,
+                                   cache_modifier=".cg")  # from L2: other SMs wrote them
+                if HAS_BIAS:
+                    acc += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+                tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+                         mask=out_mask)
+                tl.store(arrivals_ptr + tile, 0)  # zero again for the next launch (graph replays too)
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=c_mask, other=0.0).to(tl.float32)[None, :]
@@ -272,6 +289,21 @@ def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.d
     return chosen
 
 
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}
+_MAX_TILES = 1 << 16  # output tiles of one launch: 128256 / 16 columns x 2 row blocks fit
+
+
+def _arrival_counters(device: torch.device, tiles: int) -> Optional[torch.Tensor]:
+    """The zeroed int32 counters of FUSED_SUM (each launch leaves them zero), made once per device
+    outside a graph capture (one made during a capture would live in the graph's pool); None:
+    sum the splits with the second kernel instead."""
+    counters = _ARRIVALS.get(device)
+    if counters is None and tiles <= _MAX_TILES and not (device.type == "cuda"
+                                                         and torch.cuda.is_current_stream_capturing()):
+        counters = _ARRIVALS[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
+    return counters if counters is not None and tiles <= _MAX_TILES else None
+
+
 def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Optional[torch.Tensor],
             zero: Optional[torch.Tensor], group_size: int, act: int, row_scale: Optional[torch.Tensor],
             bias: Optional[torch.Tensor], cfg: GemvConfig) -> torch.Tensor:
@@ -287,16 +319,17 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
     dummy = weight  # for pointer arguments a variant does not read
     block_m = 1 if cfg.gemv else BLOCK_M
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, block_m), split)
+    arrivals = _arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and fused_split_sum_enabled() else None
     _quant_gemv_kernel[grid](
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
-        m, n, k, kw, per_split, x.stride(0), weight.stride(0), scale.stride(0) if scale is not None else 0,
+        arrivals if arrivals is not None else dummy, m, n, k, kw, per_split, x.stride(0), weight.stride(0), scale.stride(0) if scale is not None else 0,
         y.stride(0), WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=bias is not None,
         SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
         PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
-        ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages)
-    if split > 1:
+        ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=arrivals is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split > 1 and arrivals is None:
         block = 256
         _sum_splits_kernel[(triton.cdiv(n, block), m)](part, bias if bias is not None else part, y, m, n,
                                                        y.stride(0), SPLIT_K=split, HAS_BIAS=bias is not None,
