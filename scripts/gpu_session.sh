@@ -191,7 +191,7 @@ for stage in "$@"; do
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill_graph_replay.py \
         tests/kernels/test_act_quant.py tests/gpu/test_gpu_engine.py -k "prefill or graphs_overlap or quant" \
         2>&1 | tee "$LOGS/pytest-prefill.log" | tail -15
-      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_weight_streaming_gpu.py -k fused 2>&1 \
+      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_weight_streaming_gpu.py -k "fused or exponent" 2>&1 \
         | tee "$LOGS/pytest-fused.log" | tail -5 ;;
     serve-sat)  # only the server's saturation run, with $SERVE_FLAGS (e.g. --no-engine-process)
       tag=$(echo "${SERVE_FLAGS:-default}" | tr -c 'a-z0-9\n' '-')

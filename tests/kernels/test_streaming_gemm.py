@@ -54,6 +54,9 @@ def test_w8a16_matches_dequantized_reference(m, n, k, dtype, with_bias, config, 
     (2, 20, 96, 32, torch.bfloat16, None),
     (1, 40, 128, 64, torch.bfloat16, GemvConfig(16, 64, 2, gemv=True)),
     (3, 24, 160, 64, torch.float32, GemvConfig(16, 128, 1, gemv=True)),  # two groups a step, ragged end
+    # nibbles to floats by the exponent trick, on both tile kinds
+    (3, 24, 160, 64, torch.bfloat16, GemvConfig(16, 64, 2, int4_magic=True)),
+    (1, 40, 128, 64, torch.float32, GemvConfig(16, 128, 1, gemv=True, int4_magic=True)),
 ])
 def test_w4a16_matches_dequantized_reference(m, n, k, group, dtype, config, device):
     gen = torch.Generator().manual_seed(m * 7 + k)
@@ -116,6 +119,8 @@ def test_candidate_tiles(weight, group):
     one = streaming_gemm._candidates(weight, n, k, group, sms=sms, one_row=True)
     assert many and not any(c.gemv for c in many)
     assert any(c.gemv for c in one)
+    magic = weight == streaming_gemm.INT4  # the exponent-trick conversion: int4 only, both tile kinds
+    assert any(c.int4_magic for c in many) == magic and any(c.int4_magic and c.gemv for c in one) == magic
     for c in one:
         rows = 1 if c.gemv else streaming_gemm.BLOCK_M
         stage = c.block_n * c.block_k * streaming_gemm._WEIGHT_BYTES[weight] + rows * c.block_k * 2

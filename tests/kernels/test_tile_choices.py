@@ -76,6 +76,15 @@ def test_malformed_records_are_named_and_ignored(chosen, fake_gpu, caplog):
     assert not chosen and "ignoring the saved GEMM tile choices" in caplog.text
 
 
+def test_a_record_saved_before_a_field_existed_takes_its_default(chosen, fake_gpu):
+    old = {"weight": streaming_gemm.INT4, "act": 0, "n": 64, "k": 128, "group": 128, "dtype": "bfloat16",
+           "one_row": True, "block_n": 64, "block_k": 128, "split_k": 1, "num_warps": 4, "num_stages": 3,
+           "gemv": True}  # no int4_magic
+    assert tile_choices.adopt([old], 0) == 1
+    (cfg,) = chosen.values()
+    assert cfg == GemvConfig(64, 128, 1, num_warps=4, num_stages=3, gemv=True) and not cfg.int4_magic
+
+
 def test_nothing_is_kept_or_taken_off_cuda(chosen, fake_gpu):
     _fill(chosen)
     saved = tile_choices.export_choices(CUDA0)  # this GPU's, valid on it

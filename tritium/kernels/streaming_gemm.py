@@ -55,9 +55,22 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 4
     gemv: bool = False  # one row per program, products summed on the CUDA cores (no tensor-core tile)
+    # int4: nibbles become floats by the exponent trick (OR into the mantissa of 2^23, subtract
+    # 2^23: a logic op and an add) instead of int -> float conversions, which Hopper issues at a
+    # fraction of its float rate
+    int4_magic: bool = False
 
 
 CUBLAS = GemvConfig(0, 0, 0)  # dense_gemv's choice when cuBLAS timed faster than every tile
+
+
+@triton.jit
+def _nibble_float(q, MAGIC: tl.constexpr):
+    """int32 values 0..15 -> float32, exactly (MAGIC: 0x4B000000 is 2^23 as a float32, whose last
+    mantissa bits are the value)."""
+    if MAGIC:
+        return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    return q.to(tl.float32)
 
 
 @triton.jit
@@ -66,7 +79,7 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                        WEIGHT: tl.constexpr, ACT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr,
-                       GEMV: tl.constexpr, ACC_K: tl.constexpr, FUSED_SUM: tl.constexpr):
+                       GEMV: tl.constexpr, ACC_K: tl.constexpr, FUSED_SUM: tl.constexpr, MAGIC: tl.constexpr):
     """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4). GEMV (BLOCK_M 1): products
     accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end.
     FUSED_SUM: the last split program to finish an output tile (counted in arrivals_ptr, int32 per
@@ -100,8 +113,8 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                                mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, HALF]
                 x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
                                mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
-                w_lo = (packed & 0xF).to(tl.float32) * scale - zs
-                w_hi = (packed >> 4).to(tl.float32) * scale - zs
+                w_lo = _nibble_float(packed & 0xF, MAGIC) * scale - zs
+                w_hi = _nibble_float(packed >> 4, MAGIC) * scale - zs
                 if GEMV:  # x_lo, x_hi [1, HALF] broadcast over the channels
                     acc2 += w_lo * x_lo.to(tl.float32) + w_hi * x_hi.to(tl.float32)
                 else:
@@ -200,19 +213,26 @@ _SMEM_BUDGET = 160 * 1024  # bytes of pipelined weight + x tiles a candidate may
 def _candidates(weight: int, n: int, k: int, group: int, sms: int, one_row: bool = False) -> list[GemvConfig]:
     # Few candidates: each is a compiled variant, and compiling counts in a cold start-up. The three
     # tensor-core tiles won on an H200 across Llama-3.1-8B's layer shapes (BENCHMARKS.md,
-    # scripts/bench_quant_gemv.py); a single row also tries CUDA-core GEMV tiles (not yet measured).
+    # scripts/bench_quant_gemv.py); a single row also tries CUDA-core GEMV tiles, and int4 the
+    # exponent-trick conversion (int4_magic) beside the plain one (neither measured per layer yet).
     out = []
     base = 128 if weight != INT4 else max(128, group)
-    tiles = [(64, base, 4, False), (32, 2 * base, 4, False), (64, 2 * base, 8, False)]
+    tiles = [(64, base, 4, False, False), (32, 2 * base, 4, False, False), (64, 2 * base, 8, False, False)]
+    if weight == INT4:
+        tiles += [(64, base, 4, False, True)]
     if one_row:
-        tiles += ([(64, base, 4, True), (64, 2 * base, 4, True), (128, base, 8, True)] if weight == INT4 else
-                  [(32, 256, 4, True), (64, 128, 4, True), (16, 512, 4, True)])
-    for block_n, block_k, warps, gemv in tiles:
+        gemv_tiles = ([(64, base, 4), (64, 2 * base, 4), (128, base, 8)] if weight == INT4 else
+                      [(32, 256, 4), (64, 128, 4), (16, 512, 4)])
+        tiles += [(bn, bk, warps, True, False) for bn, bk, warps in gemv_tiles]
+        if weight == INT4:
+            tiles += [(bn, bk, warps, True, True) for bn, bk, warps in gemv_tiles]
+    for block_n, block_k, warps, gemv, magic in tiles:
         stage_bytes = block_n * block_k * _WEIGHT_BYTES[weight] + (1 if gemv else BLOCK_M) * block_k * 2
         stages = int(min(4 if not gemv else 3, _SMEM_BUDGET // stage_bytes))
         if stages >= 2:
             split = _split_for(n, triton.cdiv(k, block_k), block_n, sms)
-            out.append(GemvConfig(block_n, block_k, split, num_warps=warps, num_stages=stages, gemv=gemv))
+            out.append(GemvConfig(block_n, block_k, split, num_warps=warps, num_stages=stages, gemv=gemv,
+                                  int4_magic=magic))
     return list(dict.fromkeys(out))
 
 
@@ -328,7 +348,7 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
         SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
         PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
         ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=arrivals is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        MAGIC=cfg.int4_magic and weight_kind == INT4, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split > 1 and arrivals is None:
         block = 256
         _sum_splits_kernel[(triton.cdiv(n, block), m)](part, bias if bias is not None else part, y, m, n,

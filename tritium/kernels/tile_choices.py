@@ -49,7 +49,8 @@ def adopt(records: list[dict[str, Any]], device_index: int) -> int:
             dtype = _DTYPES[rec["dtype"]]
             key = (int(rec["weight"]), int(rec["act"]), int(rec["n"]), int(rec["k"]), int(rec["group"]), dtype,
                    torch.device("cuda", device_index), bool(rec["one_row"]))
-            cfg = streaming_gemm.GemvConfig(**{f: rec[f] for f in _CONFIG_FIELDS})
+            # a field a record lacks (saved before it existed) takes its default
+            cfg = streaming_gemm.GemvConfig(**{f: rec[f] for f in _CONFIG_FIELDS if f in rec})
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"tile choice {rec!r} is malformed ({e})") from None
         if key not in streaming_gemm._CHOSEN:
