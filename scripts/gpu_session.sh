@@ -189,7 +189,7 @@ for stage in "$@"; do
         | grep -E "^\[prefill|Error|error" ;;
     prefill-graph-tests)  # the prefill graphs against Hugging Face and the eager step, on the GPU
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill_graph_replay.py \
-        tests/kernels/test_act_quant.py tests/gpu/test_gpu_engine.py -k "prefill or graphs_overlap or quant" \
+        tests/kernels/test_act_quant.py tests/gpu/test_gpu_engine.py -k "prefill or graphs_overlap or quant or profile" \
         2>&1 | tee "$LOGS/pytest-prefill.log" | tail -15
       timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_weight_streaming_gpu.py -k "fused or exponent" 2>&1 \
         | tee "$LOGS/pytest-fused.log" | tail -5 ;;

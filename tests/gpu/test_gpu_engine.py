@@ -115,3 +115,22 @@ def test_prefill_graphs_replay_prompts_chunks_and_cached_prefixes(tiny_llama, hf
     assert all(tokens <= size < 2 * max(tokens, 16) for tokens, size in replayed), replayed
     assert replayed[0] == (128, 128)  # the first step: a full chunk of the five prompts
     assert replayed[-1][0] == len(prompts[6]) - second.num_cached_tokens  # the prefill after a cached prefix
+
+
+def test_a_saved_engine_reuses_its_memory_profile(tiny_llama, tmp_path, caplog):
+    """Loading a saved engine on the same GPU with the same limits takes the activation and graph
+    figures it was saved with instead of profiling again, and plans the same KV cache."""
+    import logging
+
+    prompts = make_prompts(256, count=3, seed=9)
+    with LLM(tiny_llama, dtype="float32", max_batch_size=8) as llm:
+        want = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
+        llm.save(str(tmp_path / "engine"))
+        built = llm._parts.memory_plan
+    with caplog.at_level(logging.INFO, logger="tritium.engine.factory"):
+        with LLM(str(tmp_path / "engine"), max_batch_size=8) as llm:
+            assert [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)] == want
+            loaded = llm._parts.memory_plan
+    assert "memory profile: the saved engine's" in caplog.text
+    assert (loaded["activation_bytes"], loaded["cuda_graph_bytes"]) == (built["activation_bytes"],
+                                                                       built["cuda_graph_bytes"])

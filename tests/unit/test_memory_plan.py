@@ -75,3 +75,25 @@ def test_cpu_kv_cache_is_zeros_that_cost_memory_only_where_written():
     caches[1][:, :64] = 1.5  # 64 blocks written: ~1 MiB
     assert _rss_anon_kib() - before < 40 * 1024
     assert caches[1][:, :64].eq(1.5).all() and caches[1][:, 64:].eq(0).all() and caches[0].eq(0).all()
+
+
+def test_a_saved_profile_is_reused_only_under_the_same_key(monkeypatch):
+    """A saved engine's profiled activation / graph figures are taken at load only when the GPU
+    model, torch, the step limits and the graphs are the ones they were measured under; the key
+    survives the JSON an engine is saved in."""
+    import json
+
+    from tritium.worker.memory_plan import KvCachePlan, memory_plan_summary, profile_key, saved_profile
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    sched = ResolvedSchedulerConfig(max_num_seqs=512, max_num_batched_tokens=8192, max_model_len=4096)
+    key = profile_key(torch.device("cuda"), sched, 512, [16, 32, 1024], True)
+    plan = KvCachePlan(num_blocks=100, block_size=16, bytes_per_block=2048, budget_bytes=204800, reason="budget")
+    saved = json.loads(json.dumps(memory_plan_summary(10, plan, 111, 222, 4096, key)))
+    assert saved_profile(saved, key) == (111, 222)
+    other = profile_key(torch.device("cuda"), sched, 512, [16, 32], True)  # other prefill graphs
+    assert saved_profile(saved, other) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert saved_profile(saved, profile_key(torch.device("cuda"), sched, 512, [16, 32, 1024], True)) is None
+    assert saved_profile(memory_plan_summary(10, plan, 111, 222, 4096), key) is None  # saved before keys
+    assert saved_profile(None, key) is None

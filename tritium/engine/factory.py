@@ -25,7 +25,7 @@ from tritium.structured_output.manager import StructuredOutputManager
 from tritium.worker.cuda_graph import decode_graph_sizes
 from tritium.worker.prefill_graph import MAX_REQS as PREFILL_GRAPH_MAX_REQS, prefill_graph_sizes
 from tritium.worker.memory_plan import (KvCachePlan, describe_memory, memory_plan_summary, plan_kv_cache,
-                                       profile_activation_bytes, weights_bytes)
+                                       profile_activation_bytes, profile_key, saved_profile, weights_bytes)
 from tritium.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -132,11 +132,18 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     graph_sizes = decode_graph_sizes(sched.max_num_seqs, cuda_graph_config)  # (sizes, padding), checked anywhere
     prefill_sizes = prefill_graph_sizes(sched.max_num_batched_tokens, sched.max_model_len) if use_graphs else []
     activation = graph_reserve = 0
+    key = None
     if dev.type == "cuda":
-        activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend)
-        if use_graphs:  # the graphs' pool holds one step's activations at the largest graph (decode
-            # rows or prefill tokens), plus the float32 logits buffers of both kinds
-            top = graph_sizes[0][-1]
+        top = graph_sizes[0][-1]
+        key = profile_key(dev, sched, top, prefill_sizes, use_graphs)
+        saved = saved_profile(source.engine.config.get("memory_plan"), key) if source.format == "engine" else None
+        if saved is not None:
+            activation, graph_reserve = saved
+            logger.info("memory profile: the saved engine's (same GPU, torch, limits and graphs)")
+        else:
+            activation = profile_activation_bytes(nn_model, model_config, sched, dev, backend)
+        if use_graphs and saved is None:  # the graphs' pool holds one step's activations at the largest
+            # graph (decode rows or prefill tokens), plus the float32 logits buffers of both kinds
             tokens = max([top] + prefill_sizes)
             graph_reserve = (profile_activation_bytes(nn_model, model_config, sched, dev, backend, num_tokens=tokens)
                              + (top + (PREFILL_GRAPH_MAX_REQS if prefill_sizes else 0)) * model_config.vocab_size * 4)
@@ -151,7 +158,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
         logger.warning("max_seq_len lowered from %d to the KV cache capacity %d", sched.max_model_len, plan.max_tokens)
         sched = dataclasses.replace(sched, max_model_len=plan.max_tokens)
     logger.info(plan.describe())
-    memory = memory_plan_summary(weights_bytes(nn_model), plan, activation, graph_reserve, sched.max_model_len)
+    memory = memory_plan_summary(weights_bytes(nn_model), plan, activation, graph_reserve, sched.max_model_len, key)
     logger.info(describe_memory(memory))
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,

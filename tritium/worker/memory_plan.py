@@ -143,15 +143,37 @@ def profile_activation_bytes(model, model_config: ModelConfig, sched: ResolvedSc
 
 
 def memory_plan_summary(weights_bytes: int, plan: KvCachePlan, activation_bytes: int, graph_reserve_bytes: int,
-                        max_model_len: int) -> dict:
+                        max_model_len: int, profile_key: Optional[dict] = None) -> dict:
     """Where the device memory goes and what the KV cache holds (bytes; saved with an engine,
-    printed by `tritium build` and its --dry-run, logged at start)."""
+    printed by `tritium build` and its --dry-run, logged at start). profile_key: what the
+    activation and graph figures were measured under (saved_profile)."""
     blocks_per_seq = -(-max_model_len // plan.block_size)
-    return {"weights_bytes": weights_bytes, "activation_bytes": activation_bytes,
-            "cuda_graph_bytes": graph_reserve_bytes, "kv_cache_bytes": plan.num_blocks * plan.bytes_per_block,
-            "kv_cache_tokens": plan.max_tokens, "kv_bytes_per_token": plan.bytes_per_block // plan.block_size,
-            "max_seq_len": max_model_len, "sequences_at_max_seq_len": plan.num_blocks // blocks_per_seq,
-            "kv_plan_reason": plan.reason}
+    summary = {"weights_bytes": weights_bytes, "activation_bytes": activation_bytes,
+               "cuda_graph_bytes": graph_reserve_bytes, "kv_cache_bytes": plan.num_blocks * plan.bytes_per_block,
+               "kv_cache_tokens": plan.max_tokens, "kv_bytes_per_token": plan.bytes_per_block // plan.block_size,
+               "max_seq_len": max_model_len, "sequences_at_max_seq_len": plan.num_blocks // blocks_per_seq,
+               "kv_plan_reason": plan.reason}
+    if profile_key is not None:
+        summary["profiled_under"] = profile_key
+    return summary
+
+
+def profile_key(device: torch.device, sched, decode_graph_top: int, prefill_graph_sizes: list[int],
+                use_graphs: bool) -> dict:
+    """What the profiled activation and CUDA-graph peaks depend on, besides the model itself (a
+    saved engine's weights are fixed): the GPU model, torch, the step limits and the graphs."""
+    return {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+            "max_num_batched_tokens": sched.max_num_batched_tokens, "max_num_seqs": sched.max_num_seqs,
+            "max_model_len": sched.max_model_len, "cuda_graphs": use_graphs,
+            "decode_graph_top": decode_graph_top if use_graphs else 0, "prefill_graph_sizes": list(prefill_graph_sizes)}
+
+
+def saved_profile(saved_plan: Optional[dict], key: dict) -> Optional[tuple[int, int]]:
+    """(activation, CUDA-graph) bytes a saved engine measured under the same key, so that loading
+    it need not run the profiling passes again (0.8 s for an 8B engine on an H200); else None."""
+    if not saved_plan or saved_plan.get("profiled_under") != key:
+        return None
+    return int(saved_plan["activation_bytes"]), int(saved_plan["cuda_graph_bytes"])
 
 
 def weights_bytes(model) -> int:
