@@ -81,3 +81,32 @@ def test_abort_while_a_step_is_in_flight_frees_everything(tiny_llama, expected):
         scheduler = llm._engine.core.scheduler
         assert scheduler.kv_cache_manager.usage == 0.0
         scheduler.kv_cache_manager.check_integrity()
+
+
+def test_late_scheduling_waits_for_arrivals_and_keeps_the_tokens(tiny_llama, expected):
+    """Late scheduling (engine/pacing.py) on the overlapped CPU engine, with a pretend 40 ms GPU
+    step: the loop waits before decode steps, a request added meanwhile ends the wait, and
+    the tokens stay Hugging Face's."""
+    import time
+
+    from tritium.engine.pacing import StepPacer
+
+    prompts, want = expected
+    with overlapped(LLM(tiny_llama, dtype="float32")) as llm:
+        core = llm._engine.core
+        pacer = StepPacer()
+        pacer.finished_decode = lambda gpu_s: pacer._gpu_s.append(0.04)  # the CPU runner has no GPU timing
+        waits = []
+        delay = pacer.delay
+        pacer.delay = lambda: waits.append(delay()) or waits[-1]
+        core.pacer = pacer
+        after_add = []
+        add = core.add_request
+        core.add_request = lambda request: (add(request), after_add.append(core.pacing_delay()))
+        first = llm.generate_async(prompts[0], SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True))
+        time.sleep(0.3)  # decoding, paced
+        late = llm.generate(prompts[1:], GREEDY, use_tqdm=False)  # arrive while the loop waits
+        assert first.result().outputs[0].token_ids[:GREEDY.max_tokens] == want[0]
+    assert [o.outputs[0].token_ids for o in late] == want[1:]
+    assert any(w > 0.01 for w in waits), "the loop never waited for arrivals"
+    assert after_add and all(d == 0.0 for d in after_add)  # an arrival is scheduled without waiting

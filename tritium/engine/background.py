@@ -104,8 +104,12 @@ class BackgroundEngine:
     def _loop(self) -> None:
         while not self._stopped.is_set():
             busy = self.core.has_unfinished_requests()
+            wait = self.core.pacing_delay() if busy else 0.0  # late scheduling: arrivals join the next step
             try:
-                kind, payload = self._commands.get(block=not busy)
+                if wait > 0:
+                    kind, payload = self._commands.get(timeout=wait)
+                else:
+                    kind, payload = self._commands.get(block=not busy)
             except queue.Empty:
                 kind, payload = "step", None
             if kind == "stop":

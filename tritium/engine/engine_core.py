@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 from tritium.core.request import Request
 from tritium.core.scheduler import Scheduler
 from tritium.core.sched_output import EngineCoreOutput, SchedulerOutput
+from tritium.engine.pacing import StepPacer, late_scheduling_enabled
 from tritium.engine.stats import IterationStatsLog, StepProbe
 
 
@@ -25,9 +26,20 @@ class EngineCore:
         self.runner = runner
         self._in_flight: Optional[tuple[SchedulerOutput, object, StepProbe]] = None  # (step, runner handle, stats)
         self.stats = IterationStatsLog()
+        # late scheduling (pacing.py): only where steps overlap and the runner can time them
+        self.pacer: Optional[StepPacer] = None
+        if late_scheduling_enabled() and getattr(runner, "supports_overlap", False):
+            self.pacer = StepPacer()
+            runner.time_steps = True
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
+        if self.pacer is not None:
+            self.pacer.arrived()
+
+    def pacing_delay(self) -> float:
+        """Seconds the loop may wait for arrivals before the next step (late scheduling; else 0)."""
+        return self.pacer.delay() if self.pacer is not None else 0.0
 
     def abort_requests(self, req_ids: Iterable[str]) -> list[EngineCoreOutput]:
         """Abort requests; returns a final output for each that was still unfinished."""
@@ -44,17 +56,22 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         """Schedule and launch a step; return the outputs of the step that completed."""
+        start = self.pacer.clock() if self.pacer is not None else 0.0
         probe = self.stats.begin_step(self.scheduler)
         sched_out = self.scheduler.schedule()
         self.stats.scheduled(probe, self.scheduler, sched_out)
         overlap = getattr(self.runner, "supports_overlap", False) and self.runner.can_overlap(sched_out)
         outputs = [] if overlap else self._finish_in_flight()
         handle = self.runner.execute_model(sched_out)
+        launched = self.pacer.clock() if self.pacer is not None else 0.0
         if overlap:
             outputs = self._finish_in_flight()
         self._in_flight = (sched_out, handle, probe)
         if not overlap:
             outputs += self._finish_in_flight()  # nothing is left in flight between steps
+        if self.pacer is not None:  # a decode step in flight started on the GPU as its predecessor's tokens came
+            decode = overlap and not sched_out.is_empty and _is_pure_decode(sched_out)
+            self.pacer.launched(launched - start, max(launched, self.pacer.clock()) if decode else None)
         return outputs
 
     def _finish_in_flight(self) -> list[EngineCoreOutput]:
@@ -63,8 +80,16 @@ class EngineCore:
         sched_out, handle, probe = self._in_flight
         self._in_flight = None
         runner_out = handle.result() if hasattr(handle, "result") else handle
+        if self.pacer is not None and not sched_out.is_empty and _is_pure_decode(sched_out):
+            timed = getattr(handle, "gpu_seconds", None)
+            self.pacer.finished_decode(timed() if timed is not None else None)
         if sched_out.is_empty:
             return []
         outputs = self.scheduler.update_from_output(sched_out, runner_out)
         self.stats.end_step(probe, sched_out, runner_out)
         return outputs
+
+
+def _is_pure_decode(so: SchedulerOutput) -> bool:
+    """One token for each request and no new request (a step whose GPU time repeats)."""
+    return not so.scheduled_new_reqs and all(n == 1 for n in so.num_scheduled_tokens.values())

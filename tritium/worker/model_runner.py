@@ -46,6 +46,13 @@ class StepHandle:
     generation_logits: Optional[tuple[list[str], torch.Tensor]] = None  # (req ids, host copy [n, V])
     beam_candidates: Optional[BeamCandidateTensors] = None  # beam rows' next tokens (host copies)
     structured_output: Optional[StructuredOutputManager] = None  # set when a row is guided: advance its matcher
+    started: Optional[torch.cuda.Event] = None  # timed steps (runner.time_steps): recorded before the step's work
+
+    def gpu_seconds(self) -> Optional[float]:
+        """The step's GPU time (after result()), when it was timed."""
+        if self.started is None or self.done is None:
+            return None
+        return self.started.elapsed_time(self.done) / 1e3
 
     def result(self) -> ModelRunnerOutput:
         if self.done is not None:
@@ -100,6 +107,7 @@ class ModelRunner:
         # Overlap needs asynchronous devices; two staging sets alternate (see StagingBuffers).
         self._is_async = device.type == "cuda"  # kernels run asynchronously to the host
         self.supports_overlap = self._is_async and allow_overlap
+        self.time_steps = False  # record each step's GPU time (late scheduling sets it)
         self._staging = [StagingBuffers(device), StagingBuffers(device)]
         self._sampled_host = [torch.empty(max_rows, dtype=torch.long, pin_memory=self._is_async)
                               for _ in range(2)]
@@ -176,6 +184,10 @@ class ModelRunner:
             copy_kv_blocks(self.kv_caches, so.blocks_to_copy)
         if so.is_empty:
             return StepHandle()
+        started = None
+        if self._is_async and self.time_steps:  # the step's GPU time, for late scheduling (engine/pacing.py)
+            started = torch.cuda.Event(enable_timing=True)
+            started.record()
         states = [self.requests[req_id] for req_id in so.num_scheduled_tokens]
         self._step += 1
         inputs = build_step_inputs(states, so.num_scheduled_tokens, self.block_table, self.cache_config.block_size,
@@ -183,7 +195,7 @@ class ModelRunner:
         if len(inputs.placeholder_tokens):
             self._fill_placeholders(inputs, states)
         self._prev_sampled, self._prev_rows = None, {}
-        handle = StepHandle()
+        handle = StepHandle(started=started)
         wants_prompt_outputs = self.logits_outputs.wants_prompt_outputs(so.num_scheduled_tokens)
         prefill_size = (self.prefill_graphs.bucket(inputs)
                         if self.prefill_graphs is not None and not wants_prompt_outputs else None)
@@ -207,7 +219,7 @@ class ModelRunner:
         for state in states:
             state.num_computed_tokens += so.num_scheduled_tokens[state.req_id]
         if self._is_async:  # also marks this step's staging buffers free for reuse
-            handle.done = torch.cuda.Event()
+            handle.done = torch.cuda.Event(enable_timing=started is not None)
             handle.done.record()
         return handle
 
