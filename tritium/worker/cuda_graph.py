@@ -71,7 +71,7 @@ class DecodeGraphs:
         # graph's temporaries (they are reused across graphs), not every size's outputs.
         self.logits = torch.empty(top, model.config.vocab_size, dtype=torch.float32, device=device)
         self.metas: dict[int, AttentionMetadata] = {}
-        self.pool_bytes = 0
+        self.pool_bytes = 0  # what capturing added to the (possibly shared) pool
         self._rows_written = 0  # rows [0, this) may hold an earlier step's requests
 
     def bucket(self, num_reqs: int) -> Optional[int]:
@@ -123,8 +123,9 @@ class DecodeGraphs:
         self.seq_lens.zero_()
         torch.cuda.synchronize(self.device)
         self.pool_bytes = torch.cuda.memory_allocated(self.device) - before
-        logger.info("captured %d decode CUDA graphs (batch %d..%d) in %.1f s, %.2f GiB", len(self.sizes),
-                    self.sizes[0], self.sizes[-1], time.perf_counter() - start, self.pool_bytes / 2**30)
+        logger.info("captured %d decode CUDA graphs (batch %d..%d) in %.1f s, %.2f GiB more in their pool",
+                    len(self.sizes), self.sizes[0], self.sizes[-1], time.perf_counter() - start,
+                    self.pool_bytes / 2**30)
 
     def run(self, inputs: StepInputs) -> torch.Tensor:
         """Replay the graph for a pure-decode step; returns logits [R, vocab] float32 (a view of

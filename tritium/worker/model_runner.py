@@ -1,8 +1,8 @@
 """Model runner: turns a SchedulerOutput into one forward pass and sampled tokens.
 
 Holds only what every model needs: per-request token/block state, the batch tensors, the KV
-cache, the forward context, decode CUDA graphs and the sampler. Features live in helpers
-(input_batch, cuda_graph, sampler).
+cache, the forward context, the decode and prefill CUDA graphs and the sampler. Features live in
+helpers (input_batch, cuda_graph, prefill_graph, sampler).
 
 On a GPU `execute_model` only launches the step and returns a StepHandle; the sampled tokens
 come back with an asynchronous copy, so the engine can schedule and launch step N + 1 while the
