@@ -89,8 +89,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     else:
         name, flags = _cpu_info()
         info.update(name=name, cpu_flags=flags, logical_cores=os.cpu_count(), torch_threads=torch.get_num_threads())
-    info.update(python=platform.python_version(), torch=torch.__version__, transformers=_package_version("transformers"),
-                tritium=__version__, commit=git_commit())
+    info.update(python=platform.python_version(), torch=torch.__version__,
+                transformers=_package_version("transformers"), tritium=__version__, commit=git_commit())
     return info
 
 

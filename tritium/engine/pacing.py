@@ -2,8 +2,9 @@
 
 With overlap, step N + 1 is scheduled as soon as step N starts on the GPU, so a request arriving
 just after waits for all of N and N + 1 before its prefill starts: ~1.5 steps on average at a
-steady decode (~7.5 ms of a 2 req/s TTFT on an H200, against ~0.5 step without overlap, which would
-add the host's time to every step instead). The pacer lets the engine loop wait before scheduling
+steady decode, against ~0.5 step without overlap, which would add the host's time to every step
+instead (by the scheduling order, ~7.5 ms of the 23 ms 2 req/s TTFT measured on an H200; not
+profiled). The pacer lets the engine loop wait before scheduling
 N + 1 until N is expected to end, less the host time a launch takes and a margin, so that requests
 arriving meanwhile join N + 1 while the GPU still never waits for the host. It paces only after
 pure decode steps (their GPU times repeat; the shortest of the last few is the estimate) and never

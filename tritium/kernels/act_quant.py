@@ -4,7 +4,8 @@ to +-127), with one scale for the tensor or one per row (row_scales: each row's 
 
 The references, quant_utils.quantize_fp8 / quantize_int8, take four float32 passes in torch
 (upcast, divide, clamp, cast): ~23 bytes of traffic per element where this reads 2 and writes 1.
-At an 8192-token FP8 step of an 8B model that was ~160 GB, tens of ms of a ~180 ms step.
+By that arithmetic an 8192-token FP8 step of an 8B model moved ~160 GB for it, tens of ms of the
+~180 ms step measured on an H200 (BENCHMARKS.md; the split was not profiled).
 """
 from __future__ import annotations
 

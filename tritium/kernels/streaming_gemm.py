@@ -56,8 +56,8 @@ class GemvConfig:
     num_stages: int = 4
     gemv: bool = False  # one row per program, products summed on the CUDA cores (no tensor-core tile)
     # int4: nibbles become floats by the exponent trick (OR into the mantissa of 2^23, subtract
-    # 2^23: a logic op and an add) instead of int -> float conversions, which Hopper issues at a
-    # fraction of its float rate
+    # 2^23: a logic op and an add) instead of int -> float conversion instructions (fewer issue
+    # per clock than float adds; whether that bounds the int4 kernel is not measured yet)
     int4_magic: bool = False
 
 
@@ -317,11 +317,12 @@ def _arrival_counters(device: torch.device, tiles: int) -> Optional[torch.Tensor
     """The zeroed int32 counters of FUSED_SUM (each launch leaves them zero), made once per device
     outside a graph capture (one made during a capture would live in the graph's pool); None:
     sum the splits with the second kernel instead."""
+    if tiles > _MAX_TILES:
+        return None
     counters = _ARRIVALS.get(device)
-    if counters is None and tiles <= _MAX_TILES and not (device.type == "cuda"
-                                                         and torch.cuda.is_current_stream_capturing()):
+    if counters is None and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         counters = _ARRIVALS[device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=device)
-    return counters if counters is not None and tiles <= _MAX_TILES else None
+    return counters
 
 
 def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Optional[torch.Tensor],
@@ -343,8 +344,8 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
     _quant_gemv_kernel[grid](
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
-        arrivals if arrivals is not None else dummy, m, n, k, kw, per_split, x.stride(0), weight.stride(0), scale.stride(0) if scale is not None else 0,
-        y.stride(0), WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=bias is not None,
+        arrivals if arrivals is not None else dummy, m, n, k, kw, per_split, x.stride(0), weight.stride(0),
+        scale.stride(0) if scale is not None else 0, y.stride(0), WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=bias is not None,
         SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
         PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
         ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=arrivals is not None,

@@ -20,18 +20,16 @@ _INT_MM_MIN_ROWS = 17
 
 
 def quantize_per_token(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (int8 [M, K], float32 scale [M, 1])."""
+    """x [M, K] -> (int8 [M, K], float32 scale [M, 1]); on a GPU in two Triton passes (row
+    scales, then the int8 values)."""
+    if use_triton(x2):
+        from tritium.kernels.act_quant import quantize_rows, row_scales
+
+        x2 = x2.contiguous()
+        scale = row_scales(x2, INT8_MAX)[:, None]  # [M, 1]
+        return quantize_rows(x2, scale, torch.int8), scale
     scale = (x2.abs().amax(dim=1, keepdim=True).float() / INT8_MAX).clamp(min=1e-12)
     return quantize_int8(x2, scale), scale
-
-
-def quantize_per_token_gpu(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_per_token in two Triton passes (row scales, then the int8 values)."""
-    from tritium.kernels.act_quant import quantize_rows, row_scales
-
-    x2 = x2.contiguous()
-    scale = row_scales(x2, INT8_MAX)[:, None]  # [M, 1]
-    return quantize_rows(x2, scale, torch.int8), scale
 
 
 class Int8W8A8Method(QuantizedLinearMethod):
@@ -47,7 +45,7 @@ class Int8W8A8Method(QuantizedLinearMethod):
     def apply(self, layer, x, bias):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [M, K]
-        xq, x_scale = quantize_per_token_gpu(x2) if x.is_cuda and use_triton(x2) else quantize_per_token(x2)
+        xq, x_scale = quantize_per_token(x2)
         if x.is_cuda:
             m = xq.shape[0]
             if m < _INT_MM_MIN_ROWS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -47,6 +47,17 @@ def decode_graph_sizes(max_batch_size: int, config=None) -> tuple[list[int], boo
     else:
         sizes = capture_sizes(min(config.max_batch_size or 128, max_batch_size))
     return sizes, config.enable_padding
+
+
+def capture_graph(forward: Callable[[], None], pool, device: torch.device) -> torch.cuda.CUDAGraph:
+    """forward() run once eagerly (it compiles every Triton specialisation outside the capture),
+    then captured into a graph drawing on memory pool `pool`."""
+    forward()
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        forward()
+    return graph
 
 
 class DecodeGraphs:
@@ -114,12 +125,7 @@ class DecodeGraphs:
         self.seq_lens.fill_(1)  # short lengths keep the warm-up cheap; the KV slots stay unwritten (-1)
         for size in reversed(self.sizes):  # largest first: later graphs reuse its pool
             self.metas[size] = self._metadata(size)
-            self._forward(size)  # warm-up: compiles every Triton specialisation outside the capture
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._forward(size)
-            self.graphs[size] = graph
+            self.graphs[size] = capture_graph(lambda: self._forward(size), pool, self.device)
         self.seq_lens.zero_()
         torch.cuda.synchronize(self.device)
         self.pool_bytes = torch.cuda.memory_allocated(self.device) - before

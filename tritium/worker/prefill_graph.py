@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from tritium.attention.backend import AttentionBackend, AttentionMetadata, ForwardContext, forward_context
+from tritium.worker.cuda_graph import capture_graph
 from tritium.worker.input_batch import StepInputs
 
 logger = logging.getLogger(__name__)
@@ -99,12 +100,7 @@ class PrefillGraphs:
             self.query_start_loc[0] = 0
             self.seq_lens[0] = size
             self.metas[size] = self._metadata(size)
-            self._forward(size)  # compiles every Triton specialisation outside the capture
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._forward(size)
-            self.graphs[size] = graph
+            self.graphs[size] = capture_graph(lambda: self._forward(size), pool, self.device)
         self.seq_lens.zero_()
         self.query_start_loc.zero_()
         torch.cuda.synchronize(self.device)
