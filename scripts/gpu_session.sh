@@ -28,7 +28,7 @@
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
 #                  the fused split-K sum (GPU tests of this session's changes)
 #   serve-rate2    tritium serve at 2 requests/s only (TTFT / ITL)
-#   late-schedule-ab  the same without and with late scheduling (TRITIUM_LATE_SCHEDULE=1)
+#   late-schedule-ab  the same without and with late scheduling (TRITIUM_LATE_SCHEDULE=0 / 1)
 #   fused-sum-ab   batch-1 FP8 / W4A16 decode, TRITIUM_FUSED_SPLIT_SUM off and on
 #   stream-test    tests/gpu/test_weight_streaming_gpu.py
 #   gpu-tests      each tests/gpu module under its own time limit
@@ -149,7 +149,7 @@ for stage in "$@"; do
       for q in FP8 W4A16 W8A16; do latency "$q" --quantization "$q"; done ;;
     fused-sum-ab)  # batch-1 decode with the split-K partials summed in the GEMM kernel vs a second kernel
       for q in FP8 W4A16; do
-        latency "$q-split-kernel" --quantization "$q"
+        TRITIUM_FUSED_SPLIT_SUM=0 latency "$q-split-kernel" --quantization "$q"
         TRITIUM_FUSED_SPLIT_SUM=1 latency "$q-fused-sum" --quantization "$q"
       done ;;
     quant-latency)
@@ -185,7 +185,7 @@ for stage in "$@"; do
         --result-json "$LOGS/serve-rate2.json" 2>&1 | tee "$LOGS/serve-rate2-bench.log" \
         | grep -E "duration|Output token|(Mean|P50|P99) (TTFT|TPOT|ITL)|Failed"
       stop_server ;;
-    late-schedule-ab)  # the 2 req/s run with and without late scheduling (TRITIUM_LATE_SCHEDULE=1)
+    late-schedule-ab)  # the 2 req/s run without and with late scheduling (the default)
       for late in 0 1; do
         TRITIUM_LATE_SCHEDULE=$late start_server "serve-rate2-late$late.log" "${SERVE_TIMEOUT:-150}" --log-level info
         RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-120} tritium bench serve --ready-timeout 120 --num-prompts "${RATE_PROMPTS:-40}" \

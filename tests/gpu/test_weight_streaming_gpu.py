@@ -76,7 +76,7 @@ def test_tile_choices_survive_a_saved_engine_round_trip():
 
 @pytest.mark.parametrize("gemv", [False, True])
 def test_fused_split_sum_at_real_sizes_under_graph_replays(monkeypatch, gemv):
-    """TRITIUM_FUSED_SPLIT_SUM=1 at the down projection's size (split K): the same output as the
+    """The in-kernel split-K sum at the down projection's size (split K): the same output as the
     second-kernel sum, also when replayed from a CUDA graph several times (the counters reset)."""
     n, k, m = 4096, 14336, 1
     gen = torch.Generator(device=CUDA).manual_seed(3)
@@ -84,6 +84,7 @@ def test_fused_split_sum_at_real_sizes_under_graph_replays(monkeypatch, gemv):
     x = torch.randn(m, k, device=CUDA, generator=gen).to(torch.bfloat16)
     x_scale = fp8_scale(x.float().abs().amax()).reshape(1)
     config = wog.GemvConfig(64, 256, 8, gemv=gemv)
+    monkeypatch.setenv("TRITIUM_FUSED_SPLIT_SUM", "0")  # the second kernel sums
     want = wog.fp8_gemv(x, f8, sf8, x_scale, config=config)
     monkeypatch.setenv("TRITIUM_FUSED_SPLIT_SUM", "1")
     assert torch.equal(wog.fp8_gemv(x, f8, sf8, x_scale, config=config), want)

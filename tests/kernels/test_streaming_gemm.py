@@ -134,7 +134,7 @@ def test_candidate_tiles(weight, group):
 
 @pytest.mark.parametrize("config", [SPLIT, GEMV_SPLIT, GemvConfig(block_n=16, block_k=64, split_k=3)])
 def test_fused_split_sum_equals_the_split_kernel(device, monkeypatch, config):
-    """TRITIUM_FUSED_SPLIT_SUM=1: the last split program per tile sums the partials (with the bias);
+    """The last split program per tile sums the partials (with the bias);
     same result as the second kernel, and the arrival counters are left at zero for the next launch."""
     gen = torch.Generator().manual_seed(12)
     rows = 1 if config.gemv else 3
@@ -142,6 +142,7 @@ def test_fused_split_sum_equals_the_split_kernel(device, monkeypatch, config):
     wq, w_scale = quantize_fp8_per_row(torch.randn(40, 200, generator=gen))
     bias = torch.randn(40, generator=gen).to(device)
     args = (x, wq.to(device), w_scale.to(device), None, bias)
+    monkeypatch.setenv("TRITIUM_FUSED_SPLIT_SUM", "0")  # the second kernel sums
     want = fp8_gemv(*args, config=config)
     monkeypatch.setenv("TRITIUM_FUSED_SPLIT_SUM", "1")
     for _ in range(2):  # the second launch finds the counters the first one left

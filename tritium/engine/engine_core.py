@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 from tritium.core.request import Request
 from tritium.core.scheduler import Scheduler
 from tritium.core.sched_output import EngineCoreOutput, SchedulerOutput
-from tritium.engine.pacing import StepPacer, late_scheduling_enabled
+from tritium.engine.pacing import MAX_PACED_BATCH, StepPacer, late_scheduling_enabled
 from tritium.engine.stats import IterationStatsLog, StepProbe
 
 
@@ -70,7 +70,8 @@ class EngineCore:
         if not overlap:
             outputs += self._finish_in_flight()  # nothing is left in flight between steps
         if self.pacer is not None:  # a decode step in flight started on the GPU as its predecessor's tokens came
-            decode = overlap and not sched_out.is_empty and _is_pure_decode(sched_out)
+            decode = overlap and not sched_out.is_empty and _is_pure_decode(sched_out) \
+                and len(sched_out.num_scheduled_tokens) <= MAX_PACED_BATCH
             self.pacer.launched(launched - start, max(launched, self.pacer.clock()) if decode else None)
         return outputs
 

@@ -60,9 +60,10 @@ def streaming_gemm_enabled() -> bool:
 
 
 def fused_split_sum_enabled() -> bool:
-    """TRITIUM_FUSED_SPLIT_SUM=1: a split weight-streaming GEMM sums its partials in its last
-    program per tile instead of a second kernel (off until measured on a GPU)."""
-    return os.environ.get("TRITIUM_FUSED_SPLIT_SUM", "0") == "1"
+    """A split weight-streaming GEMM sums its partials in its last program per tile instead of a
+    second kernel (batch-1 decode on an H200: FP8 286.7 -> 292.8, W4A16 248.2 -> 250.0 tok/s);
+    TRITIUM_FUSED_SPLIT_SUM=0 keeps the second kernel (A/B)."""
+    return os.environ.get("TRITIUM_FUSED_SPLIT_SUM", "1") != "0"
 
 
 def gemm_tuning_enabled() -> bool:
