@@ -27,6 +27,7 @@
 #   prefill-ab     467-token prefills one at a time, prefill CUDA graphs on and off (same process)
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
 #                  the fused split-K sum (GPU tests of this session's changes)
+#   dequant-tests  one-pass int4 / int8 weight dequantization (weight-only prefill), small and real sizes
 #   serve-rate2    tritium serve at 2 requests/s only (TTFT / ITL)
 #   late-schedule-ab  the same without and with late scheduling (TRITIUM_LATE_SCHEDULE=0 / 1)
 #   fused-sum-ab   batch-1 FP8 / W4A16 decode, TRITIUM_FUSED_SPLIT_SUM off and on
@@ -203,6 +204,9 @@ for stage in "$@"; do
         2>&1 | tee "$LOGS/pytest-prefill.log" | tail -15
       timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_weight_streaming_gpu.py -k "fused or exponent" 2>&1 \
         | tee "$LOGS/pytest-fused.log" | tail -5 ;;
+    dequant-tests)  # one-pass weight dequantization (weight-only prefill) on the GPU, small and real sizes
+      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_dequant.py \
+        tests/gpu/test_weight_streaming_gpu.py -k "dequant" 2>&1 | tee "$LOGS/pytest-dequant.log" | tail -5 ;;
     serve-sat)  # only the server's saturation run, with $SERVE_FLAGS (e.g. --no-engine-process)
       tag=$(echo "${SERVE_FLAGS:-default}" | tr -c 'a-z0-9\n' '-')
       start_server "serve-$tag.log" "${SERVE_TIMEOUT:-200}" ${SERVE_FLAGS:-}

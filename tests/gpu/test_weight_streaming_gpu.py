@@ -107,3 +107,19 @@ def test_int4_exponent_trick_at_real_sizes(config):
     x = torch.randn(1 if config.gemv else 8, k, device=CUDA, generator=gen).to(torch.bfloat16)
     p4, s4, z4 = quantize_int4(w, 128, scale_dtype=torch.bfloat16)
     _close(wog.w4a16_gemm(x, p4, s4, z4, 128, config=config), x.float() @ dequantize_int4(p4, s4, z4, 128, k).t())
+
+
+@pytest.mark.parametrize("n, k", [(28672, 4096), (4096, 14336)])
+def test_one_pass_dequantization_at_real_sizes(n, k):
+    """Prefill batches of weight-only layers: the dense weight from one Triton pass equals the torch
+    reference bit for bit (int4 groups of 128, int8 rows)."""
+    from tritium.kernels import dequant
+
+    gen = torch.Generator(device=CUDA).manual_seed(n)
+    w = torch.randn(n, k, device=CUDA, generator=gen) * 0.02
+    packed, scale, zero = quantize_int4(w, 128, scale_dtype=torch.bfloat16)
+    assert torch.equal(dequant.dequantize_int4(packed, scale, zero, 128, k, torch.bfloat16),
+                       dequantize_int4(packed, scale, zero, 128, k, torch.bfloat16))
+    q, s = quantize_int8_per_row(w)
+    assert torch.equal(dequant.dequantize_int8_rows(q, s, torch.bfloat16),
+                       q.to(torch.bfloat16) * s.to(torch.bfloat16)[:, None])

@@ -3,7 +3,8 @@ scale and zero point per group of input channels; plain RTN, or AWQ / GPTQ weigh
 the layout). Activations stay in the model dtype.
 
 GPU: up to WEIGHT_ONLY_KERNEL_MAX_ROWS rows run the Triton kernels (kernels/streaming_gemm.py),
-which read only the quantized bytes; larger batches dequantize the weight once and use cuBLAS.
+which read only the quantized bytes; larger batches dequantize the weight in one pass
+(kernels/dequant.py) and use cuBLAS.
 CPU: int8 through ATen's int8 weight kernel; int4 dequantized to float32 per call (correct, slow).
 """
 from __future__ import annotations
@@ -20,10 +21,15 @@ WEIGHT_ONLY_KERNEL_MAX_ROWS = 64
 CPU_INT8_KERNEL_MAX_ROWS = 4
 
 
-def _use_kernel(x: torch.Tensor) -> bool:
+def _use_triton(x: torch.Tensor) -> bool:
     from tritium.kernels import use_triton
 
-    return use_triton(x) and x.numel() // x.shape[-1] <= WEIGHT_ONLY_KERNEL_MAX_ROWS
+    return use_triton(x)
+
+
+def _use_kernel(x: torch.Tensor) -> bool:
+    """Whether x [M, K]'s rows go through the weight-streaming kernels."""
+    return _use_triton(x) and x.numel() // x.shape[-1] <= WEIGHT_ONLY_KERNEL_MAX_ROWS
 
 
 class Int8WeightOnlyMethod(QuantizedLinearMethod):
@@ -45,6 +51,10 @@ class Int8WeightOnlyMethod(QuantizedLinearMethod):
             from tritium.kernels.streaming_gemm import w8a16_gemm
 
             y = w8a16_gemm(x2.contiguous(), layer.weight, layer.weight_scale, bias)
+        elif _use_triton(x2):
+            from tritium.kernels.dequant import dequantize_int8_rows
+
+            y = F.linear(x2, dequantize_int8_rows(layer.weight, layer.weight_scale, x.dtype), bias)
         elif x.is_cuda or x2.shape[0] > CPU_INT8_KERNEL_MAX_ROWS:
             y = F.linear(x2, layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None], bias)
         else:  # decode rows: ATen's CPU kernel reads the int8 weight directly
@@ -78,7 +88,12 @@ class Int4WeightOnlyMethod(QuantizedLinearMethod):
         layer.int4_params = None
 
     def dequantized(self, layer, dtype: torch.dtype) -> torch.Tensor:
-        """The dense [N, K] weight in `dtype`."""
+        """The dense [N, K] weight in `dtype` (one Triton pass on a GPU)."""
+        if _use_triton(layer.weight_packed):
+            from tritium.kernels import dequant
+
+            return dequant.dequantize_int4(layer.weight_packed, layer.weight_scale, layer.weight_zero,
+                                           self.group_size, layer.input_size_per_partition, dtype)
         return dequantize_int4(layer.weight_packed, layer.weight_scale, layer.weight_zero, self.group_size,
                                layer.input_size_per_partition, dtype)
 
