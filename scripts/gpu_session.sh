@@ -23,6 +23,7 @@
 #   serve-profile  tritium serve at saturation under py-spy (front, engine process, client) and top
 #   engine-load    tritium build of a FP8 8B engine, then load to first token (phase log)
 #   profile        torch profiler tables: batch-1 FP8 / W4A16 decode, a 467-token prefill step
+#   profile-fp8-offline  torch profiler over an FP8 + FP8 KV cache 1000/1000 run: kernel families, top kernels
 #   prefill-spy    467-token prefills one at a time under py-spy (carry .tools): the prefill step's host time
 #   prefill-ab     467-token prefills one at a time, prefill CUDA graphs on and off (same process)
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
@@ -140,6 +141,9 @@ for stage in "$@"; do
     profile)  # torch profiler: batch-1 decode steps of FP8 and W4A16, one 467-token prefill step
       timeout "${PROFILE_TIMEOUT:-240}" python3 scripts/gpu_speed_check.py --sections profile-quant,profile-prefill 2>&1 \
         | tee "$LOGS/profile.log" | grep -E "^\[profile" ;;
+    profile-fp8-offline)  # torch profiler over an FP8 + FP8 KV 1000/1000 run (512 requests at batch 512)
+      timeout "${PROFILE_TIMEOUT:-300}" python3 scripts/gpu_speed_check.py --sections profile-offline-fp8 2>&1 \
+        | tee "$LOGS/profile-fp8-offline.log" | grep -E "^\[profile" ;;
     stream-test)
       timeout 150 python3 -m pytest -q -p no:cacheprovider --durations=5 tests/gpu/test_weight_streaming_gpu.py 2>&1 \
         | tee "$LOGS/pytest-streaming.log" | tail -8 ;;

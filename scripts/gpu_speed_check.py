@@ -352,17 +352,21 @@ def diagnose_prefill(report: dict) -> None:
 
 
 def profile_offline(report: dict, input_len: int = 128, output_len: int = 128, num_requests: int = 1024,
-                    max_batch: int = 512) -> None:
-    """GPU busy time of an offline run (torch profiler over the whole run), by kernel family."""
+                    max_batch: int = 512, fp8: bool = False) -> None:
+    """GPU busy time of an offline run (torch profiler over the whole run), by kernel family, and the
+    top kernels; fp8: FP8 weights and KV cache (issue 9's offline targets)."""
     from torch.profiler import ProfilerActivity, profile
 
     from tritium import BuildConfig, SamplingParams
     from tritium.llm.llm import LLM
+    from tritium.quantization import QuantConfig
 
     folder = tempfile.mkdtemp()
     shutil.copy(LLAMA_8B, os.path.join(folder, "config.json"))
-    llm = LLM(folder, load_format="dummy",
-              build_config=BuildConfig(max_batch_size=max_batch, max_seq_len=input_len + output_len + 16))
+    quant = QuantConfig(quant_algo="FP8", kv_cache_quant_algo="FP8") if fp8 else None
+    llm = LLM(folder, load_format="dummy", quant_config=quant,
+              build_config=BuildConfig(max_batch_size=max_batch, max_num_tokens=8192,
+                                       max_seq_len=input_len + output_len + 16))
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(10, 120000, (input_len,), generator=g).tolist() for _ in range(num_requests)]
     params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
@@ -380,10 +384,13 @@ def profile_offline(report: dict, input_len: int = 128, output_len: int = 128, n
         families[fam] = families.get(fam, 0.0) + e.self_device_time_total / 1e6
     busy = sum(families.values())
     n = (num_requests - 64) * output_len
-    report["profile offline"] = dict(wall_s=wall, kernel_s=busy, families_s=families, tok_s=n / wall)
-    print(f"[profile offline {input_len}/{output_len} x{num_requests - 64} bs{max_batch}] wall {wall:.1f} s "
+    tag = f"{input_len}/{output_len} x{num_requests - 64} bs{max_batch}{' FP8+FP8 KV' if fp8 else ''}"
+    report[f"profile offline {tag}"] = dict(wall_s=wall, kernel_s=busy, families_s=families, tok_s=n / wall)
+    print(f"[profile offline {tag}] wall {wall:.1f} s "
           f"({n / wall:.0f} tok/s under the profiler), kernels {busy:.1f} s ({100 * busy / wall:.0f}% busy): "
           + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(families.items(), key=lambda kv: -kv[1])), flush=True)
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70),
+          flush=True)
     llm.shutdown()
 
 
@@ -442,6 +449,8 @@ def main() -> None:
         offline_throughput(report, 1000, 1000, 1024, 512)
     if "profile-offline" in sections:
         profile_offline(report)
+    if "profile-offline-fp8" in sections:  # where a 1000/1000 FP8 step's time goes (issue 9's target)
+        profile_offline(report, 1000, 1000, 576, 512, fp8=True)
     if "offline-big" in sections:
         offline_throughput(report, 128, 128, 8192, 1024)
         offline_throughput(report, 128, 128, 8192, 2048)
