@@ -51,3 +51,14 @@ def test_gptq_is_plain_rounding_for_an_identity_hessian_and_beats_it_on_correlat
     q, _, _ = gptq_quantize(w, x.t() @ x, 32, torch.float32)
     err = lambda wq: ((x @ (wq - w).t()).norm() / (x @ w.t()).norm()).item()  # noqa: E731
     assert err(q) < 0.8 * err(rtn)
+
+
+def test_gptq_hessian_windows_fit_the_budget_in_model_order():
+    from torch import nn
+
+    from tritium.quantization.gptq import hessian_windows
+
+    linears = [nn.Linear(k, 8, bias=False) for k in (100, 100, 300, 100, 50)]  # Hessians 4 K^2 bytes
+    windows = hessian_windows(linears, budget=4 * (100 ** 2 + 100 ** 2))
+    assert windows == [linears[:2], linears[2:3], linears[3:]]  # the 300-wide one alone, over the budget
+    assert hessian_windows(linears, budget=1 << 40) == [linears]

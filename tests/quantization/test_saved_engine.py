@@ -24,6 +24,22 @@ def test_quantized_engine_round_trip(tiny_llama, float_reference, tmp_path, algo
     assert 0 < err <= FLOAT_LOGITS_TOL[algo]
 
 
+def test_gptq_gathers_the_hessians_a_window_of_layers_at_a_time(tiny_llama, float_reference, tmp_path, monkeypatch):
+    """With room for one [K, K] Hessian at a time, every linear gets its own calibration pass (through
+    the layers quantized before it), and the engine is as close to the float model as in one pass."""
+    from tritium.quantization import calibration, gptq
+
+    passes = []
+    collect = calibration.collect_statistics
+    monkeypatch.setattr(calibration, "collect_statistics",
+                        lambda *a, **kw: passes.append(kw["xtx_for"]) or collect(*a, **kw))
+    monkeypatch.setattr(gptq, "HESSIAN_BUDGET", 1)
+    run = build_save_reload(tiny_llama, "cpu", quant_config("W4A16_GPTQ", None), str(tmp_path / "engine"))
+    assert all(len(p) == 1 for p in passes) and len(set(passes)) == len(passes) >= 8  # 2 layers x 4 linears
+    assert tokens(run.loaded) == tokens(run.built)
+    assert 0 < logits_rel_error(run.built, float_reference) <= FLOAT_LOGITS_TOL["W4A16_GPTQ"]
+
+
 # ---- broken folders ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fp8_engine(tiny_llama, tmp_path_factory):

@@ -9,7 +9,8 @@ hundred input rows), and per attention layer the max |k| and |v| of each KV head
   FP8                  static activation scale = max |x| / 448 (layer.input_amax)
   W8A8_SQ_PER_CHANNEL  SmoothQuant scales folded into norms / linears (smoothquant.py)
   W4A16_AWQ            AWQ scale search, folded, and clip search (awq.py)
-  W4A16_GPTQ           GPTQ's error-compensating rounding from each input's X^T X (gptq.py)
+  W4A16_GPTQ           GPTQ's error-compensating rounding from each input's X^T X (gptq.py; the
+                       X^T X of a window of layers at a time, one more pass per window)
   KV cache FP8 / INT8  per-head scales = max / format max (attention layer kv_scale)
 """
 from __future__ import annotations
@@ -95,8 +96,8 @@ class _ObservingMethod:
     """Stands in for a quantized layer's method during calibration: records the input, computes
     in float with the loaded weight."""
 
-    def __init__(self, stats: dict[str, InputStats], keep_rows: bool, keep_xtx: bool):
-        self.stats, self.keep_rows, self.keep_xtx = stats, keep_rows, keep_xtx
+    def __init__(self, stats: dict[str, InputStats], keep_rows: bool, xtx_for: frozenset[str]):
+        self.stats, self.keep_rows, self.xtx_for = stats, keep_rows, xtx_for
 
     def apply(self, layer, x, bias):
         x2 = x.reshape(-1, x.shape[-1]).float()  # [T, K]
@@ -112,7 +113,7 @@ class _ObservingMethod:
         kept = sum(r.shape[0] for r in s.rows)
         if self.keep_rows and kept < MAX_KEPT_ROWS:
             s.rows.append(x2[:MAX_KEPT_ROWS - kept].clone())
-        if self.keep_xtx:
+        if layer.prefix in self.xtx_for:
             s.xtx = x2.t() @ x2 if s.xtx is None else s.xtx.addmm_(x2.t(), x2)  # [K, K]
         return torch.nn.functional.linear(x, layer.weight, bias)
 
@@ -131,14 +132,16 @@ def _attention_layers(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def collect_statistics(model: nn.Module, model_config, samples: list[list[int]], keep_rows: bool = False,
-                       keep_xtx: bool = False) -> tuple[dict[str, InputStats], dict[int, torch.Tensor]]:
-    """One float pass over `samples`: ({linear prefix: InputStats}, {layer index: kv amax [2, kvh]})."""
+                       xtx_for: frozenset[str] = frozenset()
+                       ) -> tuple[dict[str, InputStats], dict[int, torch.Tensor]]:
+    """One float pass over `samples`: ({linear prefix: InputStats}, {layer index: kv amax [2, kvh]});
+    X^T X only for the linears named in xtx_for ([K, K] float32 each)."""
     from tritium.attention.torch_backend import TorchAttentionBackend
 
     linears, attns = quantized_linears(model), _attention_layers(model)
     stats: dict[str, InputStats] = {}
     kv_amax: dict[int, torch.Tensor] = {}
-    observer = _ObservingMethod(stats, keep_rows, keep_xtx)
+    observer = _ObservingMethod(stats, keep_rows, xtx_for)
     methods = {m: m.linear_method for m in linears}
     scales = {a: a.kv_scale for a in attns}
 
@@ -190,9 +193,12 @@ def _prefill(model: nn.Module, model_config, ids: list[int], backend) -> None:
 @torch.no_grad()
 def calibrate(model: nn.Module, model_config, config: QuantConfig, samples: list[list[int]]) -> None:
     """Run calibration for `config` on the loaded float model (before process_weights_after_loading)."""
+    from tritium.quantization.gptq import hessian_windows
+
     algo = config.quant_algo
+    windows = hessian_windows(quantized_linears(model)) if algo == QuantAlgo.W4A16_GPTQ else [[]]
     stats, kv_amax = collect_statistics(model, model_config, samples, keep_rows=algo == QuantAlgo.W4A16_AWQ,
-                                        keep_xtx=algo == QuantAlgo.W4A16_GPTQ)
+                                        xtx_for=frozenset(m.prefix for m in windows[0]))
     if algo == QuantAlgo.FP8:
         for m in quantized_linears(model):
             m.input_amax = stats[m.prefix].amax
@@ -207,7 +213,8 @@ def calibrate(model: nn.Module, model_config, config: QuantConfig, samples: list
     elif algo == QuantAlgo.W4A16_GPTQ:
         from tritium.quantization.gptq import apply_gptq
 
-        apply_gptq(model, stats, config.group_size)
+        apply_gptq(model, windows, stats, config.group_size,
+                   lambda prefixes: collect_statistics(model, model_config, samples, xtx_for=prefixes)[0])
     if kv_amax:
         from tritium.quantization.kv_cache import kv_scale_from_amax
 

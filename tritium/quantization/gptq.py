@@ -11,9 +11,16 @@ Per quantized linear, with H = 2 X^T X / n over its calibration inputs X [n, K]:
 The result is on tritium's int4 grid (quant_utils' asymmetric groups): the layer keeps the
 quantized weight and its (scale, zero) (int4_params), which Int4WeightOnlyMethod.quantize stores.
 No act-order (columns in their own order), so a group is a contiguous run of inputs, as the
-kernels want. Statistics come from one float pass (calibration.py), not layer by layer.
+kernels want.
+
+The Hessians are gathered a window of linears at a time (HESSIAN_BUDGET bytes of [K, K] float32;
+an 8B model's all at once would be ~32 GB): the first window's in calibration.py's statistics
+pass, each later window's in one more pass over the samples, through the layers quantized
+before it (their inputs as the quantized model will see them, as in GPTQ's sequential mode).
 """
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +30,23 @@ from tqdm.auto import tqdm
 from tritium.quantization.quant_utils import INT4_MAX, int4_group_params, padded_k
 
 DAMPENING = 0.01
+HESSIAN_BUDGET = 4 << 30  # bytes of X^T X held at once
+
+
+def hessian_windows(linears: list[nn.Module], budget: Optional[int] = None) -> list[list[nn.Module]]:
+    """Consecutive runs of `linears` (model order) whose [K, K] float32 Hessians fit in budget
+    bytes (HESSIAN_BUDGET) together; a single larger one gets a window of its own."""
+    budget = HESSIAN_BUDGET if budget is None else budget
+    windows: list[list[nn.Module]] = [[]]
+    used = 0
+    for m in linears:
+        size = 4 * m.weight.shape[1] ** 2
+        if windows[-1] and used + size > budget:
+            windows.append([])
+            used = 0
+        windows[-1].append(m)
+        used += size
+    return windows
 
 
 @torch.no_grad()
@@ -62,14 +86,19 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group: int, scale_dtyp
 
 
 @torch.no_grad()
-def apply_gptq(model: nn.Module, stats: dict, group: int) -> None:
+def apply_gptq(model: nn.Module, windows: list[list[nn.Module]], stats: dict, group: int,
+               gather: Callable[[frozenset[str]], dict]) -> None:
     """Replace every quantized linear's float weight by its GPTQ solution (on the int4 grid) and
-    set `int4_params` (scale, zero) for Int4WeightOnlyMethod.quantize."""
-    from tritium.quantization.calibration import quantized_linears
-
-    for m in tqdm(quantized_linears(model), desc="GPTQ", unit="linear"):
-        w = m.weight.data
-        q, scale, zero = gptq_quantize(w, stats[m.prefix].xtx.to(w.device), group, m.params_dtype)
-        w.copy_(q.to(w.dtype))
-        m.int4_params = (scale, zero)
-        stats[m.prefix].xtx = None  # [K, K] float32 each: free them as they are used
+    set `int4_params` (scale, zero) for Int4WeightOnlyMethod.quantize. windows: hessian_windows';
+    stats holds the first window's X^T X; gather(prefixes) runs a pass for a later window's."""
+    with tqdm(total=sum(map(len, windows)), desc="GPTQ", unit="linear") as progress:
+        for i, window in enumerate(windows):
+            if i:
+                stats = gather(frozenset(m.prefix for m in window))
+            for m in window:
+                w = m.weight.data
+                q, scale, zero = gptq_quantize(w, stats[m.prefix].xtx.to(w.device), group, m.params_dtype)
+                w.copy_(q.to(w.dtype))
+                m.int4_params = (scale, zero)
+                stats[m.prefix].xtx = None  # [K, K] float32 each: free them as they are used
+                progress.update()
