@@ -16,6 +16,7 @@
 #   gemv           decode-sized linears: bf16 cuBLAS vs the quantized weight-streaming kernels
 #   quant-latency  batch-1 decode 128/128 (bench latency), bf16 and each quantization, same run
 #   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
+#   fp8-batch      FP8 offline 128/128 at max batch 1024 and 2048, 1000/1000 at 1024
 #   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
 #                  saturation (512 concurrent), then 2 requests/s
 #   policy         offline 1000/1000 x1024 with each capacity scheduler policy
@@ -168,6 +169,12 @@ for stage in "$@"; do
       offline 128-bf16 /tmp/d128.jsonl
       offline 128-fp8 /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8
       offline 1000-fp8 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 ;;
+    fp8-batch)  # FP8 offline with more requests a step than 512 (the FP8 KV cache holds ~1M tokens)
+      dataset /tmp/d128.jsonl 4096 128 128
+      dataset /tmp/d1000.jsonl 1024 1000 1000
+      for mb in 1024 2048; do offline "128-fp8-mb$mb" /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8 \
+        --max-batch-size $mb; done
+      offline 1000-fp8-mb1024 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 --max-batch-size 1024 ;;
     policy)
       dataset /tmp/d1000.jsonl 1024 1000 1000
       for p in MAX_UTILIZATION GUARANTEED_NO_EVICT; do offline "1000-$p" /tmp/d1000.jsonl --capacity-scheduler-policy $p; done ;;
