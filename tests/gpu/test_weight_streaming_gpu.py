@@ -47,7 +47,7 @@ def test_quantized_gemv_at_real_sizes(m, n, k):
     wb = w.to(torch.bfloat16)
     _close(wog.dense_gemv(x, wb, bias), x.float() @ wb.float().t() + bias.float())
 
-    kinds = {key[:4] for key in wog._CHOSEN if key[2:4] == (n, k)}
+    kinds = {key[:4] for key in wog._CHOSEN if (key.n, key.k) == (n, k)}
     assert kinds == {(wog.INT8, 0, n, k), (wog.INT4, 0, n, k), (wog.FP8, 1, n, k), (wog.FP8, 2, n, k),
                      (wog.DENSE, 0, n, k)}
 
@@ -68,7 +68,7 @@ def test_tile_choices_survive_a_saved_engine_round_trip():
     wog._CHOSEN.clear()
     try:
         assert tile_choices.import_choices(saved, CUDA) == len(saved["choices"]) > 0
-        assert {k: v for k, v in wog._CHOSEN.items()} == {k: v for k, v in before.items() if k[6].type == "cuda"}
+        assert {k: v for k, v in wog._CHOSEN.items()} == {k: v for k, v in before.items() if k.device.type == "cuda"}
         assert torch.equal(wog.fp8_gemv(x, f8, sf8, x_scale), y)
     finally:
         wog._CHOSEN.update(before)

@@ -10,7 +10,7 @@ import torch
 import triton
 
 from tritium.kernels import streaming_gemm, tile_choices
-from tritium.kernels.streaming_gemm import CUBLAS, GemvConfig
+from tritium.kernels.streaming_gemm import CUBLAS, ChoiceKey, GemvConfig
 
 CUDA0 = torch.device("cuda", 0)
 TILE = GemvConfig(64, 128, 4, num_warps=4, num_stages=4)
@@ -35,15 +35,16 @@ def fake_gpu(monkeypatch):
 
 
 def _fill(chosen):
-    chosen[(streaming_gemm.FP8, streaming_gemm.ACT_FP8_STATIC, 6144, 4096, 0, torch.bfloat16, CUDA0, False)] = TILE
-    chosen[(streaming_gemm.INT4, 0, 14336, 4096, 128, torch.float16, CUDA0, True)] = ROW_TILE
-    chosen[(streaming_gemm.DENSE, 0, 128256, 4096, 0, torch.bfloat16, CUDA0, True)] = CUBLAS
-    chosen[(streaming_gemm.INT8, 0, 64, 64, 0, torch.float32, torch.device("cpu"), True)] = TILE  # not a GPU's
+    fp8 = ChoiceKey(streaming_gemm.FP8, streaming_gemm.ACT_FP8_STATIC, 6144, 4096, 0, torch.bfloat16, CUDA0, False)
+    chosen[fp8] = TILE
+    chosen[ChoiceKey(streaming_gemm.INT4, 0, 14336, 4096, 128, torch.float16, CUDA0, True)] = ROW_TILE
+    chosen[ChoiceKey(streaming_gemm.DENSE, 0, 128256, 4096, 0, torch.bfloat16, CUDA0, True)] = CUBLAS
+    chosen[ChoiceKey(streaming_gemm.INT8, 0, 64, 64, 0, torch.float32, torch.device("cpu"), True)] = TILE  # not a GPU's
 
 
 def test_export_then_import_restores_every_choice(chosen, fake_gpu):
     _fill(chosen)
-    before = {k: v for k, v in chosen.items() if k[6].type == "cuda"}
+    before = {k: v for k, v in chosen.items() if k.device.type == "cuda"}
     saved = json.loads(json.dumps(tile_choices.export_choices(torch.device("cuda"))))  # through JSON, as saved
     assert saved["gpu"] == "NVIDIA H200" and saved["triton"] == triton.__version__
     assert len(saved["choices"]) == 3  # the CPU entry is not a GPU choice

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -189,7 +189,20 @@ def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K, HAS_
 
 # ---- launch and tile choice ---------------------------------------------------------------------
 
-_CHOSEN: dict[tuple, GemvConfig] = {}
+class ChoiceKey(NamedTuple):
+    """What a timed tile choice is for."""
+
+    weight: int  # FP8, INT8, INT4 or DENSE
+    act: int  # ACT_*
+    n: int
+    k: int
+    group: int  # int4 group size, else 0
+    dtype: torch.dtype  # x's
+    device: torch.device
+    one_row: bool
+
+
+_CHOSEN: dict[ChoiceKey, GemvConfig] = {}
 
 
 def _sm_count(device: torch.device) -> int:
@@ -266,8 +279,8 @@ def time_from_memory_ms(fn: Callable[[], object], flush: torch.Tensor, reps: int
     return _graph_ms([flush.zero_, fn], reps) - _graph_ms([flush.zero_], reps)
 
 
-def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.device, one_row: bool,
-            launch: Callable[[GemvConfig], object], cublas: Optional[Callable[[], object]] = None) -> GemvConfig:
+def _config(key: ChoiceKey, launch: Callable[[GemvConfig], object],
+            cublas: Optional[Callable[[], object]] = None) -> GemvConfig:
     """The timed choice for this shape, made now if it can be (not interpreting, not capturing).
     cublas: the alternative to time too (dense weights); CUBLAS when it wins, or when no timed
     choice can be made on a GPU. Every candidate must agree with cuBLAS (dense) or with the first
@@ -275,6 +288,7 @@ def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.d
     chosen = _CHOSEN.get(key)
     if chosen is not None:
         return chosen
+    weight, n, k, group, device = key.weight, key.n, key.k, key.group, key.device
     sms = _sm_count(device)
     if (interpreting() or device.type != "cuda" or torch.cuda.is_current_stream_capturing()
             or not gemm_tuning_enabled()):
@@ -283,7 +297,7 @@ def _config(key: tuple, weight: int, n: int, k: int, group: int, device: torch.d
     reference = cublas() if cublas is not None else None
     atol = None  # 2% of the reference's largest value, read once
     times, failures = {}, []
-    for c in _candidates(weight, n, k, group, sms, one_row):
+    for c in _candidates(weight, n, k, group, sms, key.one_row):
         try:
             out = launch(c)  # a fresh output tensor
             if reference is None:
@@ -345,8 +359,8 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
         arrivals if arrivals is not None else dummy, m, n, k, kw, per_split, x.stride(0), weight.stride(0),
-        scale.stride(0) if scale is not None else 0, y.stride(0), WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=bias is not None,
-        SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
+        scale.stride(0) if scale is not None else 0, y.stride(0), WEIGHT=weight_kind, ACT=act,
+        GROUP=max(group_size, 2), HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
         PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
         ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=arrivals is not None,
         MAGIC=cfg.int4_magic and weight_kind == INT4, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -382,8 +396,7 @@ def quantized_gemv(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scal
         return _launch(x, weight_kind, weight, scale, zero, group_size, act, row_scale, bias, cfg)
 
     if config is None:
-        key = (weight_kind, act, n, k, group_size, x.dtype, x.device, m == 1)
-        config = _config(key, weight_kind, n, k, group_size, x.device, m == 1, launch)
+        config = _config(ChoiceKey(weight_kind, act, n, k, group_size, x.dtype, x.device, m == 1), launch)
     return launch(config)
 
 
@@ -396,8 +409,7 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     n = weight.shape[0]
     assert weight.dtype == x.dtype and weight.shape[1] == k and weight.stride(1) == 1 and x.stride(1) == 1
     if config is None:
-        key = (DENSE, ACT_AS_IS, n, k, 0, x.dtype, x.device, m == 1)
-        config = _config(key, DENSE, n, k, 0, x.device, m == 1,
+        config = _config(ChoiceKey(DENSE, ACT_AS_IS, n, k, 0, x.dtype, x.device, m == 1),
                          lambda cfg: _launch(x, DENSE, weight, None, None, 0, ACT_AS_IS, None, bias, cfg),
                          cublas=lambda: F.linear(x, weight, bias))
     if config == CUBLAS:

@@ -31,10 +31,11 @@ def _cuda_index(device: torch.device) -> int:
 def choices_on(device_index: int) -> list[dict[str, Any]]:
     """The choices made so far on cuda:device_index, as JSON-able records."""
     out = []
-    for (weight, act, n, k, group, dtype, dev, one_row), cfg in streaming_gemm._CHOSEN.items():
-        if dev.type == "cuda" and (dev.index or 0) == device_index:
-            out.append({"weight": weight, "act": act, "n": n, "k": k, "group": group,
-                        "dtype": str(dtype).replace("torch.", ""), "one_row": one_row, **dataclasses.asdict(cfg)})
+    for key, cfg in streaming_gemm._CHOSEN.items():
+        if key.device.type == "cuda" and (key.device.index or 0) == device_index:
+            out.append({"weight": key.weight, "act": key.act, "n": key.n, "k": key.k, "group": key.group,
+                        "dtype": str(key.dtype).replace("torch.", ""), "one_row": key.one_row,
+                        **dataclasses.asdict(cfg)})
     return out
 
 
@@ -47,8 +48,9 @@ def adopt(records: list[dict[str, Any]], device_index: int) -> int:
             if rec["dtype"] not in _DTYPES:
                 raise ValueError(f"{rec['dtype']!r} is not a dtype tritium runs in")
             dtype = _DTYPES[rec["dtype"]]
-            key = (int(rec["weight"]), int(rec["act"]), int(rec["n"]), int(rec["k"]), int(rec["group"]), dtype,
-                   torch.device("cuda", device_index), bool(rec["one_row"]))
+            key = streaming_gemm.ChoiceKey(int(rec["weight"]), int(rec["act"]), int(rec["n"]), int(rec["k"]),
+                                           int(rec["group"]), dtype, torch.device("cuda", device_index),
+                                           bool(rec["one_row"]))
             # a field a record lacks (saved before it existed) takes its default
             cfg = streaming_gemm.GemvConfig(**{f: rec[f] for f in _CONFIG_FIELDS if f in rec})
         except (KeyError, TypeError, ValueError) as e:
