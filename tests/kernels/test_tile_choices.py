@@ -54,13 +54,15 @@ def test_export_then_import_restores_every_choice(chosen, fake_gpu):
     assert tile_choices.import_choices(saved, CUDA0) == 0  # choices already made here stay
 
 
-def test_choices_from_another_gpu_or_triton_are_timed_again(chosen, fake_gpu, caplog):
+def test_choices_from_another_gpu_triton_or_kernel_version_are_timed_again(chosen, fake_gpu, caplog):
     _fill(chosen)
     saved = tile_choices.export_choices(CUDA0)
     chosen.clear()
     with caplog.at_level(logging.INFO, logger="tritium.kernels.tile_choices"):
         assert tile_choices.import_choices({**saved, "gpu": "NVIDIA H100 80GB HBM3"}, CUDA0) == 0
         assert tile_choices.import_choices({**saved, "triton": "0.0.1"}, CUDA0) == 0
+        assert tile_choices.import_choices({**saved, "kernels": streaming_gemm.KERNEL_VERSION - 1}, CUDA0) == 0
+        assert tile_choices.import_choices({k: v for k, v in saved.items() if k != "kernels"}, CUDA0) == 0  # older
     assert not chosen and "timing them again" in caplog.text
 
 
@@ -72,7 +74,8 @@ def test_malformed_records_are_named_and_ignored(chosen, fake_gpu, caplog):
     not_a_dtype = dict(bad, dtype="nn", block_k=128, split_k=1, num_warps=4, num_stages=4, gemv=False)
     with pytest.raises(ValueError, match="not a dtype"):
         tile_choices.adopt([not_a_dtype], 0)
-    saved = {"gpu": "NVIDIA H200", "triton": triton.__version__, "choices": [bad]}
+    saved = {"gpu": "NVIDIA H200", "triton": triton.__version__, "kernels": streaming_gemm.KERNEL_VERSION,
+             "choices": [bad]}
     assert tile_choices.import_choices(saved, CUDA0) == 0
     assert not chosen and "ignoring the saved GEMM tile choices" in caplog.text
 

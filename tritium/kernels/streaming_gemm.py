@@ -41,6 +41,10 @@ from tritium.kernels.rope_kv_write import _quantize
 logger = logging.getLogger(__name__)
 
 BLOCK_M = 16
+# Saved tile choices (tile_choices.py) are taken only from an engine timed with this version: bump
+# it when the kernel or its candidates change (a choice timed against other candidates is stale).
+# 2: in-kernel split-K sum by default, exponent-trick int4 candidates.
+KERNEL_VERSION = 2
 # weight kinds
 FP8, INT8, INT4, DENSE = 0, 1, 2, 3
 # activation handling

@@ -1,8 +1,9 @@
 """The weight-streaming GEMM's timed tile choices, kept in a saved engine (as TensorRT-LLM keeps
-its chosen tactics): a load on the same GPU model with the same Triton takes them instead of
-compiling and timing every candidate again (kernels/streaming_gemm.py times them on first use).
+its chosen tactics): a load on the same GPU model with the same Triton and the same kernel version
+(streaming_gemm.KERNEL_VERSION) takes them instead of compiling and timing every candidate again
+(kernels/streaming_gemm.py times them on first use).
 
-    {"gpu": "NVIDIA H200", "triton": "3.6.0",
+    {"gpu": "NVIDIA H200", "triton": "3.6.0", "kernels": 2,
      "choices": [{"weight": 0, "act": 1, "n": 6144, "k": 4096, "group": 0, "dtype": "bfloat16",
                   "one_row": true, "block_n": 64, "block_k": 128, "split_k": 4, ...}, ...]}
 """
@@ -66,17 +67,23 @@ def export_choices(device: torch.device) -> Optional[dict[str, Any]]:
     if device.type != "cuda":
         return None
     index = _cuda_index(device)
-    return {"gpu": torch.cuda.get_device_name(index), "triton": triton.__version__, "choices": choices_on(index)}
+    return {**_made_here(index), "choices": choices_on(index)}
+
+
+def _made_here(index: int) -> dict[str, Any]:
+    return {"gpu": torch.cuda.get_device_name(index), "triton": triton.__version__,
+            "kernels": streaming_gemm.KERNEL_VERSION}
 
 
 def import_choices(saved: Optional[dict[str, Any]], device: torch.device) -> int:
     """Adopt a saved engine's choices when they were made on this GPU model with this Triton
-    version (elsewhere they are ignored and timed afresh); returns how many were taken."""
+    version and kernel version (elsewhere they are ignored and timed afresh); returns how many
+    were taken."""
     if not saved or device.type != "cuda":
         return 0
     index = _cuda_index(device)
-    here = {"gpu": torch.cuda.get_device_name(index), "triton": triton.__version__}
-    made = {"gpu": saved.get("gpu"), "triton": saved.get("triton")}
+    here = _made_here(index)
+    made = {name: saved.get(name) for name in here}
     if made != here:
         logger.info("saved GEMM tile choices were made on %s; this is %s: timing them again", made, here)
         return 0
