@@ -1,6 +1,8 @@
 """Compile the weight-streaming GEMM's candidates for Hopper (sm_90) on a machine without a GPU and
-report what ptxas made of each: registers, spills (stack), shared memory, and the load
-instructions (cp.async LDGSTS: software-pipelined through shared memory; plain LDG: not).
+report what ptxas made of each: registers, spills (stack), shared memory, the load
+instructions (cp.async LDGSTS: software-pipelined through shared memory; plain LDG: not), and
+the instructions of one K step (a warp issues one a cycle per scheduler: per weight byte, a bound
+on bandwidth next to the memory's).
 A planning aid between device calls: a candidate that spills or never pipelines its weight loads
 is worth fixing before it is timed.
 
@@ -51,6 +53,18 @@ def compile_candidate(weight: str, cfg: sg.GemvConfig, group: int):
                           options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
 
 
+def main_loop(sass: str) -> collections.Counter:
+    """Opcodes of the largest loop (a backward branch and what it jumps over): the K loop."""
+    code = [(int(m[1], 16), m[2]) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    best: list[str] = []
+    for addr, text in code:
+        target = re.search(r"\bBRA\s+0x([0-9a-f]+)", text)
+        if target and int(target[1], 16) < addr:
+            body = [t for a, t in code if int(target[1], 16) <= a <= addr]
+            best = max(best, body, key=len)
+    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best)
+
+
 def describe(cubin: bytes) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
@@ -62,7 +76,10 @@ def describe(cubin: bytes) -> str:
     resources = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", usage)
     loads = collections.Counter(re.findall(r"\b(LDGSTS|LDG)((?:\.[A-Z0-9_]+)*)\s", sass))
     load_text = ", ".join(f"{op}{width} x{n}" for (op, width), n in sorted(loads.items()))
-    return f"regs {resources[1]}, stack {resources[2]} B, shared {resources[3]} B; loads: {load_text}"
+    loop = main_loop(sass)
+    top = ", ".join(f"{op} {n}" for op, n in loop.most_common(6))
+    return (f"regs {resources[1]}, stack {resources[2]} B, shared {resources[3]} B; loads: {load_text}; "
+            f"K loop {sum(loop.values())} instructions ({top})")
 
 
 def main() -> None:

@@ -57,6 +57,7 @@ def test_w8a16_matches_dequantized_reference(m, n, k, dtype, with_bias, config, 
     # nibbles to floats by the exponent trick, on both tile kinds
     (3, 24, 160, 64, torch.bfloat16, GemvConfig(16, 64, 2, int4_magic=True)),
     (1, 40, 128, 64, torch.float32, GemvConfig(16, 128, 1, gemv=True, int4_magic=True)),
+    (1, 24, 160, 32, torch.bfloat16, GemvConfig(16, 64, 2, gemv=True, int4_magic=True)),  # ragged end, split
 ])
 def test_w4a16_matches_dequantized_reference(m, n, k, group, dtype, config, device):
     gen = torch.Generator().manual_seed(m * 7 + k)
@@ -78,7 +79,8 @@ def test_w4a16_matches_dequantized_reference(m, n, k, group, dtype, config, devi
     (4, 24, 192, torch.float32, GEMV_SPLIT),
 ])
 def test_fp8_gemv_matches_w8a8_reference(per_token, m, n, k, dtype, config, device):
-    """The activations are rounded onto FP8 in the kernel exactly as quantize_fp8 rounds them."""
+    """The activations are rounded onto FP8 in the kernel as quantize_fp8 rounds them (through the
+    reciprocal scale: an ulp apart at most before rounding, the same FP8 values on these inputs)."""
     gen = torch.Generator().manual_seed(m + k + per_token)
     w = torch.randn(n, k, generator=gen)
     wq, w_scale = quantize_fp8_per_row(w)

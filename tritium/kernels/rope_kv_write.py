@@ -25,15 +25,21 @@ def _quantize(x, scale, QUANT: tl.constexpr, out_ty: tl.constexpr, ROUND_FP8: tl
         return x.to(out_ty)
     y = tl.math.div_rn(x.to(tl.float32), scale)  # IEEE division: rounds as torch does (Triton's `/` is approximate)
     if QUANT == 1:
-        if ROUND_FP8:
-            step = tl.exp2(tl.floor(tl.log2(tl.maximum(tl.abs(y), 0.015625))) - 3.0)  # e4m3: 3 mantissa bits
-            t = y / step
-            r = tl.floor(t + 0.5)
-            r = tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # ties to even
-            y = r * step
-        return tl.minimum(tl.maximum(y, -448.0), 448.0).to(out_ty)
+        return _saturate_e4m3(y, out_ty, ROUND_FP8)
     y = tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5))
     return tl.minimum(tl.maximum(y, -127.0), 127.0).to(out_ty)
+
+
+@triton.jit
+def _saturate_e4m3(y, out_ty: tl.constexpr, ROUND_FP8: tl.constexpr):
+    """float32 y -> FP8 e4m3 (out_ty), saturating at +-448; ROUND_FP8: see _quantize."""
+    if ROUND_FP8:
+        step = tl.exp2(tl.floor(tl.log2(tl.maximum(tl.abs(y), 0.015625))) - 3.0)  # e4m3: 3 mantissa bits
+        t = y / step
+        r = tl.floor(t + 0.5)
+        r = tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # ties to even
+        y = r * step
+    return tl.minimum(tl.maximum(y, -448.0), 448.0).to(out_ty)
 
 
 @triton.jit

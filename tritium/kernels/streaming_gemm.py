@@ -36,15 +36,16 @@ import triton.language as tl
 
 from tritium.kernels import dot_precision, fused_split_sum_enabled, gemm_tuning_enabled, interpreting
 from tritium.kernels.act_quant import row_fp8_scales
-from tritium.kernels.rope_kv_write import _quantize
+from tritium.kernels.rope_kv_write import _saturate_e4m3
 
 logger = logging.getLogger(__name__)
 
 BLOCK_M = 16
 # Saved tile choices (tile_choices.py) are taken only from an engine timed with this version: bump
 # it when the kernel or its candidates change (a choice timed against other candidates is stale).
-# 2: in-kernel split-K sum by default, exponent-trick int4 candidates.
-KERNEL_VERSION = 2
+# 2: in-kernel split-K sum by default, exponent-trick int4 candidates; 3: FP8 activations through the
+# reciprocal scale, int4 one-row tiles centre nibbles before the product.
+KERNEL_VERSION = 3
 # weight kinds
 FP8, INT8, INT4, DENSE = 0, 1, 2, 3
 # activation handling
@@ -78,6 +79,16 @@ def _nibble_float(q, MAGIC: tl.constexpr):
 
 
 @triton.jit
+def _centered_nibbles(q, zero, MAGIC: tl.constexpr):
+    """int32 values 0..15 minus their float zero point (0..15): q - zero in float32, exactly.
+    MAGIC: 0x4B000000 is 2^23 as a float32, whose last mantissa bits then hold q: one subtraction
+    of 2^23 + zero both converts and centres."""
+    if MAGIC:
+        return (q | 0x4B000000).to(tl.float32, bitcast=True) - (zero + 8388608.0)
+    return q.to(tl.float32) - zero
+
+
+@triton.jit
 def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr, y_ptr, part_ptr, arrivals_ptr,
                        M, N, K, KW, STEPS_PER_SPLIT, stride_xm, stride_wn, stride_sn, stride_ym,
                        WEIGHT: tl.constexpr, ACT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -97,6 +108,12 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
         x_scale = tl.load(x_scale_ptr)
     if ACT == 2:
         x_scale = tl.load(x_scale_ptr + rows, mask=r_mask, other=1.0)[:, None]  # [BLOCK_M, 1]
+    if ACT != 0:
+        # x * (1 / scale) instead of x / scale: IEEE division in the loop was ~40% of a tensor-core
+        # tile's instructions (it runs on all 16 padded rows). It can differ from quantize_fp8's
+        # x / scale by an ulp, so a value within an ulp of a rounding midpoint may land one FP8
+        # step away (the activation rounding itself moves values by up to half a step).
+        x_inv = tl.math.div_rn(tl.full(x_scale.shape, 1.0, tl.float32), x_scale)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     if GEMV:
         acc2 = tl.zeros([BLOCK_N, ACC_K], tl.float32)
@@ -111,18 +128,20 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                                  other=0).to(tl.int32)  # [BLOCK_N, HALF]
                 scale = tl.load(scale_ptr + cols * stride_sn + g, mask=c_mask & g_ok, other=0.0).to(tl.float32)
                 zero = tl.load(zero_ptr + cols * stride_sn + g, mask=c_mask & g_ok, other=0).to(tl.float32)
-                scale, zs = scale[:, None], (zero * scale)[:, None]  # w = q * scale - zero * scale
+                scale, zero = scale[:, None], zero[:, None]  # [BLOCK_N, 1]
                 k_lo = g * GROUP + tl.arange(0, HALF)  # input channel of the low nibble; the high one is HALF on
                 x_lo = tl.load(x_ptr + rows[:, None] * stride_xm + k_lo[None, :],
                                mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, HALF]
                 x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
                                mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
-                w_lo = _nibble_float(packed & 0xF, MAGIC) * scale - zs
-                w_hi = _nibble_float(packed >> 4, MAGIC) * scale - zs
-                if GEMV:  # x_lo, x_hi [1, HALF] broadcast over the channels
-                    acc2 += w_lo * x_lo.to(tl.float32) + w_hi * x_hi.to(tl.float32)
-                else:
-                    w_lo, w_hi = w_lo.to(x_lo.dtype), w_hi.to(x_lo.dtype)
+                if GEMV:  # x_lo, x_hi [1, HALF] broadcast over the channels: sum (q - zero) x, times the
+                    q_lo = _centered_nibbles(packed & 0xF, zero, MAGIC)  # group's scale once a pair
+                    q_hi = _centered_nibbles(packed >> 4, zero, MAGIC)  # [BLOCK_N, HALF]
+                    acc2 += (q_lo * x_lo.to(tl.float32) + q_hi * x_hi.to(tl.float32)) * scale
+                else:  # w = q scale - zero scale: one multiply-add a weight on the way to the dot
+                    zs = zero * scale
+                    w_lo = (_nibble_float(packed & 0xF, MAGIC) * scale - zs).to(x_lo.dtype)
+                    w_hi = (_nibble_float(packed >> 4, MAGIC) * scale - zs).to(x_lo.dtype)
                     if DOT_F32:
                         x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
                         w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
@@ -139,7 +158,7 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
             x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=r_mask[:, None] & k_mask[None, :],
                         other=0.0)  # [BLOCK_M, BLOCK_K]
             if ACT != 0:  # onto the FP8 grid; FP8 values are exact in float16, and FP8 -> float16 is one
-                x = _quantize(x, x_scale, 1, tl.float8e4nv, ROUND_FP8).to(tl.float16)  # instruction
+                x = _saturate_e4m3(x.to(tl.float32) * x_inv, tl.float8e4nv, ROUND_FP8).to(tl.float16)  # instruction
             if GEMV:  # x [1, BLOCK_K] broadcast over the channels
                 acc2 += w.to(tl.float32) * x.to(tl.float32)
             else:
@@ -364,7 +383,8 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
         arrivals if arrivals is not None else dummy, m, n, k, kw, per_split, x.stride(0), weight.stride(0),
         scale.stride(0) if scale is not None else 0, y.stride(0), WEIGHT=weight_kind, ACT=act,
-        GROUP=max(group_size, 2), HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
+        GROUP=max(group_size, 2), HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
         PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
         ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=arrivals is not None,
         MAGIC=cfg.int4_magic and weight_kind == INT4, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
