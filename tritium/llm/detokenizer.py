@@ -19,18 +19,21 @@ from typing import Optional
 # Prompt tokens decoded as context in front of the first output token.
 _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
+_LOOK_UP = object()  # IncrementalDetokenizer's fast_decoder default: find it from the tokenizer
 
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer, prompt_token_ids: Sequence[int],
-                 skip_special_tokens: bool = True, spaces_between_special_tokens: Optional[bool] = None):
+                 skip_special_tokens: bool = True, spaces_between_special_tokens: Optional[bool] = None,
+                 fast_decoder=_LOOK_UP):
+        """fast_decoder: rust_decoder(tokenizer), when the caller looked it up already."""
         self._tokenizer = tokenizer
         self._skip_special_tokens = skip_special_tokens
         # None: as the tokenizer decodes (fast tokenizers put no spaces around added tokens).
         self._spaces_between_special_tokens = spaces_between_special_tokens
         self._added_tokens = (tokenizer.added_tokens_decoder  # {id: AddedToken}; built per call: keep it
                               if spaces_between_special_tokens is not None and not skip_special_tokens else None)
-        self._backend = rust_decoder(tokenizer)
+        self._backend = rust_decoder(tokenizer) if fast_decoder is _LOOK_UP else fast_decoder
         context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self._ids: list[int] = context  # context + all output ids
         self._num_context = len(context)

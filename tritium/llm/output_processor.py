@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from tritium.core.sched_output import EngineCoreOutput, TopLogprobs
-from tritium.llm.detokenizer import IncrementalDetokenizer
+from tritium.llm.detokenizer import IncrementalDetokenizer, rust_decoder
 from tritium.llm.stop_checker import StopStringChecker
 from tritium.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput, RequestPerfMetrics
 from tritium.sampling_params import SamplingParams
@@ -69,6 +69,7 @@ class _Parent:
 class OutputProcessor:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._fast_decoder = rust_decoder(tokenizer) if tokenizer is not None else None  # looked up once
         self._parents: dict[str, _Parent] = {}
         self._parent_of: dict[str, str] = {}  # child req id -> parent request id
 
@@ -104,7 +105,7 @@ class OutputProcessor:
         if self.tokenizer is None or not params.detokenize:
             return None
         return IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens,
-                                      params.spaces_between_special_tokens)
+                                      params.spaces_between_special_tokens, fast_decoder=self._fast_decoder)
 
     def discard(self, request_id: str) -> None:
         """Forget a request the engine never took (its submission failed)."""
