@@ -163,7 +163,7 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
 
     cache = CacheConfig(block_size=plan.block_size, num_blocks=plan.num_blocks,
                         enable_prefix_caching=kv_cache_config.enable_block_reuse, dtype=kv_dtype)
-    grammar = GrammarBackend(tok, model_config.vocab_size, model_config.eos_token_ids) if tok is not None else None
+    grammar = GrammarBackend.for_model(tok, model_config)
     runner = ModelRunner(nn_model, model_config, cache, dev, backend, max_num_seqs=sched.max_num_seqs,
                          max_model_len=sched.max_model_len, use_cuda_graphs=use_graphs,
                          structured_output=StructuredOutputManager(grammar) if grammar is not None else None,

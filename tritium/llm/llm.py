@@ -87,8 +87,7 @@ class LLM:
         self.device = info.device
         self.tokenizer = tok
         self.grammar_backend = (self._parts.grammar_backend if self._parts is not None else
-                                GrammarBackend(tok, self.model_config.vocab_size, self.model_config.eos_token_ids)
-                                if tok is not None else None)
+                                GrammarBackend.for_model(tok, self.model_config))  # the front's own (engine process)
         self._processor = OutputProcessor(self.tokenizer)
         self._engine = engine if engine_process else BackgroundEngine(self._parts.core, self._on_outputs,
                                                                       self._on_error)

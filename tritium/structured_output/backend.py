@@ -7,7 +7,7 @@ request reaches the engine) and the model runner (one matcher per guided request
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Optional, Sequence
 
 from tritium.structured_output.params import GuidedDecodingParams
 
@@ -33,6 +33,11 @@ class GrammarBackend:
         self._eos = list(eos_token_ids) or None
         self._ll_tokenizer = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, tokenizer, model_config) -> Optional["GrammarBackend"]:
+        """The backend of a model's tokenizer; None without one (no guided decoding then)."""
+        return cls(tokenizer, model_config.vocab_size, model_config.eos_token_ids) if tokenizer is not None else None
 
     @property
     def ll_tokenizer(self):
