@@ -111,8 +111,8 @@ def test_dense_gemv_matches_f_linear(device, dtype, rows, n, k, bias, config):
     _assert_close(out, _reference(x, w, b), dtype)
 
 
-@pytest.mark.parametrize("weight, group", [(streaming_gemm.INT4, 128), (streaming_gemm.INT4, 32), (streaming_gemm.FP8, 0),
-                                           (streaming_gemm.DENSE, 0)])
+@pytest.mark.parametrize("weight, group", [(streaming_gemm.INT4, 128), (streaming_gemm.INT4, 32),
+                                           (streaming_gemm.FP8, 0), (streaming_gemm.DENSE, 0)])
 def test_candidate_tiles(weight, group):
     """Tensor-core tiles for every row count, CUDA-core GEMV tiles only for a single row; int4 steps
     cover whole groups; every tile's pipelined stages fit the shared-memory budget."""
@@ -134,12 +134,12 @@ def test_candidate_tiles(weight, group):
             assert c.block_k % group == 0
 
 
-@pytest.mark.parametrize("config", [SPLIT, GEMV_SPLIT, GemvConfig(block_n=16, block_k=64, split_k=3)])
-def test_fused_split_sum_equals_the_split_kernel(device, monkeypatch, config):
+@pytest.mark.parametrize("config, rows", [(SPLIT, 3), (GEMV_SPLIT, 1), (GemvConfig(16, 64, split_k=3), 3),
+                                          (SPLIT, 20)])  # two row blocks: a tile's counter each
+def test_fused_split_sum_equals_the_split_kernel(device, monkeypatch, config, rows):
     """The last split program per tile sums the partials (with the bias);
     same result as the second kernel, and the arrival counters are left at zero for the next launch."""
     gen = torch.Generator().manual_seed(12)
-    rows = 1 if config.gemv else 3
     x = torch.randn(rows, 200, generator=gen).to(device)
     wq, w_scale = quantize_fp8_per_row(torch.randn(40, 200, generator=gen))
     bias = torch.randn(40, generator=gen).to(device)

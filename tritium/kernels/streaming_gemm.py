@@ -6,7 +6,7 @@ pre-kernel), or W in 16 bits (dense_gemv, where a timed choice per shape keeps c
 At a few rows a linear layer only has to read its weight once: the kernel streams the quantized
 bytes (never a dequantized copy) and multiplies each weight tile with all rows of x at once
 (padded to a 16-row tensor-core tile; the padding costs no memory traffic), accumulating in
-float32. Grid (cdiv(N, BLOCK_N), cdiv(M, 16), SPLIT_K): SPLIT_K programs share one output tile,
+float32. Grid (cdiv(M, 16), cdiv(N, BLOCK_N), SPLIT_K): SPLIT_K programs share one output tile,
 each over a slice of K, so that even a 4096-wide layer has several programs per SM in flight;
 they write float32 partials that a second kernel sums (+ bias, cast). A single row may instead
 take a GEMV tile (one row a program, products accumulated element-wise in float32 on the CUDA
@@ -44,8 +44,8 @@ BLOCK_M = 16
 # Saved tile choices (tile_choices.py) are taken only from an engine timed with this version: bump
 # it when the kernel or its candidates change (a choice timed against other candidates is stale).
 # 2: in-kernel split-K sum by default, exponent-trick int4 candidates; 3: FP8 activations through the
-# reciprocal scale, int4 one-row tiles centre nibbles before the product.
-KERNEL_VERSION = 3
+# reciprocal scale, int4 one-row tiles centre nibbles before the product; 4: row blocks launch first.
+KERNEL_VERSION = 4
 # weight kinds
 FP8, INT8, INT4, DENSE = 0, 1, 2, 3
 # activation handling
@@ -99,8 +99,8 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
     accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end.
     FUSED_SUM: the last split program to finish an output tile (counted in arrivals_ptr, int32 per
     tile, zero between launches) sums the tile's partials, instead of a second kernel."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks of one weight tile launch
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # side by side: its re-reads hit L2
     pid_k = tl.program_id(2)
     r_mask = rows < M
     c_mask = cols < N
@@ -376,7 +376,7 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
     part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     dummy = weight  # for pointer arguments a variant does not read
     block_m = 1 if cfg.gemv else BLOCK_M
-    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, block_m), split)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, cfg.block_n), split)
     arrivals = _arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and fused_split_sum_enabled() else None
     _quant_gemv_kernel[grid](
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
