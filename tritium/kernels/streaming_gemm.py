@@ -44,7 +44,8 @@ BLOCK_M = 16
 # Saved tile choices (tile_choices.py) are taken only from an engine timed with this version: bump
 # it when the kernel or its candidates change (a choice timed against other candidates is stale).
 # 2: in-kernel split-K sum by default, exponent-trick int4 candidates; 3: FP8 activations through the
-# reciprocal scale, int4 one-row tiles centre nibbles before the product; 4: row blocks launch first.
+# reciprocal scale, int4 one-row tiles centre nibbles before the product; 4: row blocks launch first,
+# the exponent trick takes the high nibble unshifted.
 KERNEL_VERSION = 4
 # weight kinds
 FP8, INT8, INT4, DENSE = 0, 1, 2, 3
@@ -70,22 +71,18 @@ CUBLAS = GemvConfig(0, 0, 0)  # dense_gemv's choice when cuBLAS timed faster tha
 
 
 @triton.jit
-def _nibble_float(q, MAGIC: tl.constexpr):
-    """int32 values 0..15 -> float32, exactly (MAGIC: 0x4B000000 is 2^23 as a float32, whose last
-    mantissa bits are the value)."""
+def _nibbles(packed, zero, MAGIC: tl.constexpr):
+    """Bytes (int32, 0..255) -> (low nibble - zero, high nibble - zero) in float32, exactly.
+    MAGIC, the exponent trick: a nibble OR'd into the mantissa of 2^23 counts units (the low one),
+    into that of 2^19 sixteenths (the high one, unshifted), so one subtraction of 2^23 + zero or
+    2^19 + zero both converts and centres: logic ops and adds instead of int -> float conversions."""
     if MAGIC:
-        return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    return q.to(tl.float32)
-
-
-@triton.jit
-def _centered_nibbles(q, zero, MAGIC: tl.constexpr):
-    """int32 values 0..15 minus their float zero point (0..15): q - zero in float32, exactly.
-    MAGIC: 0x4B000000 is 2^23 as a float32, whose last mantissa bits then hold q: one subtraction
-    of 2^23 + zero both converts and centres."""
-    if MAGIC:
-        return (q | 0x4B000000).to(tl.float32, bitcast=True) - (zero + 8388608.0)
-    return q.to(tl.float32) - zero
+        low = ((packed & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - (zero + 8388608.0)
+        high = ((packed & 0xF0) | 0x49000000).to(tl.float32, bitcast=True) - (zero + 524288.0)
+    else:
+        low = (packed & 0xF).to(tl.float32) - zero
+        high = (packed >> 4).to(tl.float32) - zero
+    return low, high
 
 
 @triton.jit
@@ -135,13 +132,13 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                 x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
                                mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
                 if GEMV:  # x_lo, x_hi [1, HALF] broadcast over the channels: sum (q - zero) x, times the
-                    q_lo = _centered_nibbles(packed & 0xF, zero, MAGIC)  # group's scale once a pair
-                    q_hi = _centered_nibbles(packed >> 4, zero, MAGIC)  # [BLOCK_N, HALF]
+                    q_lo, q_hi = _nibbles(packed, zero, MAGIC)  # group's scale once a pair; [BLOCK_N, HALF]
                     acc2 += (q_lo * x_lo.to(tl.float32) + q_hi * x_hi.to(tl.float32)) * scale
                 else:  # w = q scale - zero scale: one multiply-add a weight on the way to the dot
                     zs = zero * scale
-                    w_lo = (_nibble_float(packed & 0xF, MAGIC) * scale - zs).to(x_lo.dtype)
-                    w_hi = (_nibble_float(packed >> 4, MAGIC) * scale - zs).to(x_lo.dtype)
+                    q_lo, q_hi = _nibbles(packed, 0.0, MAGIC)
+                    w_lo = (q_lo * scale - zs).to(x_lo.dtype)
+                    w_hi = (q_hi * scale - zs).to(x_lo.dtype)
                     if DOT_F32:
                         x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
                         w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
