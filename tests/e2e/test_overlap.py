@@ -110,3 +110,23 @@ def test_late_scheduling_waits_for_arrivals_and_keeps_the_tokens(tiny_llama, exp
     assert [o.outputs[0].token_ids for o in late] == want[1:]
     assert any(w > 0.01 for w in waits), "the loop never waited for arrivals"
     assert after_add and all(d == 0.0 for d in after_add)  # an arrival is scheduled without waiting
+
+
+def test_late_scheduling_leaves_large_decode_batches_alone(tiny_llama, expected, monkeypatch):
+    """Decode steps of more requests than pacing.MAX_PACED_BATCH are scheduled at once (pacing them
+    cost 2% of offline throughput at 512 requests on an H200); the tokens stay Hugging Face's."""
+    from tritium.engine import engine_core
+    from tritium.engine.pacing import StepPacer
+
+    monkeypatch.setattr(engine_core, "MAX_PACED_BATCH", 0)  # every step is larger (64 here: waits)
+    prompts, want = expected
+    with overlapped(LLM(tiny_llama, dtype="float32")) as llm:
+        pacer = StepPacer()
+        pacer.finished_decode = lambda gpu_s: pacer._gpu_s.append(0.04)  # a pretend 40 ms GPU step
+        waits = []
+        delay = pacer.delay
+        pacer.delay = lambda: waits.append(delay()) or waits[-1]
+        llm._engine.core.pacer = pacer
+        out = llm.generate(prompts, GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in out] == want
+    assert waits and all(w == 0.0 for w in waits)
