@@ -28,7 +28,7 @@
 #   prefill-spy    467-token prefills one at a time under py-spy (carry .tools): the prefill step's host time
 #   prefill-ab     467-token prefills one at a time, prefill CUDA graphs on and off (same process)
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
-#                  the fused split-K sum (GPU tests of this session's changes)
+#                  the saved memory profile, the fused split-K sum, exponent-trick int4 tiles
 #   dequant-tests  one-pass int4 / int8 weight dequantization (weight-only prefill), small and real sizes
 #   serve-rate2    tritium serve at 2 requests/s only (TTFT / ITL)
 #   late-schedule-ab  the same without and with late scheduling (TRITIUM_LATE_SCHEDULE=0 / 1)

@@ -376,7 +376,8 @@ def profile_offline(report: dict, input_len: int = 128, output_len: int = 128, n
         llm.generate(prompts[64:], params, use_tqdm=False)
         wall = time.perf_counter() - t
     families: dict[str, float] = {}
-    for e in prof.key_averages():
+    events = prof.key_averages()
+    for e in events:
         name = e.key
         fam = ("gemm" if ("nvjet" in name or "gemm" in name.lower() or "cublas" in name.lower()) else
                "attention" if ("_decode" in name or "_prefill" in name) else
@@ -389,7 +390,7 @@ def profile_offline(report: dict, input_len: int = 128, output_len: int = 128, n
     print(f"[profile offline {tag}] wall {wall:.1f} s "
           f"({n / wall:.0f} tok/s under the profiler), kernels {busy:.1f} s ({100 * busy / wall:.0f}% busy): "
           + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(families.items(), key=lambda kv: -kv[1])), flush=True)
-    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70),
+    print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70),
           flush=True)
     llm.shutdown()
 

@@ -20,6 +20,7 @@ import re
 import subprocess
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -36,11 +37,8 @@ def compile_candidate(weight: str, cfg: sg.GemvConfig, group: int):
     kind, w_type, act = _WEIGHTS[weight]
     kernel = sg._quant_gemv_kernel
     names = kernel.arg_names
-    constants = dict(WEIGHT=kind, ACT=act, GROUP=group if kind == sg.INT4 else 2, HAS_BIAS=False,
-                     SPLIT=cfg.split_k > 1, BLOCK_M=1 if cfg.gemv else sg.BLOCK_M, BLOCK_N=cfg.block_n,
-                     BLOCK_K=cfg.block_k, DOT_F32=False, PRECISION="tf32", ROUND_FP8=False, GEMV=cfg.gemv,
-                     ACC_K=group // 2 if kind == sg.INT4 else cfg.block_k, FUSED_SUM=cfg.split_k > 1,
-                     MAGIC=cfg.int4_magic and kind == sg.INT4)
+    constants = sg.kernel_constants(kind, act, group if kind == sg.INT4 else 0, cfg, cfg.split_k, has_bias=False,
+                                    fused_sum=cfg.split_k > 1, dtype=torch.bfloat16)
     pointers = {"x_ptr": "*bf16", "w_ptr": w_type, "scale_ptr": "*bf16" if kind == sg.INT4 else "*fp32",
                 "zero_ptr": "*u8", "x_scale_ptr": "*fp32", "bias_ptr": "*bf16", "y_ptr": "*bf16",
                 "part_ptr": "*fp32", "arrivals_ptr": "*i32"}

@@ -24,7 +24,8 @@ class EngineCore:
     def __init__(self, scheduler: Scheduler, runner):
         self.scheduler = scheduler
         self.runner = runner
-        self._in_flight: Optional[tuple[SchedulerOutput, object, StepProbe]] = None  # (step, runner handle, stats)
+        # (step, runner handle, stats, whether its GPU time feeds the pacer)
+        self._in_flight: Optional[tuple[SchedulerOutput, object, StepProbe, bool]] = None
         self.stats = IterationStatsLog()
         # late scheduling (pacing.py): only where steps overlap and the runner can time them
         self.pacer: Optional[StepPacer] = None
@@ -64,24 +65,23 @@ class EngineCore:
         outputs = [] if overlap else self._finish_in_flight()
         handle = self.runner.execute_model(sched_out)
         launched = self.pacer.clock() if self.pacer is not None else 0.0
+        paced = self.pacer is not None and overlap and _is_small_pure_decode(sched_out)
         if overlap:
             outputs = self._finish_in_flight()
-        self._in_flight = (sched_out, handle, probe)
+        self._in_flight = (sched_out, handle, probe, paced)
         if not overlap:
             outputs += self._finish_in_flight()  # nothing is left in flight between steps
         if self.pacer is not None:  # a decode step in flight started on the GPU as its predecessor's tokens came
-            decode = overlap and not sched_out.is_empty and _is_pure_decode(sched_out) \
-                and len(sched_out.num_scheduled_tokens) <= MAX_PACED_BATCH
-            self.pacer.launched(launched - start, max(launched, self.pacer.clock()) if decode else None)
+            self.pacer.launched(launched - start, max(launched, self.pacer.clock()) if paced else None)
         return outputs
 
     def _finish_in_flight(self) -> list[EngineCoreOutput]:
         if self._in_flight is None:
             return []
-        sched_out, handle, probe = self._in_flight
+        sched_out, handle, probe, paced = self._in_flight
         self._in_flight = None
         runner_out = handle.result() if hasattr(handle, "result") else handle
-        if self.pacer is not None and not sched_out.is_empty and _is_pure_decode(sched_out):
+        if paced:  # its GPU time estimates the next paced step's
             timed = getattr(handle, "gpu_seconds", None)
             self.pacer.finished_decode(timed() if timed is not None else None)
         if sched_out.is_empty:
@@ -91,6 +91,8 @@ class EngineCore:
         return outputs
 
 
-def _is_pure_decode(so: SchedulerOutput) -> bool:
-    """One token for each request and no new request (a step whose GPU time repeats)."""
-    return not so.scheduled_new_reqs and all(n == 1 for n in so.num_scheduled_tokens.values())
+def _is_small_pure_decode(so: SchedulerOutput) -> bool:
+    """At most MAX_PACED_BATCH requests, one token each, none new: a step whose GPU time repeats
+    and that late scheduling paces."""
+    return (not so.is_empty and len(so.num_scheduled_tokens) <= MAX_PACED_BATCH and not so.scheduled_new_reqs
+            and all(n == 1 for n in so.num_scheduled_tokens.values()))

@@ -10,10 +10,10 @@ arriving meanwhile join N + 1 while the GPU still never waits for the host. It p
 pure decode steps (their GPU times repeat; the shortest of the last few is the estimate) and never
 once a request has arrived since the last step.
 
-Only small decode batches are paced (MAX_PACED_BATCH): the wait leaves the GPU a gap of about the
-margin each step, which measured 2% of offline throughput at 512 concurrent requests on an H200
-(10,018 vs 9,800 output tok/s, 2026-11-30) while light loads, where the TTFT is what is measured,
-lost nothing (ITL 4.84 vs 4.85 ms at 2 req/s; mean TTFT 22.3 -> 20.3 ms).
+Only small decode batches are paced (MAX_PACED_BATCH): pacing every decode step cost 2% of offline
+throughput at 512 concurrent requests on an H200 (10,018 vs 9,800 output tok/s, means of two runs
+each, 2026-11-30; presumably a gap left on the GPU each step, not profiled), while at 2 req/s,
+where the TTFT is what is measured, the ITL did not move (4.84 vs 4.85 ms; mean TTFT 22.3 -> 20.3 ms).
 """
 from __future__ import annotations
 

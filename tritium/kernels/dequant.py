@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tritium.kernels.streaming_gemm import _nibbles
+
 _ELEMENTS = 4096  # weights a program writes
 
 
@@ -29,8 +31,8 @@ def _int4_kernel(packed_ptr, scale_ptr, zero_ptr, out_ptr, K, num_groups, stride
     byte = tl.load(packed_ptr + n * stride_pn + g[:, None] * HALF + j[None, :], mask=g_ok[:, None], other=0)
     scale = tl.load(scale_ptr + n * stride_sn + g, mask=g_ok, other=0.0).to(tl.float32)[:, None]  # [GROUPS, 1]
     zero = tl.load(zero_ptr + n * stride_sn + g, mask=g_ok, other=0).to(tl.float32)[:, None]
-    lo = ((byte & 0xF).to(tl.float32) - zero) * scale  # [GROUPS, HALF]
-    hi = ((byte >> 4).to(tl.float32) - zero) * scale
+    lo, hi = _nibbles(byte.to(tl.int32), zero, False)  # [GROUPS, HALF]: q - zero, exactly
+    lo, hi = lo * scale, hi * scale
     k_lo = g[:, None] * (2 * HALF) + j[None, :]  # weights past K are the zero padding of the last group
     out = out_ptr + n * stride_on
     tl.store(out + k_lo, lo.to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & (k_lo < K))

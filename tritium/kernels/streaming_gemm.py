@@ -8,7 +8,8 @@ bytes (never a dequantized copy) and multiplies each weight tile with all rows o
 (padded to a 16-row tensor-core tile; the padding costs no memory traffic), accumulating in
 float32. Grid (cdiv(M, 16), cdiv(N, BLOCK_N), SPLIT_K): SPLIT_K programs share one output tile,
 each over a slice of K, so that even a 4096-wide layer has several programs per SM in flight;
-they write float32 partials that a second kernel sums (+ bias, cast). A single row may instead
+they write float32 partials that the tile's last program to finish sums (+ bias, cast), or with
+TRITIUM_FUSED_SPLIT_SUM=0 a second kernel. A single row may instead
 take a GEMV tile (one row a program, products accumulated element-wise in float32 on the CUDA
 cores and summed once at the end: no tensor-core operand shuffles, which int4's in-register
 dequantization would otherwise feed). Large batches (prefill)
@@ -61,10 +62,7 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 4
     gemv: bool = False  # one row per program, products summed on the CUDA cores (no tensor-core tile)
-    # int4: nibbles become floats by the exponent trick (OR into the mantissa of 2^23, subtract
-    # 2^23: a logic op and an add) instead of int -> float conversion instructions (fewer issue
-    # per clock than float adds; whether that bounds the int4 kernel is not measured yet)
-    int4_magic: bool = False
+    int4_magic: bool = False  # int4: nibbles become floats by the exponent trick (_nibbles)
 
 
 CUBLAS = GemvConfig(0, 0, 0)  # dense_gemv's choice when cuBLAS timed faster than every tile
@@ -359,6 +357,17 @@ def _arrival_counters(device: torch.device, tiles: int) -> Optional[torch.Tensor
     return counters
 
 
+def kernel_constants(weight_kind: int, act: int, group_size: int, cfg: GemvConfig, split: int, has_bias: bool,
+                     fused_sum: bool, dtype: torch.dtype) -> dict:
+    """_quant_gemv_kernel's constexpr arguments for a launch (also what scripts/inspect_gemv_sass.py
+    compiles offline)."""
+    return dict(WEIGHT=weight_kind, ACT=act, GROUP=max(group_size, 2), HAS_BIAS=has_bias, SPLIT=split > 1,
+                BLOCK_M=1 if cfg.gemv else BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
+                PRECISION=dot_precision(dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
+                ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=fused_sum,
+                MAGIC=cfg.int4_magic and weight_kind == INT4)
+
+
 def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Optional[torch.Tensor],
             zero: Optional[torch.Tensor], group_size: int, act: int, row_scale: Optional[torch.Tensor],
             bias: Optional[torch.Tensor], cfg: GemvConfig) -> torch.Tensor:
@@ -372,19 +381,15 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
     split = triton.cdiv(steps, per_split)  # no empty splits
     part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else y
     dummy = weight  # for pointer arguments a variant does not read
-    block_m = 1 if cfg.gemv else BLOCK_M
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, cfg.block_n), split)
+    grid = (triton.cdiv(m, 1 if cfg.gemv else BLOCK_M), triton.cdiv(n, cfg.block_n), split)
     arrivals = _arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and fused_split_sum_enabled() else None
     _quant_gemv_kernel[grid](
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
         arrivals if arrivals is not None else dummy, m, n, k, kw, per_split, x.stride(0), weight.stride(0),
-        scale.stride(0) if scale is not None else 0, y.stride(0), WEIGHT=weight_kind, ACT=act,
-        GROUP=max(group_size, 2), HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
-        PRECISION=dot_precision(x.dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
-        ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=arrivals is not None,
-        MAGIC=cfg.int4_magic and weight_kind == INT4, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        scale.stride(0) if scale is not None else 0, y.stride(0),
+        **kernel_constants(weight_kind, act, group_size, cfg, split, bias is not None, arrivals is not None, x.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split > 1 and arrivals is None:
         block = 256
         _sum_splits_kernel[(triton.cdiv(n, block), m)](part, bias if bias is not None else part, y, m, n,

@@ -3,7 +3,7 @@ its chosen tactics): a load on the same GPU model with the same Triton and the s
 (streaming_gemm.KERNEL_VERSION) takes them instead of compiling and timing every candidate again
 (kernels/streaming_gemm.py times them on first use).
 
-    {"gpu": "NVIDIA H200", "triton": "3.6.0", "kernels": 2,
+    {"gpu": "NVIDIA H200", "triton": "3.6.0", "kernels": 4,
      "choices": [{"weight": 0, "act": 1, "n": 6144, "k": 4096, "group": 0, "dtype": "bfloat16",
                   "one_row": true, "block_n": 64, "block_k": 128, "split_k": 4, ...}, ...]}
 """

@@ -213,7 +213,7 @@ def calibrate(model: nn.Module, model_config, config: QuantConfig, samples: list
     elif algo == QuantAlgo.W4A16_GPTQ:
         from tritium.quantization.gptq import apply_gptq
 
-        apply_gptq(model, windows, stats, config.group_size,
+        apply_gptq(windows, stats, config.group_size,
                    lambda prefixes: collect_statistics(model, model_config, samples, xtx_for=prefixes)[0])
     if kv_amax:
         from tritium.quantization.kv_cache import kv_scale_from_amax

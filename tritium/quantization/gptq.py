@@ -86,7 +86,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group: int, scale_dtyp
 
 
 @torch.no_grad()
-def apply_gptq(model: nn.Module, windows: list[list[nn.Module]], stats: dict, group: int,
+def apply_gptq(windows: list[list[nn.Module]], stats: dict, group: int,
                gather: Callable[[frozenset[str]], dict]) -> None:
     """Replace every quantized linear's float weight by its GPTQ solution (on the int4 grid) and
     set `int4_params` (scale, zero) for Int4WeightOnlyMethod.quantize. windows: hessian_windows';

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tritium.kernels import use_triton
 from tritium.quantization.base import QuantizedLinearMethod, loaded_param, replace_param
 from tritium.quantization.quant_utils import dequantize_int4, padded_k, quantize_int4, quantize_int8_per_row
 
@@ -21,15 +22,9 @@ WEIGHT_ONLY_KERNEL_MAX_ROWS = 64
 CPU_INT8_KERNEL_MAX_ROWS = 4
 
 
-def _use_triton(x: torch.Tensor) -> bool:
-    from tritium.kernels import use_triton
-
-    return use_triton(x)
-
-
 def _use_kernel(x: torch.Tensor) -> bool:
     """Whether x [M, K]'s rows go through the weight-streaming kernels."""
-    return _use_triton(x) and x.numel() // x.shape[-1] <= WEIGHT_ONLY_KERNEL_MAX_ROWS
+    return use_triton(x) and x.numel() // x.shape[-1] <= WEIGHT_ONLY_KERNEL_MAX_ROWS
 
 
 class Int8WeightOnlyMethod(QuantizedLinearMethod):
@@ -51,7 +46,7 @@ class Int8WeightOnlyMethod(QuantizedLinearMethod):
             from tritium.kernels.streaming_gemm import w8a16_gemm
 
             y = w8a16_gemm(x2.contiguous(), layer.weight, layer.weight_scale, bias)
-        elif _use_triton(x2):
+        elif use_triton(x2):
             from tritium.kernels.dequant import dequantize_int8_rows
 
             y = F.linear(x2, dequantize_int8_rows(layer.weight, layer.weight_scale, x.dtype), bias)
@@ -89,7 +84,7 @@ class Int4WeightOnlyMethod(QuantizedLinearMethod):
 
     def dequantized(self, layer, dtype: torch.dtype) -> torch.Tensor:
         """The dense [N, K] weight in `dtype` (one Triton pass on a GPU)."""
-        if _use_triton(layer.weight_packed):
+        if use_triton(layer.weight_packed):
             from tritium.kernels import dequant
 
             return dequant.dequantize_int4(layer.weight_packed, layer.weight_scale, layer.weight_zero,
