@@ -16,6 +16,7 @@
 #   gemv           decode-sized linears: bf16 cuBLAS vs the quantized weight-streaming kernels
 #   quant-latency  batch-1 decode 128/128 (bench latency), bf16 and each quantization, same run
 #   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
+#   mixed-split-ab FP8 offline 128/128, TRITIUM_MIXED_DECODE_SPLIT off and on; then 1000/1000
 #   fp8-batch      FP8 offline 128/128 at max batch 1024 and 2048, 1000/1000 at 1024
 #   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
 #                  saturation (512 concurrent), then 2 requests/s
@@ -34,6 +35,8 @@
 #   late-schedule-ab  the same without and with late scheduling (TRITIUM_LATE_SCHEDULE=0 / 1)
 #   fused-sum-ab   batch-1 FP8 / W4A16 decode, TRITIUM_FUSED_SPLIT_SUM off and on
 #   stream-test    tests/gpu/test_weight_streaming_gpu.py
+#   attn-tests     the attention kernels on the GPU (small cases, mixed steps, quantized KV at real sizes)
+#   attn-bench     decode attention tile variants at 8B sizes (ATTN_BASELINE=<module file>: an earlier copy too)
 #   gpu-tests      each tests/gpu module under its own time limit
 #   latency-short  batch-1 decode: bf16, FP8, W4A16, W8A16
 set -uo pipefail
@@ -148,6 +151,15 @@ for stage in "$@"; do
     stream-test)
       timeout 150 python3 -m pytest -q -p no:cacheprovider --durations=5 tests/gpu/test_weight_streaming_gpu.py 2>&1 \
         | tee "$LOGS/pytest-streaming.log" | tail -8 ;;
+    attn-tests)  # the attention kernels compiled on the GPU: small cases, mixed steps, quantized KV at real sizes
+      timeout 240 python3 -m pytest -q -p no:cacheprovider --maxfail=3 tests/kernels/test_attention_kernels.py \
+        tests/kernels/test_kv_quant_kernels.py tests/kernels/test_mixed_step_attention.py \
+        tests/gpu/test_quantization_gpu.py -k "attention or kv or mixed" 2>&1 | tee "$LOGS/pytest-attn.log" | tail -6
+      timeout 240 python3 -m pytest -q -p no:cacheprovider --maxfail=3 tests/gpu/test_gpu_engine.py 2>&1 \
+        | tee "$LOGS/pytest-gpu-engine.log" | tail -6 ;;
+    attn-bench)  # decode attention variants (and $ATTN_BASELINE, an earlier copy) at 8B sizes; mixed steps
+      timeout 300 python3 scripts/bench_decode_attention.py ${ATTN_BASELINE:+--baseline "$ATTN_BASELINE"} \
+        --json "$LOGS/attn-bench.json" 2>&1 | tee "$LOGS/attn-bench.log" | grep -vE "^\s*$" | tail -80 ;;
     gemv)
       timeout ${GEMV_TIMEOUT:-200} python3 scripts/bench_quant_gemv.py --rows 1 16 --candidates 2>&1 | tee "$LOGS/gemv.log" ;;
     latency-short)  # bf16 baseline, FP8, W4A16
@@ -175,6 +187,12 @@ for stage in "$@"; do
       for mb in 1024 2048; do offline "128-fp8-mb$mb" /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8 \
         --max-batch-size $mb; done
       offline 1000-fp8-mb1024 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 --max-batch-size 1024 ;;
+    mixed-split-ab)  # FP8 offline 128/128, mixed steps' decodes through the prefill kernel vs the decode kernel; 1000/1000
+      dataset /tmp/d128.jsonl 4096 128 128
+      TRITIUM_MIXED_DECODE_SPLIT=0 offline 128-fp8-nosplit /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8
+      offline 128-fp8-split /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8
+      dataset /tmp/d1000.jsonl 1024 1000 1000
+      offline 1000-fp8 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 ;;
     policy)
       dataset /tmp/d1000.jsonl 1024 1000 1000
       for p in MAX_UTILIZATION GUARANTEED_NO_EVICT; do offline "1000-$p" /tmp/d1000.jsonl --capacity-scheduler-policy $p; done ;;

@@ -38,6 +38,9 @@ class AttentionMetadata:
     # Decode-only steps: KV splits per sequence (None: the backend chooses from the lengths; a
     # CUDA graph fixes it per captured batch size).
     num_kv_splits: Optional[int] = None
+    # Leading requests with one query token each (the model runner puts them first in a step
+    # with prompt tokens): a backend may run them through its decode path.
+    num_decodes: int = 0
     # What a backend derives from this step's metadata once and reuses in every layer
     # (gather indices, masks), keyed by the backend.
     backend_cache: dict[str, Any] = field(default_factory=dict)

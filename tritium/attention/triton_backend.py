@@ -2,7 +2,8 @@
 
 Per layer: one launch rotates q and k (RoPE) and stores k/v into the cache; then decode-only
 steps run the split-KV decode kernel (graph-safe: lengths are read on the device) and every
-other step runs the variable-length prefill kernel over the paged cache.
+other step runs the variable-length prefill kernel over the paged cache, less its leading
+one-token requests (AttentionMetadata.num_decodes), which go through the decode kernel.
 """
 from __future__ import annotations
 
@@ -36,5 +37,22 @@ class TritonAttentionBackend(AttentionBackend):
             workspace = meta.backend_cache.get("decode_workspace")
             return paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, scale,
                                           num_splits=splits, workspace=workspace, kv_scale=kv_scale)
-        return paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-                                       meta.max_query_len, scale, kv_scale=kv_scale)
+        num_decodes = meta.num_decodes
+        if not num_decodes:
+            return paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+                                           meta.max_query_len, scale, kv_scale=kv_scale)
+        # A mixed step: its leading one-token requests through the decode kernel (all query heads
+        # of a KV head in one program: the prefill kernel would read their keys once per query
+        # head, into 64-row tiles of one row), the rest through the prefill kernel.
+        split = meta.backend_cache.get("mixed_split")
+        if split is None:  # the step's views, made once for all layers (eager steps are host-bound)
+            split = meta.backend_cache["mixed_split"] = (
+                num_kv_splits(num_decodes, kv_cache.shape[3], meta.max_seq_len, self.num_sms),
+                meta.block_tables[num_decodes:], meta.query_start_loc[num_decodes:], meta.seq_lens[num_decodes:])
+        splits, prefill_tables, prefill_starts, prefill_lens = split
+        out = torch.empty_like(q)
+        paged_decode_attention(q[:num_decodes], kv_cache, meta.block_tables, meta.seq_lens, scale,
+                               num_splits=splits, out=out[:num_decodes], kv_scale=kv_scale)
+        paged_prefill_attention(q, kv_cache, prefill_tables, prefill_starts, prefill_lens, meta.max_query_len, scale,
+                                out=out, kv_scale=kv_scale)
+        return out

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2
-from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step
+from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
 
 BLOCK_N = 64  # keys per tile
 
@@ -46,10 +46,10 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
     heads = kv_head * GROUP + g  # [BLOCK_G]
     q = tl.load(q_ptr + seq * stride_qs + heads[:, None] * stride_qh + d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_G, BLOCK_D]
-    if DOT_F32:
-        q = q.to(tl.float32)
+    q = query_for_dot(q, QUANT, DOT_F32)
 
     k_scale, v_scale = load_kv_scales(kv_scale_ptr, kv_head, NUM_KV_HEADS, QUANT)
+    score_scale = scale_log2e * k_scale  # the key scale, folded into the scores
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
@@ -57,12 +57,11 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
         t_mask = toks < end
         k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
-                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32,
-                            k_scale, v_scale, QUANT, q.dtype)
-        m, l, acc = online_softmax_step(q, k, v, t_mask[None, :], m, l, acc, scale_log2e, PRECISION)
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32, q.dtype)
+        m, l, acc = online_softmax_step(q, k, v, t_mask[None, :], m, l, acc, score_scale, PRECISION)
 
     safe_l = tl.where(l > 0, l, 1.0)
-    o = acc / safe_l[:, None]  # zeros for an empty split
+    o = acc * (v_scale / safe_l)[:, None]  # the value scale, folded in; zeros for an empty split
     o_mask = g_mask[:, None] & d_mask[None, :]
     if NUM_SPLITS == 1:
         tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :],
@@ -107,7 +106,8 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
                            seq_lens: torch.Tensor, scale: float, num_splits: int = 1,
                            out: torch.Tensor | None = None,
                            workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
-                           kv_scale: torch.Tensor | None = None) -> torch.Tensor:
+                           kv_scale: torch.Tensor | None = None, block_n: int = BLOCK_N,
+                           num_warps: int | None = None, num_stages: int = 2) -> torch.Tensor:
     """q: [S, H, D] (D contiguous); kv_cache: [2, blocks, block_size, KVH, D]; block_tables: [S, max_blocks]
     int32; seq_lens: [S] int32 (keys per sequence, this step's included). Returns [S, H, D].
     `workspace` (part_o [S, H, splits, BLOCK_D] float32, part_lse [S, H, splits] float32) may be
@@ -120,6 +120,8 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     quant = kv_quant_mode(kv_cache.dtype)
     assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     block_d = max(next_pow2(head_dim), 16)
+    if num_warps is None:  # a quantized cache's programs convert every element: more of them, smaller
+        num_warps = 2 if quant else 4
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_splits > 1:
@@ -135,9 +137,9 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits,
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
         DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype), QUANT=quant, NUM_KV_HEADS=num_kv_heads,
-        num_warps=4, num_stages=2)
+        num_warps=num_warps, num_stages=num_stages)
     if num_splits > 1:
         _decode_stage2[(num_seqs, num_heads)](
             part_o, part_lse, out, out.stride(0), out.stride(1),

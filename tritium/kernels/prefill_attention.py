@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2
-from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step
+from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
 
 
 @triton.jit
@@ -42,11 +42,11 @@ def _prefill_kernel(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, query_start_l
     d_mask = d < HEAD_DIM
     q = tl.load(q_ptr + (q_start + rows)[:, None] * stride_qt + head * stride_qh + d[None, :],
                 mask=r_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-    if DOT_F32:
-        q = q.to(tl.float32)
+    q = query_for_dot(q, QUANT, DOT_F32)
     q_pos = context_len + rows  # [BLOCK_M] position of each query token
 
     k_scale, v_scale = load_kv_scales(kv_scale_ptr, kv_head, NUM_KV_HEADS, QUANT)
+    score_scale = scale_log2e * k_scale  # the key scale, folded into the scores
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -55,12 +55,11 @@ def _prefill_kernel(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, query_start_l
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] key positions
         t_mask = toks < end
         k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
-                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32,
-                            k_scale, v_scale, QUANT, q.dtype)
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32, q.dtype)
         visible = (toks[None, :] <= q_pos[:, None]) & t_mask[None, :]  # causal; key 0 is visible to every row
-        m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, scale_log2e, PRECISION)
+        m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, score_scale, PRECISION)
 
-    o = acc / l[:, None]
+    o = acc * (v_scale / l)[:, None]  # the value scale, folded in
     tl.store(out_ptr + (q_start + rows)[:, None] * stride_ot + head * stride_oh + d[None, :],
              o.to(out_ptr.dtype.element_ty), mask=r_mask[:, None] & d_mask[None, :])
 
