@@ -120,8 +120,11 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     quant = kv_quant_mode(kv_cache.dtype)
     assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     block_d = max(next_pow2(head_dim), 16)
-    if num_warps is None:  # a quantized cache's programs convert every element: more of them, smaller
-        num_warps = 2 if quant else 4
+    if num_warps is None:
+        # a quantized cache's programs convert every element: with one split (large batches)
+        # two warps a program ran an H200 ~30% faster than four; with several, four were as fast
+        # or faster (scripts/bench_decode_attention.py)
+        num_warps = 2 if quant and num_splits == 1 else 4
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_splits > 1:
