@@ -16,6 +16,7 @@
 #   gemv           decode-sized linears: bf16 cuBLAS vs the quantized weight-streaming kernels
 #   quant-latency  batch-1 decode 128/128 (bench latency), bf16 and each quantization, same run
 #   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
+#   pdl-ab         GPU tests under TRITIUM_PDL=1, then batch-1 decode bf16 / FP8 / W4A16 with it off and on
 #   mixed-split-ab FP8 offline 128/128, TRITIUM_MIXED_DECODE_SPLIT off and on; then 1000/1000
 #   fp8-batch      FP8 offline 128/128 at max batch 1024 and 2048, 1000/1000 at 1024
 #   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
@@ -187,6 +188,14 @@ for stage in "$@"; do
       for mb in 1024 2048; do offline "128-fp8-mb$mb" /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8 \
         --max-batch-size $mb; done
       offline 1000-fp8-mb1024 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 --max-batch-size 1024 ;;
+    pdl-ab)  # programmatic dependent launch: GPU tests with it on, then batch-1 decode off / on
+      TRITIUM_PDL=1 timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=3 tests/gpu/test_weight_streaming_gpu.py \
+        tests/gpu/test_gpu_engine.py -k "not saved_engine" 2>&1 | tee "$LOGS/pytest-pdl.log" | tail -4
+      for q in bf16 FP8 W4A16; do
+        flags=(); [ "$q" = bf16 ] || flags=(--quantization "$q")
+        TRITIUM_PDL=0 latency "$q-pdl-off" "${flags[@]}"
+        TRITIUM_PDL=1 latency "$q-pdl-on" "${flags[@]}"
+      done ;;
     mixed-split-ab)  # FP8 offline 128/128, mixed steps' decodes through the prefill kernel vs the decode kernel; 1000/1000
       dataset /tmp/d128.jsonl 4096 128 128
       TRITIUM_MIXED_DECODE_SPLIT=0 offline 128-fp8-nosplit /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8

@@ -33,12 +33,13 @@ _WEIGHTS = {"fp8": (sg.FP8, "*fp8e4nv", sg.ACT_FP8_STATIC), "int8": (sg.INT8, "*
 _MULTIPLES_OF_16 = ("N", "K", "KW", "stride_xm", "stride_wn", "stride_sn", "stride_ym")
 
 
-def compile_candidate(weight: str, cfg: sg.GemvConfig, group: int):
+def compile_candidate(weight: str, cfg: sg.GemvConfig, group: int, pdl: bool = False):
     kind, w_type, act = _WEIGHTS[weight]
     kernel = sg._quant_gemv_kernel
     names = kernel.arg_names
     constants = sg.kernel_constants(kind, act, group if kind == sg.INT4 else 0, cfg, cfg.split_k, has_bias=False,
                                     fused_sum=cfg.split_k > 1, dtype=torch.bfloat16)
+    constants["USE_PDL"] = pdl
     pointers = {"x_ptr": "*bf16", "w_ptr": w_type, "scale_ptr": "*bf16" if kind == sg.INT4 else "*fp32",
                 "zero_ptr": "*u8", "x_scale_ptr": "*fp32", "bias_ptr": "*bf16", "y_ptr": "*bf16",
                 "part_ptr": "*fp32", "arrivals_ptr": "*i32"}
@@ -87,11 +88,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=14336)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--rows", choices=("one", "many"), default="one", help="one row (GEMV candidates too) or more")
+    ap.add_argument("--pdl", action="store_true", help="compile with programmatic dependent launch")
     ap.add_argument("--sms", type=int, default=132, help="SM count the split-K heuristic plans for (H200: 132)")
     args = ap.parse_args()
     kind = _WEIGHTS[args.weight][0]
     for cfg in sg._candidates(kind, args.n, args.k, args.group, args.sms, one_row=args.rows == "one"):
-        compiled = compile_candidate(args.weight, cfg, args.group)
+        compiled = compile_candidate(args.weight, cfg, args.group, args.pdl)
         print(f"{cfg}: {describe(compiled.asm['cubin'])}", flush=True)
 
 

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2
+from tritium.kernels.pdl import launch_options, let_next_kernel_launch, wait_for_previous_kernel
 from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
 
 BLOCK_N = 64  # keys per tile
@@ -30,7 +31,9 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
                    stride_os, stride_oh,
                    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                   DOT_F32: tl.constexpr, PRECISION: tl.constexpr, QUANT: tl.constexpr, NUM_KV_HEADS: tl.constexpr):
+                   DOT_F32: tl.constexpr, PRECISION: tl.constexpr, QUANT: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
+                   USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -60,6 +63,7 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
                             stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32, q.dtype)
         m, l, acc = online_softmax_step(q, k, v, t_mask[None, :], m, l, acc, score_scale, PRECISION)
 
+    let_next_kernel_launch(USE_PDL)
     safe_l = tl.where(l > 0, l, 1.0)
     o = acc * (v_scale / safe_l)[:, None]  # the value scale, folded in; zeros for an empty split
     o_mask = g_mask[:, None] & d_mask[None, :]
@@ -78,7 +82,8 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
 @triton.jit
 def _decode_stage2(part_o_ptr, part_lse_ptr, out_ptr, stride_os, stride_oh,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                   BLOCK_S: tl.constexpr):
+                   BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     row = seq * tl.num_programs(1) + head
@@ -125,6 +130,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         # two warps a program ran an H200 ~30% faster than four; with several, four were as fast
         # or faster (scripts/bench_decode_attention.py)
         num_warps = 2 if quant and num_splits == 1 else 4
+    pdl = launch_options(q.device)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_splits > 1:
@@ -142,10 +148,10 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
         DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype), QUANT=quant, NUM_KV_HEADS=num_kv_heads,
-        num_warps=num_warps, num_stages=num_stages)
+        num_warps=num_warps, num_stages=num_stages, **pdl)
     if num_splits > 1:
         _decode_stage2[(num_seqs, num_heads)](
             part_o, part_lse, out, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=max(next_pow2(num_splits), 2),
-            num_warps=4)
+            num_warps=4, **pdl)
     return out

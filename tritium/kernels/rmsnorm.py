@@ -12,11 +12,13 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import next_pow2
+from tritium.kernels.pdl import launch_options, let_next_kernel_launch, wait_for_previous_kernel
 
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, stride_x, stride_r, stride_o, eps,
-                    N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                    N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -25,6 +27,7 @@ def _rmsnorm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, stride_x, stride_r
         x = (x.to(tl.float32) + tl.load(residual_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32))
         x = x.to(out_ptr.dtype.element_ty)
         tl.store(residual_ptr + row * stride_r + cols, x, mask=mask)  # the new residual, in place
+    let_next_kernel_launch(USE_PDL)
     xf = x.to(tl.float32)
     inv_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / N + eps)
     normed = (xf * inv_rms).to(out_ptr.dtype.element_ty).to(tl.float32)
@@ -44,5 +47,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     if x2.shape[0]:
         _rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight, out, x2.stride(0), r2.stride(0), out.stride(0), eps,
                                         N=n, BLOCK=next_pow2(n), HAS_RESIDUAL=residual is not None,
-                                        num_warps=4 if n <= 4096 else 8)
+                                        num_warps=4 if n <= 4096 else 8, **launch_options(x.device))
     return out.view(x.shape)

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from tritium.kernels import interpreting, kv_quant_mode, next_pow2
+from tritium.kernels.pdl import launch_options, let_next_kernel_launch, wait_for_previous_kernel
 
 
 @triton.jit
@@ -49,7 +50,8 @@ def _rope_kv_write_kernel(q_ptr, k_ptr, v_ptr, cos_sin_ptr, slot_ptr, kv_ptr, kv
                           NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_KVH: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
                           ROTATE: tl.constexpr, QUANT: tl.constexpr,
-                          ROUND_FP8: tl.constexpr):
+                          ROUND_FP8: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     t = tl.program_id(0)
     j = tl.arange(0, BLOCK_HALF)
     j_mask = j < HALF
@@ -81,6 +83,7 @@ def _rope_kv_write_kernel(q_ptr, k_ptr, v_ptr, cos_sin_ptr, slot_ptr, kv_ptr, kv
     v1 = tl.load(v1_ptrs, mask=k_mask, other=0.0)
     v2 = tl.load(v1_ptrs + HALF, mask=k_mask, other=0.0)
 
+    let_next_kernel_launch(USE_PDL)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:
         dst = kv_ptr + slot * stride_slot + kh[:, None] * stride_kvh + j[None, :]  # k half of the cache
@@ -121,4 +124,4 @@ def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_sin
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, BLOCK_H=next_pow2(num_heads),
         BLOCK_KVH=next_pow2(num_kv_heads), HALF=half, BLOCK_HALF=next_pow2(half), ROTATE=rotate, QUANT=quant,
         ROUND_FP8=interpreting(),
-        num_warps=4)
+        num_warps=4, **launch_options(q.device))

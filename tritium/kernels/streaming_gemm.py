@@ -37,6 +37,7 @@ import triton.language as tl
 
 from tritium.kernels import dot_precision, fused_split_sum_enabled, gemm_tuning_enabled, interpreting
 from tritium.kernels.act_quant import row_fp8_scales
+from tritium.kernels.pdl import launch_options, let_next_kernel_launch, wait_for_previous_kernel
 from tritium.kernels.rope_kv_write import _saturate_e4m3
 
 logger = logging.getLogger(__name__)
@@ -89,11 +90,13 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                        WEIGHT: tl.constexpr, ACT: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr,
-                       GEMV: tl.constexpr, ACC_K: tl.constexpr, FUSED_SUM: tl.constexpr, MAGIC: tl.constexpr):
+                       GEMV: tl.constexpr, ACC_K: tl.constexpr, FUSED_SUM: tl.constexpr, MAGIC: tl.constexpr,
+                       USE_PDL: tl.constexpr):
     """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4). GEMV (BLOCK_M 1): products
     accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end.
     FUSED_SUM: the last split program to finish an output tile (counted in arrivals_ptr, int32 per
     tile, zero between launches) sums the tile's partials, instead of a second kernel."""
+    wait_for_previous_kernel(USE_PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks of one weight tile launch
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # side by side: its re-reads hit L2
     pid_k = tl.program_id(2)
@@ -160,6 +163,7 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                 if DOT_F32:
                     x = x.to(tl.float32)
                 acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision=PRECISION)  # FP8 / int8 exact in 16 bits
+    let_next_kernel_launch(USE_PDL)
     if GEMV:
         acc = tl.sum(acc2, axis=1)[None, :]  # [1, BLOCK_N]
     if WEIGHT < 2:
@@ -192,8 +196,9 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
 
 @triton.jit
 def _sum_splits_kernel(part_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K, HAS_BIAS: tl.constexpr,
-                       BLOCK: tl.constexpr):
+                       BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     """y[m, n] = sum_s part[s, m, n] (+ bias[n]), one program per BLOCK outputs of a row."""
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(1)
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -383,18 +388,19 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
     dummy = weight  # for pointer arguments a variant does not read
     grid = (triton.cdiv(m, 1 if cfg.gemv else BLOCK_M), triton.cdiv(n, cfg.block_n), split)
     arrivals = _arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and fused_split_sum_enabled() else None
+    pdl = launch_options(x.device)
     _quant_gemv_kernel[grid](
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
         arrivals if arrivals is not None else dummy, m, n, k, kw, per_split, x.stride(0), weight.stride(0),
         scale.stride(0) if scale is not None else 0, y.stride(0),
         **kernel_constants(weight_kind, act, group_size, cfg, split, bias is not None, arrivals is not None, x.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
     if split > 1 and arrivals is None:
         block = 256
         _sum_splits_kernel[(triton.cdiv(n, block), m)](part, bias if bias is not None else part, y, m, n,
                                                        y.stride(0), SPLIT_K=split, HAS_BIAS=bias is not None,
-                                                       BLOCK=block)
+                                                       BLOCK=block, **pdl)
     return y
 
 

@@ -1,0 +1,40 @@
+"""Programmatic dependent launch (TRITIUM_PDL=1): every kernel of the decode path, compiled for
+Hopper without a GPU, waits for the previous kernel before its first global memory access and
+(where it has a main loop or loads) lets the next one launch; compiled without it, neither
+instruction is there. Off on devices and builds that cannot run it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tritium.kernels.pdl import launch_options, pdl_enabled
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIGGERS_EARLY = {"rmsnorm", "silu_mul", "rope_kv_write", "decode_stage1", "fp8_gemv"}
+
+
+def test_decode_kernels_wait_before_touching_memory():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-m", "tests.utils.pdl_ptx"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    names = {key.split()[0] for key in facts}
+    assert names == TRIGGERS_EARLY | {"decode_stage2", "sum_splits"}
+    for name in names:
+        on, off = facts[f"{name} pdl=True"], facts[f"{name} pdl=False"]
+        assert off["wait"] is None and off["launch"] is None, name
+        assert on["memory"] is not None and on["wait"] is not None and on["wait"] < on["memory"], (name, on)
+        assert (on["launch"] is not None) == (name in TRIGGERS_EARLY), (name, on)
+
+
+def test_off_unless_asked_and_on_a_cuda_device(monkeypatch):
+    monkeypatch.setenv("TRITIUM_PDL", "1")
+    assert not pdl_enabled(torch.device("cpu"))
+    assert launch_options(torch.device("cpu")) == {"USE_PDL": False}  # no launch_pdl: the interpreter rejects it
+    monkeypatch.setenv("TRITIUM_PDL", "0")
+    assert launch_options(torch.device("cuda", 0)) == {"USE_PDL": False}  # off by default: no device query

@@ -1,0 +1,55 @@
+"""Programmatic dependent launch (Hopper and later; TRITIUM_PDL=1, off by default until timed).
+
+A kernel launched with it may be scheduled while the kernel before it in the stream is still
+running: its programs wait (griddepcontrol.wait) until that kernel has finished and its writes
+are visible, so only the launch and the programs' scheduling overlap the previous kernel's tail,
+never a read or write of memory the previous kernel touches. Each kernel of the decode path
+waits first thing (before any load or store, even of inputs it could read early) and lets the
+next one launch (griddepcontrol.launch_dependents) once its main loop is done. Waiting is a no-op
+in a kernel launched without it. CUDA graphs captured from such launches keep the dependency.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import triton
+import triton.language as tl
+import triton.language.extra.cuda  # noqa: F401  (tl.extra.cuda in the jit functions)
+
+from tritium.kernels import interpreting
+
+
+@functools.lru_cache(maxsize=None)
+def _device_supports(index: int) -> bool:
+    import torch
+
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_enabled(device) -> bool:
+    """Whether kernels on `device` (a torch.device) launch with programmatic dependent launch."""
+    if os.environ.get("TRITIUM_PDL", "0") != "1" or interpreting() or device.type != "cuda":
+        return False
+    return _device_supports(device.index if device.index is not None else 0)
+
+
+def launch_options(device) -> dict:
+    """The keyword arguments a kernel launch on `device` adds: the USE_PDL constexpr, and Triton's
+    launch_pdl when on (left out when off: the interpreter does not know it)."""
+    on = pdl_enabled(device)
+    return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr):
+    """Call before a kernel's first load or store."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def let_next_kernel_launch(USE_PDL: tl.constexpr):
+    """Call once the main loop is done: the next kernel's programs may be scheduled (they wait)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
