@@ -26,7 +26,7 @@ from tritium.kernels.decode_attention import num_kv_splits  # noqa: E402
 
 HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16
 VARIANTS = [  # (block_n, num_warps, num_stages) of the decode kernel
-    (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 2), (64, 2, 2), (32, 4, 3), (128, 4, 2), (128, 8, 3), (128, 8, 2),
+    (64, 4, 2), (64, 2, 2), (64, 1, 2), (32, 2, 2), (32, 1, 2), (64, 2, 4), (128, 2, 2), (128, 4, 2), (128, 8, 2),
 ]
 
 

@@ -5,7 +5,9 @@ running: its programs wait (griddepcontrol.wait) until that kernel has finished 
 are visible, so only the launch and the programs' scheduling overlap the previous kernel's tail,
 never a read or write of memory the previous kernel touches. Each kernel of the decode path
 waits first thing (before any load or store, even of inputs it could read early) and lets the
-next one launch (griddepcontrol.launch_dependents) once its main loop is done. Waiting is a no-op
+next one launch (griddepcontrol.launch_dependents) once its main loop is done; the
+weight-streaming GEMM first prefetches its first weight tiles into L2 (weights are no kernel's
+output), so its loads start during the previous kernel's tail. Waiting is a no-op
 in a kernel launched without it. CUDA graphs captured from such launches keep the dependency.
 """
 from __future__ import annotations
@@ -46,6 +48,15 @@ def wait_for_previous_kernel(USE_PDL: tl.constexpr):
     """Call before a kernel's first load or store."""
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def prefetch_to_l2(ptrs):
+    """Start pulling the 128-byte lines at `ptrs` into L2 (a hint: no value, no fault on the
+    pointers given): memory no earlier kernel writes (weights) can be fetched before
+    wait_for_previous_kernel, while the previous kernel finishes."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
 
 
 @triton.jit

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from tritium.kernels import dot_precision, fused_split_sum_enabled, gemm_tuning_enabled, interpreting
 from tritium.kernels.act_quant import row_fp8_scales
-from tritium.kernels.pdl import launch_options, let_next_kernel_launch, wait_for_previous_kernel
+from tritium.kernels.pdl import launch_options, let_next_kernel_launch, prefetch_to_l2, wait_for_previous_kernel
 from tritium.kernels.rope_kv_write import _saturate_e4m3
 
 logger = logging.getLogger(__name__)
@@ -96,10 +96,18 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
     accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end.
     FUSED_SUM: the last split program to finish an output tile (counted in arrivals_ptr, int32 per
     tile, zero between launches) sums the tile's partials, instead of a second kernel."""
-    wait_for_previous_kernel(USE_PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row blocks of one weight tile launch
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # side by side: its re-reads hit L2
     pid_k = tl.program_id(2)
+    if USE_PDL:  # no earlier kernel writes the weights: pull this program's first two K steps into
+        # L2 while the previous kernel finishes (one prefetch a 128-byte line)
+        LINE: tl.constexpr = 64 if WEIGHT == 3 else 128  # elements a line (bf16 / fp16: 2 bytes)
+        STEP: tl.constexpr = BLOCK_K // 2 if WEIGHT == 2 else BLOCK_K  # elements of a row a K step reads
+        LINES: tl.constexpr = (2 * STEP + LINE - 1) // LINE
+        first = pid_k * STEPS_PER_SPLIT * STEP + tl.arange(0, LINES) * LINE  # [LINES]
+        ok = (cols < N)[:, None] & (first < tl.minimum(KW, (pid_k + 1) * STEPS_PER_SPLIT * STEP))[None, :]
+        prefetch_to_l2(tl.where(ok, w_ptr + cols[:, None] * stride_wn + first[None, :], w_ptr))
+    wait_for_previous_kernel(USE_PDL)
     r_mask = rows < M
     c_mask = cols < N
     if ACT == 1:
