@@ -117,6 +117,27 @@ def test_prefill_graphs_replay_prompts_chunks_and_cached_prefixes(tiny_llama, hf
     assert replayed[-1][0] == len(prompts[6]) - second.num_cached_tokens  # the prefill after a cached prefix
 
 
+def test_eager_mixed_steps_run_their_decodes_through_the_decode_kernel(tiny_llama, hf_tiny_llama):
+    """Without graphs, a step with prompt tokens puts its one-token requests first and the Triton
+    backend hands them to the decode kernel (AttentionMetadata.num_decodes): Hugging Face's tokens."""
+    from tritium import BuildConfig
+
+    prompts = make_prompts(hf_tiny_llama.config.vocab_size, count=10, seed=9)
+    want = [hf_greedy(hf_tiny_llama, p, GREEDY.max_tokens) for p in prompts]
+    build = BuildConfig(max_batch_size=8, max_num_tokens=48)  # prompts arrive in chunks beside decodes
+    with LLM(tiny_llama, dtype="float32", build_config=build, enforce_eager=True) as llm:
+        backend = llm._engine.core.runner.backend
+        seen, forward = [], backend.forward
+
+        def spy(q, k, v, kv_cache, meta, *args, **kwargs):
+            seen.append((meta.num_decodes, meta.num_reqs, meta.is_pure_decode))
+            return forward(q, k, v, kv_cache, meta, *args, **kwargs)
+        backend.forward = spy
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
+    assert got == want
+    assert any(0 < d < n and not pure for d, n, pure in seen), "no mixed step split its decodes off"
+
+
 def test_a_saved_engine_reuses_its_memory_profile(tiny_llama, tmp_path, caplog):
     """Loading a saved engine on the same GPU with the same limits takes the activation and graph
     figures it was saved with instead of profiling again, and plans the same KV cache."""
