@@ -25,8 +25,9 @@ from tritium.kernels import decode_attention as da  # noqa: E402
 from tritium.kernels.decode_attention import num_kv_splits  # noqa: E402
 
 HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16
-VARIANTS = [  # (block_n, num_warps, num_stages) of the decode kernel
-    (64, 4, 2), (64, 2, 2), (64, 2, 1), (64, 4, 1), (32, 2, 2), (32, 2, 1), (64, 2, 4), (128, 2, 2), (128, 4, 2),
+VARIANTS = [  # (block_n, num_warps, num_stages[, heads_fastest]) of the decode kernel
+    (64, 4, 2), (64, 2, 2), (64, 2, 2, 1), (64, 4, 2, 1), (64, 2, 1), (64, 4, 1), (32, 2, 2), (32, 2, 1),
+    (128, 2, 2),
 ]  # one warp spills (255 registers, offline count)
 
 
@@ -83,9 +84,10 @@ def decode_cases(module, label: str, kv_dtype, results: dict, variants) -> None:
         q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
         splits = num_kv_splits(batch, KV_HEADS, max(seq_lens))
         nbytes = sum(seq_lens) * KV_HEADS * DIM * 2 * cache.element_size()
-        few = variants[:1] + [v for v in ((64, 4, 3), (128, 4, 2)) if v in variants]  # small batches
+        few = variants[:1] + [v for v in ((64, 2, 2), (64, 4, 2, 1), (128, 2, 2)) if v in variants]  # small batches
         for variant in variants if batch >= 256 or len(variants) <= 4 else few:
-            kwargs = {} if variant is None else dict(block_n=variant[0], num_warps=variant[1], num_stages=variant[2])
+            kwargs = {} if variant is None else dict(block_n=variant[0], num_warps=variant[1], num_stages=variant[2],
+                                                     heads_fastest=bool(variant[3:] and variant[3]))
             out = torch.empty_like(q)
 
             def call():
@@ -146,7 +148,7 @@ def main() -> None:
     ap.add_argument("--baseline", help="a module file with paged_decode_attention (an earlier copy of the kernel)")
     ap.add_argument("--json")
     ap.add_argument("--kv", choices=("fp8", "bf16"), nargs="+", default=["fp8", "bf16"])
-    ap.add_argument("--variants", nargs="+", help="block_n,num_warps,num_stages triples (default: a sweep)")
+    ap.add_argument("--variants", nargs="+", help="block_n,num_warps,num_stages[,heads_fastest] (default: a sweep)")
     args = ap.parse_args()
     print(torch.__version__, torch.cuda.get_device_name(), f"decode BLOCK_N default {da.BLOCK_N}", flush=True)
     results: dict = {}

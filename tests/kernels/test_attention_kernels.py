@@ -23,16 +23,17 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size", CASES)
-@pytest.mark.parametrize("num_splits", [1, 4])
+@pytest.mark.parametrize("num_splits,heads_fastest", [(1, False), (4, False), (4, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_matches_reference(device, num_heads, num_kv_heads, head_dim, block_size, num_splits, dtype):
+def test_decode_matches_reference(device, num_heads, num_kv_heads, head_dim, block_size, num_splits, heads_fastest,
+                                  dtype):
     seq_lens = [1, 37, 130, 0]  # the last is a padding row: its output must be zeros
     cache, table = random_paged_cache(seq_lens, num_kv_heads, head_dim, block_size, dtype, device)
     q = torch.randn(len(seq_lens), num_heads, head_dim, generator=torch.Generator().manual_seed(1)).to(dtype).to(device)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))  # every element must be written
     paged_decode_attention(q, cache, table, torch.tensor(seq_lens, dtype=torch.int32, device=device), scale,
-                           num_splits=num_splits, out=out)
+                           num_splits=num_splits, out=out, heads_fastest=heads_fastest)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     for s, n in enumerate(seq_lens):
         if n == 0:

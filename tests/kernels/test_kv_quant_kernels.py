@@ -71,12 +71,12 @@ def assert_close_to(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) ->
 
 
 def check_decode(device, kv_dtype, num_splits, seq_lens=(9, 70), num_heads=4, kvh=2, d=64, block_size=16,
-                 dtype=torch.float32):
+                 dtype=torch.float32, heads_fastest=False):
     """Decode attention over a quantized cache equals float64 attention over its dequantization."""
     qcache, deq, table, scale = quantized_cache(list(seq_lens), kvh, d, block_size, kv_dtype, device, seed=4)
     q = randn(len(seq_lens), num_heads, d, seed=5).to(dtype).to(device)
     out = paged_decode_attention(q, qcache, table, torch.tensor(seq_lens, dtype=torch.int32, device=device),
-                                 d ** -0.5, num_splits=num_splits, kv_scale=scale)
+                                 d ** -0.5, num_splits=num_splits, kv_scale=scale, heads_fastest=heads_fastest)
     for s in sorted({0, len(seq_lens) - 1}):
         k, v = dense_kv(deq, table[s], seq_lens[s])
         ref = reference_attention(q[s:s + 1], k, v, d ** -0.5, torch.tensor([seq_lens[s] - 1], device=device))
@@ -101,9 +101,9 @@ def check_prefill(device, kv_dtype, shapes=((0, 20), (33, 5)), num_heads=4, kvh=
 
 
 @pytest.mark.parametrize("kv_dtype", KV_DTYPES)
-@pytest.mark.parametrize("num_splits", [1, 2])
-def test_decode_over_quantized_cache(device, kv_dtype, num_splits):
-    check_decode(device, kv_dtype, num_splits)
+@pytest.mark.parametrize("num_splits,heads_fastest", [(1, False), (2, False), (2, True)])
+def test_decode_over_quantized_cache(device, kv_dtype, num_splits, heads_fastest):
+    check_decode(device, kv_dtype, num_splits, heads_fastest=heads_fastest)
 
 
 @pytest.mark.parametrize("kv_dtype", KV_DTYPES)

@@ -30,7 +30,7 @@ KERNELS = {
                       {"cos_sin_ptr": "*fp32", "slot_ptr": "*i64", "kv_ptr": "*fp8e4nv", "kv_scale_ptr": "*fp32"}, ()),
     "decode_stage1": (decode_attention._decode_stage1,
                       dict(GROUP=4, BLOCK_G=16, HEAD_DIM=128, BLOCK_D=128, BLOCK_SIZE=16, BLOCK_N=64, NUM_SPLITS=4,
-                           DOT_F32=False, PRECISION="tf32", QUANT=1, NUM_KV_HEADS=8),
+                           DOT_F32=False, PRECISION="tf32", QUANT=1, NUM_KV_HEADS=8, HEADS_FASTEST=False),
                       {"kv_ptr": "*fp8e4nv", "kv_scale_ptr": "*fp32", "block_tables_ptr": "*i32",
                        "seq_lens_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32"}, ("scale_log2e",)),
     "decode_stage2": (decode_attention._decode_stage2, dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=4, BLOCK_S=4),

@@ -32,10 +32,14 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
                    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, QUANT: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
-                   USE_PDL: tl.constexpr):
+                   HEADS_FASTEST: tl.constexpr, USE_PDL: tl.constexpr):
     wait_for_previous_kernel(USE_PDL)
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    if HEADS_FASTEST:  # a sequence's KV heads launch side by side: one token's heads are adjacent in the cache
+        kv_head = tl.program_id(0)
+        seq = tl.program_id(1)
+    else:
+        seq = tl.program_id(0)
+        kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
@@ -72,7 +76,7 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
                  o.to(out_ptr.dtype.element_ty), mask=o_mask)
     else:
         # part_o: [S, H, NUM_SPLITS, BLOCK_D]; part_lse: [S, H, NUM_SPLITS] (natural log)
-        num_heads = tl.num_programs(1) * GROUP
+        num_heads = NUM_KV_HEADS * GROUP
         row = (seq * num_heads + heads) * NUM_SPLITS + split  # [BLOCK_G]
         tl.store(part_o_ptr + row[:, None] * BLOCK_D + d[None, :], o, mask=o_mask)
         lse = tl.where(l > 0, (m + tl.log2(safe_l)) * 0.6931471805599453, float("-inf"))
@@ -112,11 +116,15 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
                            out: torch.Tensor | None = None,
                            workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
                            kv_scale: torch.Tensor | None = None, block_n: int = BLOCK_N,
-                           num_warps: int | None = None, num_stages: int = 2) -> torch.Tensor:
+                           num_warps: int | None = None, num_stages: int = 2,
+                           heads_fastest: bool = False) -> torch.Tensor:
     """q: [S, H, D] (D contiguous); kv_cache: [2, blocks, block_size, KVH, D]; block_tables: [S, max_blocks]
     int32; seq_lens: [S] int32 (keys per sequence, this step's included). Returns [S, H, D].
     `workspace` (part_o [S, H, splits, BLOCK_D] float32, part_lse [S, H, splits] float32) may be
-    preallocated (CUDA graphs). A float8_e4m3fn / int8 cache needs kv_scale [2, KVH] float32."""
+    preallocated (CUDA graphs). A float8_e4m3fn / int8 cache needs kv_scale [2, KVH] float32.
+    block_n / num_warps / num_stages: the tile (keys a step, warps and pipeline stages a program;
+    num_warps None: by cache type and splits); heads_fastest: launch order with the KV heads of a
+    sequence adjacent (their rows share the cache's lines of a token) rather than the sequences."""
     num_seqs, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, kv_dim = kv_cache.shape
     assert kv_dim == head_dim and num_heads % num_kv_heads == 0, (q.shape, kv_cache.shape)
@@ -140,7 +148,8 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         part_o, part_lse = workspace
     else:
         part_o = part_lse = out  # unused
-    _decode_stage1[(num_seqs, num_kv_heads, num_splits)](
+    grid = (num_kv_heads, num_seqs, num_splits) if heads_fastest else (num_seqs, num_kv_heads, num_splits)
+    _decode_stage1[grid](
         q, kv_cache, kv_scale if quant else q, block_tables, seq_lens, out, part_o, part_lse,
         scale * 1.4426950408889634,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
@@ -148,7 +157,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, NUM_SPLITS=num_splits,
         DOT_F32=interpreting(), PRECISION=dot_precision(q.dtype), QUANT=quant, NUM_KV_HEADS=num_kv_heads,
-        num_warps=num_warps, num_stages=num_stages, **pdl)
+        HEADS_FASTEST=heads_fastest, num_warps=num_warps, num_stages=num_stages, **pdl)
     if num_splits > 1:
         _decode_stage2[(num_seqs, num_heads)](
             part_o, part_lse, out, out.stride(0), out.stride(1),
