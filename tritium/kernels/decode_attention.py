@@ -34,7 +34,7 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, QUANT: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
                    HEADS_FASTEST: tl.constexpr, USE_PDL: tl.constexpr):
     wait_for_previous_kernel(USE_PDL)
-    if HEADS_FASTEST:  # a sequence's KV heads launch side by side: one token's heads are adjacent in the cache
+    if HEADS_FASTEST:  # a sequence's KV heads launch side by side: a token's heads are adjacent in the cache
         kv_head = tl.program_id(0)
         seq = tl.program_id(1)
     else:
@@ -124,7 +124,8 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     preallocated (CUDA graphs). A float8_e4m3fn / int8 cache needs kv_scale [2, KVH] float32.
     block_n / num_warps / num_stages: the tile (keys a step, warps and pipeline stages a program;
     num_warps None: by cache type and splits); heads_fastest: launch order with the KV heads of a
-    sequence adjacent (their rows share the cache's lines of a token) rather than the sequences."""
+    sequence side by side (a token's rows of all heads are adjacent in memory, so concurrent
+    programs read neighbouring addresses) rather than the sequences."""
     num_seqs, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, kv_dim = kv_cache.shape
     assert kv_dim == head_dim and num_heads % num_kv_heads == 0, (q.shape, kv_cache.shape)
