@@ -24,7 +24,8 @@
 #   policy         offline 1000/1000 x1024 with each capacity scheduler policy
 #   serve-sat      the server's saturation run only, started with $SERVE_FLAGS (--no-engine-process: A/B)
 #   serve-profile  tritium serve at saturation under py-spy (front, engine process, client) and top
-#   engine-load    tritium build of a FP8 8B engine, then load to first token (phase log)
+#   engine-load    tritium build of a FP8 8B engine, then load to first token (phase log): warm Triton cache,
+#                  TRITIUM_GRAPH_WARMUP=all, warm again, empty Triton cache
 #   profile        torch profiler tables: batch-1 FP8 / W4A16 decode, a 467-token prefill step
 #   profile-fp8-offline  torch profiler over an FP8 + FP8 KV cache 1000/1000 run: kernel families, top kernels
 #   prefill-spy    467-token prefills one at a time under py-spy (carry .tools): the prefill step's host time
@@ -289,6 +290,8 @@ for stage in "$@"; do
         --dtype bfloat16 --output /tmp/eng-fp8 --quantization FP8 2>&1 | tee "$LOGS/engine-build.log" | tail -5
       echo "build wall $((SECONDS - start)) s"; du -sh /tmp/eng-fp8
       load_engine warm-triton-cache
+      TRITIUM_GRAPH_WARMUP=all load_engine warm-every-graph-size  # the graphs' warm-up runs, as before
+      load_engine warm-triton-cache-again
       # a machine that never ran these kernels: Triton compiles what the engine uses (the saved
       # tile choices spare it the losing candidates)
       rm -rf "${TRITON_CACHE_DIR:-$HOME/.triton/cache}"

@@ -1,6 +1,7 @@
 """How a step's batch is laid out for the attention backend: the count of leading one-token
-requests a mixed step hands the decode kernel (AttentionMetadata.num_decodes), and the decode
-batch sizes captured as CUDA graphs above 512 requests."""
+requests a mixed step hands the decode kernel (AttentionMetadata.num_decodes); the decode batch
+sizes captured as CUDA graphs above 512 requests, and which captured sizes get an eager warm-up
+run of their own."""
 import torch
 
 from tritium.sampling_params import SamplingParams
@@ -38,3 +39,20 @@ def test_decode_graphs_cover_batches_above_512():
     assert [s for s in sizes if s > 1024] == list(range(1152, 2049, 128))
     assert capture_sizes(700)[-3:] == [576, 640, 700]  # the engine's max_batch_size itself is captured
     assert capture_sizes(512)[-2:] == [480, 512] and capture_sizes(64)[-1] == 64
+
+
+def test_graph_sizes_sharing_kernels_are_captured_without_their_own_warm_up(monkeypatch):
+    from tritium.kernels.decode_attention import num_kv_splits
+    from tritium.worker.cuda_graph import sizes_to_warm_up, warm_up_key
+    from tritium.worker.prefill_graph import prefill_graph_sizes
+
+    prefill = prefill_graph_sizes(8192, 4096)
+    # one run a class: >= 128 rows (row-wise FP8), 17..64 (weight-only streaming), 16 (all streaming)
+    assert sizes_to_warm_up(prefill, warm_up_key) == {1024, 64, 16}
+    decode = capture_sizes(256)
+    warm = sizes_to_warm_up(decode, lambda b: warm_up_key(b, num_kv_splits(b, 8, 4096)))
+    # 65..127 rows have a class of their own; below 16 each size has its own KV split count
+    assert warm == {256, 112, 64, 16, 8, 4, 2, 1}
+    assert warm_up_key(24) != warm_up_key(32)  # Triton specialises a row count on its divisibility by 16
+    monkeypatch.setenv("TRITIUM_GRAPH_WARMUP", "all")
+    assert sizes_to_warm_up(decode, warm_up_key) == set(decode)

@@ -13,6 +13,7 @@ largest size run eagerly.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Optional
 
@@ -51,14 +52,51 @@ def decode_graph_sizes(max_batch_size: int, config=None) -> tuple[list[int], boo
     return sizes, config.enable_padding
 
 
-def capture_graph(forward: Callable[[], None], pool, device: torch.device) -> torch.cuda.CUDAGraph:
-    """forward() run once eagerly (it compiles every Triton specialisation outside the capture),
-    then captured into a graph drawing on memory pool `pool`."""
-    forward()
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+def warm_up_key(rows: int, kv_splits: int = 0) -> tuple:
+    """What can make a graph's first run do work an earlier size's run did not: Triton's
+    specialisation of a row count (1, a multiple of 16, other), the row counts where linear
+    layers change kernels (streaming GEMMs up to 16 rows, weight-only ones up to 64, row-wise FP8
+    from 128: each timed or initialised at first use) and the decode attention's KV split count
+    (a constexpr). A size whose key an earlier size has warmed up is captured without an eager
+    run of its own."""
+    from tritium.kernels import STREAMING_GEMM_MAX_ROWS
+    from tritium.quantization.fp8 import GEMV_MAX_ROWS, ROWWISE_MIN_ROWS
+    from tritium.quantization.weight_only import WEIGHT_ONLY_KERNEL_MAX_ROWS
+
+    return (rows == 1, rows % 16 == 0, rows <= STREAMING_GEMM_MAX_ROWS, rows <= GEMV_MAX_ROWS,
+            rows <= WEIGHT_ONLY_KERNEL_MAX_ROWS, rows >= ROWWISE_MIN_ROWS, kv_splits)
+
+
+def sizes_to_warm_up(sizes: list[int], key: Callable[[int], tuple]) -> set[int]:
+    """Of sizes captured largest first, those whose warm_up_key no larger size has; every size
+    with TRITIUM_GRAPH_WARMUP=all (an eager run before every capture, the slower start of before)."""
+    if os.environ.get("TRITIUM_GRAPH_WARMUP", "") == "all":
+        return set(sizes)
+    seen, warm = set(), set()
+    for size in sorted(sizes, reverse=True):
+        if key(size) not in seen:
+            seen.add(key(size))
+            warm.add(size)
+    return warm
+
+
+def capture_graph(forward: Callable[[], None], pool, device: torch.device,
+                  warm_up: bool = True) -> torch.cuda.CUDAGraph:
+    """forward() run once eagerly when warm_up (it compiles every Triton specialisation and makes
+    every first-use choice outside the capture), then captured into a graph drawing on memory
+    pool `pool`. A capture without a warm-up that fails is warmed up and captured again."""
+    if warm_up:
         forward()
+        torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            forward()
+    except RuntimeError as e:
+        if warm_up:
+            raise
+        logger.warning("CUDA graph capture without a warm-up run failed (%s); warming up and capturing again", e)
+        return capture_graph(forward, pool, device, warm_up=True)
     return graph
 
 
@@ -125,14 +163,15 @@ class DecodeGraphs:
         before = torch.cuda.memory_allocated(self.device) - self.logits.numel() * self.logits.element_size()
         pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self.seq_lens.fill_(1)  # short lengths keep the warm-up cheap; the KV slots stay unwritten (-1)
+        self.metas = {size: self._metadata(size) for size in self.sizes}
+        warm = sizes_to_warm_up(self.sizes, lambda size: warm_up_key(size, self.metas[size].num_kv_splits))
         for size in reversed(self.sizes):  # largest first: later graphs reuse its pool
-            self.metas[size] = self._metadata(size)
-            self.graphs[size] = capture_graph(lambda: self._forward(size), pool, self.device)
+            self.graphs[size] = capture_graph(lambda: self._forward(size), pool, self.device, warm_up=size in warm)
         self.seq_lens.zero_()
         torch.cuda.synchronize(self.device)
         self.pool_bytes = torch.cuda.memory_allocated(self.device) - before
-        logger.info("captured %d decode CUDA graphs (batch %d..%d) in %.1f s, %.2f GiB more in their pool",
-                    len(self.sizes), self.sizes[0], self.sizes[-1], time.perf_counter() - start,
+        logger.info("captured %d decode CUDA graphs (batch %d..%d; %d warm-up runs) in %.1f s, %.2f GiB more in "
+                    "their pool", len(self.sizes), self.sizes[0], self.sizes[-1], len(warm), time.perf_counter() - start,
                     self.pool_bytes / 2**30)
 
     def run(self, inputs: StepInputs) -> torch.Tensor:

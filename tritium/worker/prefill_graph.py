@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from tritium.attention.backend import AttentionBackend, AttentionMetadata, ForwardContext, forward_context
-from tritium.worker.cuda_graph import capture_graph
+from tritium.worker.cuda_graph import capture_graph, sizes_to_warm_up, warm_up_key
 from tritium.worker.input_batch import StepInputs
 
 logger = logging.getLogger(__name__)
@@ -95,17 +95,18 @@ class PrefillGraphs:
         # A warm-up shape: one request of `size` tokens whose KV writes are all skipped (slot -1)
         self.seq_lens.zero_()
         self.slot_mapping.fill_(-1)
+        warm = sizes_to_warm_up(self.sizes, warm_up_key)
         for size in reversed(self.sizes):  # largest first: the smaller graphs reuse its memory
             self.query_start_loc.fill_(size)
             self.query_start_loc[0] = 0
             self.seq_lens[0] = size
             self.metas[size] = self._metadata(size)
-            self.graphs[size] = capture_graph(lambda: self._forward(size), pool, self.device)
+            self.graphs[size] = capture_graph(lambda: self._forward(size), pool, self.device, warm_up=size in warm)
         self.seq_lens.zero_()
         self.query_start_loc.zero_()
         torch.cuda.synchronize(self.device)
-        logger.info("captured %d prefill CUDA graphs (%d..%d tokens, up to %d requests) in %.1f s", len(self.sizes),
-                    self.sizes[0], self.sizes[-1], self.max_reqs, time.perf_counter() - start)
+        logger.info("captured %d prefill CUDA graphs (%d..%d tokens, up to %d requests; %d warm-up runs) in %.1f s",
+                    len(self.sizes), self.sizes[0], self.sizes[-1], self.max_reqs, len(warm), time.perf_counter() - start)
 
     def run(self, inputs: StepInputs, size: int) -> torch.Tensor:
         """Replay the graph of `size` tokens for this step; returns the sampling rows' logits
