@@ -1,6 +1,7 @@
 """Assembles an EngineCore: source -> model config -> weights -> KV cache plan -> runner + scheduler."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -94,6 +95,28 @@ def build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config:
         return pool.submit(_build_engine, *args).result()
 
 
+@contextlib.contextmanager
+def _engine_files_checked_meanwhile(source: ModelSource):
+    """A saved engine's files are read through for their CRC32s in a thread while the block (its
+    weights loading) runs, instead of before it: a damaged file's EngineFormatError is raised at
+    the end, in place of whatever the block raised from reading it."""
+    if source.format != "engine":
+        yield
+        return
+    from tritium.loader.saved_engine import verify_engine_files
+
+    with ThreadPoolExecutor(1, thread_name_prefix="tritium-check") as pool:
+        check = pool.submit(verify_engine_files, source.engine)
+        try:
+            yield
+        except Exception as e:
+            damaged = check.exception()
+            if damaged is not None:
+                raise damaged from e
+            raise
+        check.result()
+
+
 def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config: BuildConfig,
                   kv_cache_config: KvCacheConfig, load_format: str, dev: torch.device,
                   skip_tokenizer_init: bool, enforce_eager: bool, runner_options: dict[str, Any],
@@ -101,27 +124,28 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
                   scheduler_config: Optional[SchedulerConfig],
                   cuda_graph_config: Optional[CudaGraphConfig]) -> EngineParts:
     clock = _PhaseClock()
-    source = resolve_model_source(model, load_format)
-    quant = resolve_quantization(source, quant_config, dev)
-    if source.format == "engine":
-        dtype = engine_dtype(source, dtype)
-        from tritium.kernels.tile_choices import import_choices
+    source = resolve_model_source(model, load_format, verify=False)
+    with _engine_files_checked_meanwhile(source):
+        quant = resolve_quantization(source, quant_config, dev)
+        if source.format == "engine":
+            dtype = engine_dtype(source, dtype)
+            from tritium.kernels.tile_choices import import_choices
 
-        if import_choices(source.engine.config.get("kernel_tiles"), dev):
-            logger.info("weight-streaming GEMM tiles: the saved engine's choices (no timing)")
-    model_config = model_config_from_source(source, dtype=dtype, device=dev)
-    # The tokenizer (Python and Rust, one core) loads while the weights load and pack (torch).
-    with ThreadPoolExecutor(1, thread_name_prefix="tritium-tokenizer") as pool:
-        tok_future = None if skip_tokenizer_init else pool.submit(load_tokenizer, source, tokenizer)
+            if import_choices(source.engine.config.get("kernel_tiles"), dev):
+                logger.info("weight-streaming GEMM tiles: the saved engine's choices (no timing)")
+        model_config = model_config_from_source(source, dtype=dtype, device=dev)
+        # The tokenizer (Python and Rust, one core) loads while the weights load and pack (torch).
+        with ThreadPoolExecutor(1, thread_name_prefix="tritium-tokenizer") as pool:
+            tok_future = None if skip_tokenizer_init else pool.submit(load_tokenizer, source, tokenizer)
 
-        def samples():  # calibration text, tokenized once the tokenizer is there
-            from tritium.quantization.calibration import calibration_samples
+            def samples():  # calibration text, tokenized once the tokenizer is there
+                from tritium.quantization.calibration import calibration_samples
 
+                tok = tok_future.result() if tok_future is not None else None
+                return calibration_samples(tok, calib_config or CalibConfig(), model_config.vocab_size)
+
+            nn_model = load_model(source, model_config, dev, quant, samples)
             tok = tok_future.result() if tok_future is not None else None
-            return calibration_samples(tok, calib_config or CalibConfig(), model_config.vocab_size)
-
-        nn_model = load_model(source, model_config, dev, quant, samples)
-        tok = tok_future.result() if tok_future is not None else None
     if tok is not None and not model_config.eos_token_ids and tok.eos_token_id is not None:
         model_config = dataclasses.replace(model_config, eos_token_ids=(tok.eos_token_id,))
     clock.lap("config, tokenizer and weights")  # the tokenizer loads in a thread beside the weights
