@@ -175,6 +175,24 @@ def test_shutdown_fails_requests_still_in_flight(tiny_llama, reference):
         llm.generate(prompts[0], GREEDY)
 
 
+def test_the_start_up_heap_is_frozen_while_serving_and_freed_after_shutdown(tiny_llama, reference):
+    """The engine keeps its start-up objects out of the garbage collector's scans while it runs,
+    and gives them back at shutdown: the model is collected (a frozen reference cycle never is)."""
+    import gc
+    import weakref
+
+    prompts, expected = reference
+    llm = LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_seq_len=256))
+    model = weakref.ref(llm._engine.core.runner.model)
+    assert gc.get_freeze_count() > 0
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)] == expected
+    llm.shutdown()
+    assert gc.get_freeze_count() == 0
+    del llm
+    gc.collect()
+    assert model() is None
+
+
 def test_a_failing_command_fails_its_requests_and_the_loop_survives(tiny_llama, reference):
     prompts, expected = reference
     with LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_seq_len=256)) as llm:
