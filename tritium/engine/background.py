@@ -36,9 +36,9 @@ class BackgroundEngine:
         self._stopped = threading.Event()
         self._running = True
         # The start-up heap (model, block pool, graphs, tokenizer: ~200k objects) out of the cyclic
-        # collector's scans: a full collection walks every tracked object (~120 ms for SmolLM2 on
-        # 2 CPU cores), and the per-step objects of a few hundred requests set one off every few
-        # steps (scheduling a 2048-request decode step: 9.7 -> 5.3 ms; scripts/bench_host_step.py).
+        # collector's scans: a full collection walks every tracked object (118 ms for a SmolLM2
+        # engine on 2 CPU cores), and the steps' own objects set them off (a 2048-request decode
+        # step's bookkeeping: 26 -> 16 ms on that CPU; scripts/bench_host_step.py).
         gc.freeze()
         self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
         self._thread.start()
