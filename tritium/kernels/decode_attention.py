@@ -1,8 +1,10 @@
 """Paged decode attention (one query token per sequence), GQA-grouped, split-KV.
 
-Stage 1, grid (num_seqs, num_kv_heads, num_splits): one program owns all query heads of one KV
-head (padded to a 16-row tile for tl.dot) and one contiguous slice of the sequence's keys, read
-through the block table; it writes its normalised partial output and log-sum-exp. Stage 2,
+Stage 1, grid (num_seqs, num_kv_heads, num_splits) (or heads first: heads_fastest): one program
+owns all query heads of one KV head (padded to a 16-row tile for tl.dot) and one contiguous slice
+of the sequence's keys, read through the block table; it writes its normalised partial output
+and log-sum-exp. A quantized cache's values enter the dots unscaled, in float16 (the KV head's
+scales multiply the scores and the output). Stage 2,
 grid (num_seqs, num_heads), merges the splits. With one split, stage 1 writes the output itself.
 
 The grid depends only on the batch size and the split count (never on sequence lengths, which
