@@ -117,6 +117,26 @@ def test_broken_engine_folders_say_what_is_wrong_and_how_to_rebuild(fp8_engine, 
            "--kv-cache-dtype fp8" in message
 
 
+def test_a_load_failure_of_an_intact_engine_is_not_blamed_on_its_files(fp8_engine, tmp_path, monkeypatch):
+    """The files are checked while the weights load: with intact files the load's own error comes
+    through; with a damaged file the check's error replaces it (the loader's failure chained)."""
+    from tritium.engine import factory
+    from tritium.llm.llm import LLM
+    from tritium.loader.saved_engine import EngineFormatError
+
+    def failing_load(*args, **kwargs):
+        raise RuntimeError("injected loader fault")
+
+    monkeypatch.setattr(factory, "load_model", failing_load)
+    with pytest.raises(RuntimeError, match="injected loader fault"):
+        LLM(fp8_engine, device="cpu")
+    engine = _copy(fp8_engine, tmp_path)
+    _flip_byte(f"{engine}/model.safetensors", 0.6)
+    with pytest.raises(EngineFormatError, match="model.safetensors fails its CRC32 check") as err:
+        LLM(engine, device="cpu")
+    assert "injected loader fault" in str(err.value.__cause__)
+
+
 def test_fp8_engine_on_a_gpu_without_fp8_tensor_cores(fp8_engine, monkeypatch):
     import torch
 
