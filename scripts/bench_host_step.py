@@ -1,9 +1,11 @@
 """Host time of a decode step's bookkeeping at large batches, no model: Scheduler.schedule(), the
-runner's build_step_inputs() and Scheduler.update_from_output() for B requests of 128 prompt
-tokens decoding together, with Python's cyclic garbage collector as is, frozen after the
-scheduler is built (what BackgroundEngine does once the engine is built), or off.
+runner's build_step_inputs(), Scheduler.update_from_output() and the front's
+OutputProcessor.process_outputs() (no tokenizer, as with dummy weights) for B requests of 128
+prompt tokens decoding together, with Python's cyclic garbage collector as is, frozen once the
+scheduler is built, as BackgroundEngine sets it once the engine is built (relax_gc: frozen and
+young collections every 10,000 allocations), or off.
 
-    python scripts/bench_host_step.py [--batches 512 1024 2048] [--gc as-is freeze off]
+    python scripts/bench_host_step.py [--batches 512 1024 2048] [--gc as-is freeze engine off]
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from tritium.config import CacheConfig, ResolvedSchedulerConfig
 from tritium.core.request import Request
 from tritium.core.sched_output import ModelRunnerOutput
 from tritium.core.scheduler import Scheduler
+from tritium.engine.background import relax_gc, restore_gc
+from tritium.llm.output_processor import OutputProcessor
 from tritium.sampling_params import SamplingParams
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, build_step_inputs
 
@@ -31,18 +35,23 @@ def run(batch: int, gc_mode: str) -> dict[str, float]:
     sched = Scheduler(ResolvedSchedulerConfig(max_num_seqs=batch, max_num_batched_tokens=8192,
                                               max_model_len=PROMPT + OUTPUT),
                       CacheConfig(block_size=BLOCK, num_blocks=batch * blocks_per_seq, enable_prefix_caching=True))
+    front = OutputProcessor(None)
     if gc_mode == "freeze":
         gc.freeze()
+    elif gc_mode == "engine":
+        relax_gc()
     elif gc_mode == "off":
         gc.disable()
     params = SamplingParams(max_tokens=OUTPUT, ignore_eos=True)
     rng = random.Random(0)
     for i in range(batch):
-        sched.add_request(Request(str(i), [rng.randrange(1, 30000) for _ in range(PROMPT)], params))
+        prompt = [rng.randrange(1, 30000) for _ in range(PROMPT)]
+        sched.add_request(Request(str(i), prompt, params))
+        front.add_request(str(i), None, prompt, params, sink=lambda output: None, streaming=False)
     states: dict[str, CachedRequestState] = {}
     table = BlockTable(batch, blocks_per_seq)
     staging = StagingBuffers(torch.device("cpu"))
-    totals = {"schedule": 0.0, "build_step_inputs": 0.0, "update_from_output": 0.0}
+    totals = {"schedule": 0.0, "build_step_inputs": 0.0, "update_from_output": 0.0, "process_outputs": 0.0}
     decode_steps = 0
     for _ in range(PROMPT * batch // 8192 + 40):
         t0 = time.perf_counter()
@@ -65,14 +74,19 @@ def run(batch: int, gc_mode: str) -> dict[str, float]:
                 state.token_ids.append(5)
                 sampled.append(state.req_id)
         t4 = time.perf_counter()
-        sched.update_from_output(so, ModelRunnerOutput(req_ids=sampled, sampled_token_ids=[5] * len(sampled),
-                                                       logprobs=[None] * len(sampled)))
+        outputs = sched.update_from_output(so, ModelRunnerOutput(req_ids=sampled, sampled_token_ids=[5] * len(sampled),
+                                                                 logprobs=[None] * len(sampled)))
         t5 = time.perf_counter()
+        front.process_outputs(outputs)
+        t6 = time.perf_counter()
         if so.total_num_scheduled_tokens == len(step) == batch:
             decode_steps += 1
             totals["schedule"] += t1 - t0
             totals["build_step_inputs"] += t3 - t2
             totals["update_from_output"] += t5 - t4
+            totals["process_outputs"] += t6 - t5
+    if gc_mode == "engine":
+        restore_gc()
     gc.unfreeze()
     gc.enable()
     return {k: v / decode_steps * 1e3 for k, v in totals.items()}
@@ -81,7 +95,8 @@ def run(batch: int, gc_mode: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[512, 1024, 2048])
-    ap.add_argument("--gc", nargs="+", choices=("as-is", "freeze", "off"), default=["as-is", "freeze", "off"])
+    ap.add_argument("--gc", nargs="+", choices=("as-is", "freeze", "engine", "off"),
+                    default=["as-is", "freeze", "engine", "off"])
     args = ap.parse_args()
     for batch in args.batches:
         for mode in args.gc:

@@ -176,18 +176,22 @@ def test_shutdown_fails_requests_still_in_flight(tiny_llama, reference):
 
 
 def test_the_start_up_heap_is_frozen_while_serving_and_freed_after_shutdown(tiny_llama, reference):
-    """The engine keeps its start-up objects out of the garbage collector's scans while it runs,
-    and gives them back at shutdown: the model is collected (a frozen reference cycle never is)."""
+    """The engine keeps its start-up objects out of the garbage collector's scans and collects
+    young objects less often while it runs, and undoes both at shutdown: the model is collected
+    (a frozen reference cycle never is) and the caller's thresholds are back."""
     import gc
     import weakref
 
+    from tritium.engine.background import GC_YOUNG_THRESHOLD
+
     prompts, expected = reference
+    before = gc.get_threshold()
     llm = LLM(tiny_llama, dtype="float32", build_config=BuildConfig(max_seq_len=256))
     model = weakref.ref(llm._engine.core.runner.model)
-    assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() > 0 and gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)] == expected
     llm.shutdown()
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
     del llm
     gc.collect()
     assert model() is None

@@ -25,6 +25,40 @@ logger = logging.getLogger(__name__)
 OutputHandler = Callable[[list[EngineCoreOutput]], Iterable[str]]
 ErrorHandler = Callable[[BaseException, list[str]], None]
 
+# Allocations between young collections while an engine runs (Python's default: 700): a step of
+# a few thousand requests allocates tens of thousands of objects.
+GC_YOUNG_THRESHOLD = 10_000
+_gc_lock = threading.Lock()
+_gc_engines = 0  # engines running with relax_gc
+_gc_thresholds = gc.get_threshold()  # the process's own, restored when the last engine stops
+
+
+def relax_gc() -> None:
+    """Keep the heap built so far (model, block pool, graphs, tokenizer: ~200k objects) out of
+    the cyclic collector's scans and collect young objects less often (undone by restore_gc).
+    A full collection walks every tracked object (118 ms for a SmolLM2 engine on 2
+    CPU cores) and the steps' own objects set them off: on that CPU the host bookkeeping of a
+    2048-request decode step (scheduling, inputs, outputs, the front's handling of them) took
+    28.8 ms as is, 18.6 frozen, 15.1 frozen with this threshold (scripts/bench_host_step.py)."""
+    global _gc_engines, _gc_thresholds
+    with _gc_lock:
+        if _gc_engines == 0:
+            _gc_thresholds = gc.get_threshold()
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *_gc_thresholds[1:])
+        _gc_engines += 1
+        gc.freeze()
+
+
+def restore_gc() -> None:
+    """Undo relax_gc for one engine: the heap unfrozen (a frozen reference cycle is never collected,
+    so the engine's model would stay), the process's thresholds back once no engine runs."""
+    global _gc_engines
+    with _gc_lock:
+        _gc_engines -= 1
+        gc.unfreeze()
+        if _gc_engines == 0:
+            gc.set_threshold(*_gc_thresholds)
+
 
 class BackgroundEngine:
     def __init__(self, core: EngineCore, handle_outputs: OutputHandler, handle_error: ErrorHandler):
@@ -35,11 +69,7 @@ class BackgroundEngine:
         self._live: set[str] = set()  # request ids added and not yet finished
         self._stopped = threading.Event()
         self._running = True
-        # The start-up heap (model, block pool, graphs, tokenizer: ~200k objects) out of the cyclic
-        # collector's scans: a full collection walks every tracked object (118 ms for a SmolLM2
-        # engine on 2 CPU cores), and the steps' own objects set them off (a 2048-request decode
-        # step's bookkeeping: 26 -> 16 ms on that CPU; scripts/bench_host_step.py).
-        gc.freeze()
+        relax_gc()
         self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
         self._thread.start()
 
@@ -60,7 +90,7 @@ class BackgroundEngine:
         self._thread.join(timeout)
         if not self._thread.is_alive():  # give the model, KV cache and CUDA graphs back now
             self.core = None
-            gc.unfreeze()  # back in the collector's reach (a frozen cycle is never collected)
+            restore_gc()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
