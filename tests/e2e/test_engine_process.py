@@ -101,6 +101,21 @@ def test_engine_process_death_fails_in_flight_requests(tiny):
     llm.shutdown()
 
 
+def test_the_front_relaxes_its_collector_while_the_engine_process_runs(tiny):
+    """The front handles every step's outputs as well: its start-up heap is frozen and young objects
+    are collected less often until shutdown, as in an engine's own process."""
+    import gc
+
+    from tritium.engine.background import GC_YOUNG_THRESHOLD
+
+    before = gc.get_threshold()
+    llm = LLM(tiny, dtype="float32", max_seq_len=256, engine_process=True)
+    assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+    assert llm.generate(PROMPTS[0], SamplingParams(max_tokens=3, ignore_eos=True)).outputs[0].token_ids
+    llm.shutdown()
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
 def test_shutdown_fails_requests_still_in_flight(tiny, caplog):
     for _ in range(3):  # the child's exit is seen by two threads: once raced into a false "did not stop"
         llm = LLM(tiny, dtype="float32", max_seq_len=256, engine_process=True)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from tritium.core.request import Request
 from tritium.core.sched_output import EngineCoreOutput
+from tritium.engine.background import relax_gc, restore_gc
 from tritium.engine.stats import EngineTotals, IterationStats, SchedulerSnapshot
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class EngineProcess:
             raise msg[1]
         self._reader = threading.Thread(target=self._read, name="tritium-engine-reader", daemon=True)
         self._reader.start()
+        relax_gc()  # this process handles every step's outputs too (BackgroundEngine's reason)
         return msg[1]
 
     # ---- BackgroundEngine's interface ----------------------------------------------------------
@@ -219,6 +221,7 @@ class EngineProcess:
             logger.info("engine process stopped in %.1f s", time.monotonic() - start)
         if self._reader is not None:
             self._reader.join(5)
+            restore_gc()
         self._channel.conn.close()
 
     @property
