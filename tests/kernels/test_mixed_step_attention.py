@@ -61,3 +61,21 @@ def test_mixed_step_splits_decodes_from_prefills(device, kv_dtype, dtype):
         start += n
     prefill_only = run_step(cache, table, q, kv_scale, num_decodes=0)
     assert_close_to(out, prefill_only.double(), dtype)
+
+
+def test_the_split_can_be_switched_off(device, monkeypatch):
+    """TRITIUM_MIXED_DECODE_SPLIT=0: the whole step through the prefill kernel, same output."""
+    from tritium.attention import triton_backend
+
+    seq_lens = [c + n for c, n in SHAPES]
+    cache, table = random_paged_cache(seq_lens, 2, 64, 16, torch.float32, device, seed=8)
+    q = torch.randn(sum(n for _, n in SHAPES), 8, 64, generator=torch.Generator().manual_seed(9)).to(device)
+    calls = []
+    decode = triton_backend.paged_decode_attention
+    monkeypatch.setattr(triton_backend, "paged_decode_attention", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    split = run_step(cache, table, q, None, num_decodes=2)
+    assert calls == [1]
+    monkeypatch.setenv("TRITIUM_MIXED_DECODE_SPLIT", "0")
+    whole = run_step(cache, table, q, None, num_decodes=2)
+    assert calls == [1]  # not called again
+    assert_close_to(whole, split.double(), torch.float32)

@@ -9,7 +9,7 @@ from tritium.worker.cuda_graph import capture_sizes
 from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, build_step_inputs
 
 
-def _inputs(counts: list[int], split_decodes: bool = True):
+def _inputs(counts: list[int]):
     """StepInputs of requests with 20 tokens computed, scheduling counts[i] tokens each."""
     states, scheduled = [], {}
     table = BlockTable(64, 64)
@@ -19,15 +19,13 @@ def _inputs(counts: list[int], split_decodes: bool = True):
         state.row = table.add(state.block_ids)
         states.append(state)
         scheduled[state.req_id] = n
-    return build_step_inputs(states, scheduled, table, 16, StagingBuffers(torch.device("cpu")),
-                             split_decodes=split_decodes)
+    return build_step_inputs(states, scheduled, table, 16, StagingBuffers(torch.device("cpu")))
 
 
 def test_num_decodes_counts_the_leading_one_token_requests():
     assert _inputs([1, 1, 1, 7, 1]).attn_metadata.num_decodes == 3  # a one-token request after a prompt is not counted
     assert _inputs([5, 1, 1]).attn_metadata.num_decodes == 0
     assert _inputs([1, 1]).attn_metadata.num_decodes == 2  # a decode-only step: all of them
-    assert _inputs([1, 1, 9], split_decodes=False).attn_metadata.num_decodes == 0  # TRITIUM_MIXED_DECODE_SPLIT=0
     meta = _inputs([1, 1, 9]).attn_metadata
     assert meta.query_start_loc_cpu == [0, 1, 2, 11] and meta.seq_lens_cpu == [21, 21, 29]
 

@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 
 from tritium.attention.backend import AttentionBackend, AttentionMetadata
-from tritium.kernels.decode_attention import num_kv_splits, paged_decode_attention
+from tritium.kernels import mixed_decode_split_enabled
+from tritium.kernels.decode_attention import decode_workspace, num_kv_splits, paged_decode_attention
 from tritium.kernels.prefill_attention import paged_prefill_attention
 from tritium.kernels.rope_kv_write import rope_and_write_kv
 
@@ -34,10 +35,9 @@ class TritonAttentionBackend(AttentionBackend):
             splits = meta.num_kv_splits
             if splits is None:
                 splits = num_kv_splits(meta.num_reqs, kv_cache.shape[3], meta.max_seq_len, self.num_sms)
-            workspace = meta.backend_cache.get("decode_workspace")
-            return paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, scale,
-                                          num_splits=splits, workspace=workspace, kv_scale=kv_scale)
-        num_decodes = meta.num_decodes
+            return paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, scale, num_splits=splits,
+                                          workspace=self._workspace(meta, q, splits), kv_scale=kv_scale)
+        num_decodes = meta.num_decodes if mixed_decode_split_enabled() else 0
         if not num_decodes:
             return paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
                                            meta.max_query_len, scale, kv_scale=kv_scale)
@@ -51,8 +51,22 @@ class TritonAttentionBackend(AttentionBackend):
                 meta.block_tables[num_decodes:], meta.query_start_loc[num_decodes:], meta.seq_lens[num_decodes:])
         splits, prefill_tables, prefill_starts, prefill_lens = split
         out = torch.empty_like(q)
-        paged_decode_attention(q[:num_decodes], kv_cache, meta.block_tables, meta.seq_lens, scale,
-                               num_splits=splits, out=out[:num_decodes], kv_scale=kv_scale)
+        paged_decode_attention(q[:num_decodes], kv_cache, meta.block_tables, meta.seq_lens, scale, num_splits=splits,
+                               out=out[:num_decodes], workspace=self._workspace(meta, q[:num_decodes], splits),
+                               kv_scale=kv_scale)
         paged_prefill_attention(q, kv_cache, prefill_tables, prefill_starts, prefill_lens, meta.max_query_len, scale,
                                 out=out, kv_scale=kv_scale)
         return out
+
+    @staticmethod
+    def _workspace(meta: AttentionMetadata, q: torch.Tensor, splits: int):
+        """The step's split-KV scratch for its decode rows q [S, H, D] (a CUDA graph brings its own),
+        made at the first layer and reused by the others; None without splits."""
+        if splits == 1:
+            return None
+        workspace = meta.backend_cache.get("decode_workspace")
+        if workspace is None:
+            num_seqs, num_heads, head_dim = q.shape
+            workspace = decode_workspace(num_seqs, num_heads, head_dim, splits, q.device)
+            meta.backend_cache["decode_workspace"] = workspace
+        return workspace

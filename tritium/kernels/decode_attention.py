@@ -113,6 +113,15 @@ def num_kv_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sms: i
     return min(next_pow2(min(want, cap)), 64)
 
 
+def decode_workspace(num_seqs: int, num_heads: int, head_dim: int, num_splits: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-KV scratch (part_o [S, H, splits, BLOCK_D], part_lse [S, H, splits], float32): made
+    once outside a CUDA graph or a step's layers and handed to paged_decode_attention."""
+    block_d = max(next_pow2(head_dim), 16)
+    return (torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=device),
+            torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=device))
+
+
 def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                            seq_lens: torch.Tensor, scale: float, num_splits: int = 1,
                            out: torch.Tensor | None = None,
@@ -122,8 +131,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
                            heads_fastest: bool = False) -> torch.Tensor:
     """q: [S, H, D] (D contiguous); kv_cache: [2, blocks, block_size, KVH, D]; block_tables: [S, max_blocks]
     int32; seq_lens: [S] int32 (keys per sequence, this step's included). Returns [S, H, D].
-    `workspace` (part_o [S, H, splits, BLOCK_D] float32, part_lse [S, H, splits] float32) may be
-    preallocated (CUDA graphs). A float8_e4m3fn / int8 cache needs kv_scale [2, KVH] float32.
+    `workspace` (decode_workspace's) may be preallocated (CUDA graphs, a step's layers). A float8_e4m3fn / int8 cache needs kv_scale [2, KVH] float32.
     block_n / num_warps / num_stages: the tile (keys a step, warps and pipeline stages a program;
     num_warps None: by cache type and splits); heads_fastest: launch order with the KV heads of a
     sequence side by side (a token's rows of all heads are adjacent in memory, so concurrent
@@ -145,10 +153,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_splits > 1:
-        if workspace is None:
-            workspace = (torch.empty(num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device),
-                         torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device))
-        part_o, part_lse = workspace
+        part_o, part_lse = workspace or decode_workspace(num_seqs, num_heads, head_dim, num_splits, q.device)
     else:
         part_o = part_lse = out  # unused
     grid = (num_kv_heads, num_seqs, num_splits) if heads_fastest else (num_seqs, num_kv_heads, num_splits)

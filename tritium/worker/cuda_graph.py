@@ -74,8 +74,9 @@ def sizes_to_warm_up(sizes: list[int], key: Callable[[int], tuple]) -> set[int]:
         return set(sizes)
     seen, warm = set(), set()
     for size in sorted(sizes, reverse=True):
-        if key(size) not in seen:
-            seen.add(key(size))
+        k = key(size)
+        if k not in seen:
+            seen.add(k)
             warm.add(size)
     return warm
 
@@ -143,11 +144,10 @@ class DecodeGraphs:
             max_seq_len=self.max_model_len, query_start_loc_cpu=list(range(size + 1)), seq_lens_cpu=[1] * size,
             num_kv_splits=splits)
         if splits > 1:  # split-KV scratch, allocated once outside the graph
-            head_dim, heads = self.kv_caches[0].shape[4], self.model.config.num_attention_heads
-            block_d = max(1 << (head_dim - 1).bit_length(), 16)
-            meta.backend_cache["decode_workspace"] = (
-                torch.empty(size, heads, splits, block_d, dtype=torch.float32, device=self.device),
-                torch.empty(size, heads, splits, dtype=torch.float32, device=self.device))
+            from tritium.kernels.decode_attention import decode_workspace  # Triton: GPU only
+
+            meta.backend_cache["decode_workspace"] = decode_workspace(
+                size, self.model.config.num_attention_heads, self.kv_caches[0].shape[4], splits, self.device)
         return meta
 
     def _forward(self, size: int) -> None:

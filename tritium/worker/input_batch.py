@@ -117,8 +117,7 @@ class StagingBuffers:
 
 
 def build_step_inputs(states: list[CachedRequestState], num_scheduled: dict[str, int], block_table: BlockTable,
-                      block_size: int, staging: StagingBuffers, num_kv_splits: Optional[int] = None,
-                      split_decodes: bool = True) -> StepInputs:
+                      block_size: int, staging: StagingBuffers, num_kv_splits: Optional[int] = None) -> StepInputs:
     n = len(states)
     starts = np.fromiter((s.num_computed_tokens for s in states), np.int64, n)  # [R]
     counts = np.fromiter((num_scheduled[s.req_id] for s in states), np.int64, n)  # [R]
@@ -163,7 +162,7 @@ def build_step_inputs(states: list[CachedRequestState], num_scheduled: dict[str,
         query_start_loc_cpu=qsl.tolist(),
         seq_lens_cpu=ends.tolist(),
         num_kv_splits=num_kv_splits,
-        num_decodes=n if num_tokens == n else int(np.argmax(counts != 1)) if split_decodes else 0,
+        num_decodes=n if num_tokens == n else int(np.argmax(counts != 1)),
     )
     return StepInputs(input_ids=ids_d, positions=pos_d, attn_metadata=meta, logits_indices=logits_d,
                       samples=samples, query_start_loc=qsl, seq_lens=ends, placeholder_tokens=placeholder_tokens,

@@ -11,7 +11,6 @@ N + 1 is built: it is fed in on the device from step N's sampled tensor (a place
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -109,9 +108,6 @@ class ModelRunner:
         self._is_async = device.type == "cuda"  # kernels run asynchronously to the host
         self.supports_overlap = self._is_async and allow_overlap
         self.time_steps = False  # record each step's GPU time (late scheduling sets it)
-        # steps with prompt tokens put their one-token requests first, for the backend's decode
-        # attention (TRITIUM_MIXED_DECODE_SPLIT=0: scheduler order, all through prefill attention)
-        self.split_mixed_decodes = os.environ.get("TRITIUM_MIXED_DECODE_SPLIT", "1") != "0"
         self._staging = [StagingBuffers(device), StagingBuffers(device)]
         self._sampled_host = [torch.empty(max_rows, dtype=torch.long, pin_memory=self._is_async)
                               for _ in range(2)]
@@ -193,11 +189,13 @@ class ModelRunner:
             started = torch.cuda.Event(enable_timing=True)
             started.record()
         states = [self.requests[req_id] for req_id in so.num_scheduled_tokens]
-        if self.split_mixed_decodes and so.total_num_scheduled_tokens != len(states):
+        if so.total_num_scheduled_tokens != len(states):
+            # prompt tokens in the step: one-token requests first, for the backend's decode
+            # attention (AttentionMetadata.num_decodes)
             states.sort(key=lambda s: so.num_scheduled_tokens[s.req_id] != 1)
         self._step += 1
         inputs = build_step_inputs(states, so.num_scheduled_tokens, self.block_table, self.cache_config.block_size,
-                                   self._staging[self._step % 2], split_decodes=self.split_mixed_decodes)
+                                   self._staging[self._step % 2])
         if len(inputs.placeholder_tokens):
             self._fill_placeholders(inputs, states)
         self._prev_sampled, self._prev_rows = None, {}
