@@ -18,7 +18,7 @@
 #   quant-offline  offline 128/128 x4096 and 1000/1000 x1024, bf16 and FP8 (+FP8 KV cache)
 #   pdl-ab         GPU tests under TRITIUM_PDL=1, then batch-1 decode bf16 / FP8 / W4A16 with it off and on
 #   mixed-split-ab FP8 offline 128/128, TRITIUM_MIXED_DECODE_SPLIT off and on; then 1000/1000
-#   fp8-batch      FP8 offline 128/128 at max batch 1024, 2048 and 4096, 1000/1000 at 768
+#   fp8-batch      FP8 offline 128/128 at max batch $FP8_BATCHES (1024 2048 4096), 1000/1000 at 768
 #   serve          offline 467/256 at concurrency 512, then tritium serve (dummy 8B) under bench serve:
 #                  saturation (512 concurrent), then 2 requests/s
 #   policy         offline 1000/1000 x1024 with each capacity scheduler policy
@@ -186,7 +186,7 @@ for stage in "$@"; do
     fp8-batch)  # FP8 offline with more requests a step than 512 (the FP8 KV cache holds ~1M tokens)
       dataset /tmp/d128.jsonl 4096 128 128
       dataset /tmp/d1000.jsonl 1024 1000 1000
-      for mb in 1024 2048 4096; do offline "128-fp8-mb$mb" /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8 \
+      for mb in ${FP8_BATCHES:-1024 2048 4096}; do offline "128-fp8-mb$mb" /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8 \
         --max-batch-size $mb; done
       # 768 x 2000 tokens fit the ~1.9M-token FP8 cache (1024 preempted: 51 times on 2026-11-30)
       offline 1000-fp8-mb768 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 --max-batch-size 768 ;;
