@@ -1,4 +1,4 @@
-"""Programmatic dependent launch (TRITIUM_PDL=1): every kernel of the decode path, compiled for
+"""Programmatic dependent launch: every kernel of the decode path, compiled for
 Hopper without a GPU, waits for the previous kernel before its first global memory access and
 (where it has a main loop or loads) lets the next one launch; compiled without it, neither
 instruction is there. Off on devices and builds that cannot run it."""
@@ -32,9 +32,24 @@ def test_decode_kernels_wait_before_touching_memory():
         assert (on["launch"] is not None) == (name in TRIGGERS_EARLY), (name, on)
 
 
-def test_off_unless_asked_and_on_a_cuda_device(monkeypatch):
+def test_small_launches_only_by_default_and_only_on_a_cuda_device(monkeypatch):
+    from tritium.kernels import pdl
+
     monkeypatch.setenv("TRITIUM_PDL", "1")
-    assert not pdl_enabled(torch.device("cpu"))
-    assert launch_options(torch.device("cpu")) == {"USE_PDL": False}  # no launch_pdl: the interpreter rejects it
+    assert not pdl_enabled(torch.device("cpu"), 1)
+    assert launch_options(torch.device("cpu"), 1) == {"USE_PDL": False}  # no launch_pdl: the interpreter rejects it
     monkeypatch.setenv("TRITIUM_PDL", "0")
-    assert launch_options(torch.device("cuda", 0)) == {"USE_PDL": False}  # off by default: no device query
+    assert launch_options(torch.device("cuda", 0), 1) == {"USE_PDL": False}  # no device query when off
+    # a Hopper device, without one here: the switch and the launch's size decide
+    monkeypatch.setattr(pdl, "_device_supports", lambda index: True)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("TRITIUM_PDL")
+    assert launch_options(cuda, 1) == {"USE_PDL": True, "launch_pdl": True}
+    assert pdl_enabled(cuda, pdl.PDL_AUTO_MAX_ROWS) and not pdl_enabled(cuda, pdl.PDL_AUTO_MAX_ROWS + 1)
+    monkeypatch.setenv("TRITIUM_PDL", "1")
+    assert pdl_enabled(cuda, 4096)
+    monkeypatch.setenv("TRITIUM_PDL", "0")
+    assert not pdl_enabled(cuda, 1)
+    monkeypatch.setattr(pdl, "_device_supports", lambda index: False)  # before Hopper
+    monkeypatch.setenv("TRITIUM_PDL", "1")
+    assert not pdl_enabled(cuda, 1)

@@ -149,7 +149,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         # two warps a program ran an H200 ~30% faster than four; with several, four were as fast
         # or faster (scripts/bench_decode_attention.py)
         num_warps = 2 if quant and num_splits == 1 else 4
-    pdl = launch_options(q.device)
+    pdl = launch_options(q.device, num_seqs)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_splits > 1:

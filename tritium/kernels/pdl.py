@@ -1,4 +1,4 @@
-"""Programmatic dependent launch (Hopper and later; TRITIUM_PDL=1, off by default until timed).
+"""Programmatic dependent launch (Hopper and later): on by default for small launches only.
 
 A kernel launched with it may be scheduled while the kernel before it in the stream is still
 running: its programs wait (griddepcontrol.wait) until that kernel has finished and its writes
@@ -9,6 +9,11 @@ next one launch (griddepcontrol.launch_dependents) once its main loop is done; t
 weight-streaming GEMM first prefetches its first weight tiles into L2 (weights are no kernel's
 output), so its loads start during the previous kernel's tail. Waiting is a no-op
 in a kernel launched without it. CUDA graphs captured from such launches keep the dependency.
+
+When: by default only for launches over at most PDL_AUTO_MAX_ROWS rows (tokens or sequences):
+on an H200 batch-1 decode gained 1-5% with it (bf16 213.6 -> 216.4 tok/s, FP8 306.6 -> 321.0,
+W4A16 262.9 -> 270.4), while an FP8 offline run at 2048 requests a step lost ~23% (one run;
+BENCHMARKS.md, seventh session). TRITIUM_PDL=1 turns it on for every launch, 0 off.
 """
 from __future__ import annotations
 
@@ -29,17 +34,24 @@ def _device_supports(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def pdl_enabled(device) -> bool:
-    """Whether kernels on `device` (a torch.device) launch with programmatic dependent launch."""
-    if os.environ.get("TRITIUM_PDL", "0") != "1" or interpreting() or device.type != "cuda":
+# the weight-streaming regime (tritium.layers: the streaming GEMM runs up to 16 rows), where a
+# decode step is short and its kernels' launch gaps and tails are a visible share of it
+PDL_AUTO_MAX_ROWS = 16
+
+
+def pdl_enabled(device, rows: int) -> bool:
+    """Whether a launch over `rows` rows (tokens or sequences) on `device` (a torch.device) uses
+    programmatic dependent launch: TRITIUM_PDL=1 always, 0 never, unset only up to PDL_AUTO_MAX_ROWS."""
+    mode = os.environ.get("TRITIUM_PDL", "auto")
+    if mode == "0" or (mode != "1" and rows > PDL_AUTO_MAX_ROWS) or interpreting() or device.type != "cuda":
         return False
     return _device_supports(device.index if device.index is not None else 0)
 
 
-def launch_options(device) -> dict:
-    """The keyword arguments a kernel launch on `device` adds: the USE_PDL constexpr, and Triton's
-    launch_pdl when on (left out when off: the interpreter does not know it)."""
-    on = pdl_enabled(device)
+def launch_options(device, rows: int) -> dict:
+    """The keyword arguments a kernel launch over `rows` rows on `device` adds: the USE_PDL
+    constexpr, and Triton's launch_pdl when on (left out when off: the interpreter does not know it)."""
+    on = pdl_enabled(device, rows)
     return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
 
 

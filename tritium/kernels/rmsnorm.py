@@ -47,5 +47,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     if x2.shape[0]:
         _rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight, out, x2.stride(0), r2.stride(0), out.stride(0), eps,
                                         N=n, BLOCK=next_pow2(n), HAS_RESIDUAL=residual is not None,
-                                        num_warps=4 if n <= 4096 else 8, **launch_options(x.device))
+                                        num_warps=4 if n <= 4096 else 8, **launch_options(x.device, x2.shape[0]))
     return out.view(x.shape)

@@ -124,4 +124,4 @@ def rope_and_write_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos_sin
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, BLOCK_H=next_pow2(num_heads),
         BLOCK_KVH=next_pow2(num_kv_heads), HALF=half, BLOCK_HALF=next_pow2(half), ROTATE=rotate, QUANT=quant,
         ROUND_FP8=interpreting(),
-        num_warps=4, **launch_options(q.device))
+        num_warps=4, **launch_options(q.device, num_tokens))

@@ -33,5 +33,5 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = 1024
     if t:
         _silu_mul_kernel[(t, triton.cdiv(n, block))](x, out, x.stride(0), out.stride(0), N=n, BLOCK=block,
-                                                      num_warps=4, **launch_options(x.device))
+                                                      num_warps=4, **launch_options(x.device, t))
     return out

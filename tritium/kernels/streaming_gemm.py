@@ -396,7 +396,7 @@ def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Opti
     dummy = weight  # for pointer arguments a variant does not read
     grid = (triton.cdiv(m, 1 if cfg.gemv else BLOCK_M), triton.cdiv(n, cfg.block_n), split)
     arrivals = _arrival_counters(x.device, grid[0] * grid[1]) if split > 1 and fused_split_sum_enabled() else None
-    pdl = launch_options(x.device)
+    pdl = launch_options(x.device, m)
     _quant_gemv_kernel[grid](
         x, weight, scale if scale is not None else dummy, zero if zero is not None else dummy,
         row_scale if row_scale is not None else dummy, bias if bias is not None else dummy, y, part,
