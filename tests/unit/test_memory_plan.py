@@ -97,3 +97,46 @@ def test_a_saved_profile_is_reused_only_under_the_same_key(monkeypatch):
     assert saved_profile(saved, profile_key(torch.device("cuda"), sched, 512, [16, 32, 1024], True)) is None
     assert saved_profile(memory_plan_summary(10, plan, 111, 222, 4096), key) is None  # saved before keys
     assert saved_profile(None, key) is None
+    older = json.loads(json.dumps(memory_plan_summary(10, plan, 111, 222, 4096, dict(key, method=1))))
+    assert saved_profile(older, key) is None  # measured by earlier profiling passes: measured again
+
+
+def test_the_profiled_step_is_the_largest_the_scheduler_can_make():
+    """A step holds max_num_tokens tokens even when one sequence holds fewer (max_seq_len 256:
+    32 prompts of 256 share an 8192-token step), so the activation profile runs that many."""
+    from tritium.worker.memory_plan import profile_step_lengths
+
+    assert profile_step_lengths(8192, 256, 512) == [256] * 32
+    assert profile_step_lengths(8192, 4096, 512) == [4096, 4096]
+    assert profile_step_lengths(8192, 3000, 512) == [3000, 3000, 2192]
+    assert profile_step_lengths(2048, 131072, 512) == [2048]  # one long prompt's chunk
+    assert profile_step_lengths(8192, 256, 4) == [256] * 4  # no more prompts than the running limit
+    assert profile_step_lengths(2048, 256, 2048) == [256] * 8  # the decode graphs' largest step, in tokens
+
+
+def test_the_profiling_pass_runs_a_step_of_several_prompts(tiny_llama, monkeypatch):
+    """The profiling forward (a GPU pass; its memory counters stubbed here) takes a step of 32
+    prompts of max_seq_len tokens, through the engine's real model and attention backend, and
+    reads every prompt's tokens (the attention sees 32 sequences, not one)."""
+    from tritium import LLM
+    from tritium.attention.torch_backend import TorchAttentionBackend
+    from tritium.worker import memory_plan
+
+    for name in ("empty_cache", "reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 1 << 20)
+    with LLM(tiny_llama, dtype="float32") as llm:
+        model, config = llm._parts.model, llm._parts.model_config
+        sched = ResolvedSchedulerConfig(max_num_seqs=64, max_num_batched_tokens=512, max_model_len=16)
+        seen = []
+        backend = TorchAttentionBackend()
+        forward = backend.forward
+
+        def spy(q, k, v, kv_cache, meta, *args, **kwargs):
+            seen.append((q.shape[0], meta.num_reqs))
+            return forward(q, k, v, kv_cache, meta, *args, **kwargs)
+        backend.forward = spy
+        peak = memory_plan.profile_activation_bytes(model, config, sched, torch.device("cpu"), backend)
+    assert 0 < peak < 1 << 20  # the stubbed peak less the scratch KV cache of 32 one-block prompts
+    assert seen and all(step == (512, 32) for step in seen)

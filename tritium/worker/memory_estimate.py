@@ -6,7 +6,7 @@ plan_kv_blocks, memory_plan_summary), from these estimates instead of measuremen
                  size (FP8 / int8: 1 byte a weight + a float32 scale per output channel; int4:
                  half a byte + a scale and a zero per group of group_size inputs), biases and
                  norms: exactly what the loaded model's parameters hold
-    activations  one step of max_num_tokens: the residual stream and normed input, the fused
+    activations  one step of max_num_tokens (several prompts when max_seq_len is shorter): the residual stream and normed input, the fused
                  q/k/v output, attention output, gate/up output and SiLU product, in the model
                  dtype, plus float32 logits of max_batch_size rows (the profiled figure on a GPU
                  is measured instead; this is its analytic counterpart)
@@ -26,7 +26,7 @@ import torch
 from tritium.config import BuildConfig, KvCacheConfig, ModelConfig, ResolvedSchedulerConfig
 from tritium.quantization.config import INT4_ALGOS, QuantAlgo, QuantConfig
 from tritium.quantization.quant_utils import padded_k
-from tritium.worker.memory_plan import gpu_kv_budget, memory_plan_summary, plan_kv_blocks
+from tritium.worker.memory_plan import gpu_kv_budget, memory_plan_summary, plan_kv_blocks, profile_step_lengths
 
 def parse_size(text: str) -> int:
     """'80GiB', '141GB', '512MiB', '1e9' -> bytes."""
@@ -89,7 +89,7 @@ def estimate_memory(model: ModelConfig, gpu_memory: int, build: BuildConfig, kv:
 
     sched = ResolvedSchedulerConfig.from_build(build, model)
     weights = estimate_weight_bytes(model, quant)
-    tokens = min(sched.max_num_batched_tokens, sched.max_model_len)
+    tokens = sum(profile_step_lengths(sched.max_num_batched_tokens, sched.max_model_len, sched.max_num_seqs))
     activations = _step_bytes(model, tokens, min(sched.max_num_seqs, tokens))
     top = decode_graph_sizes(sched.max_num_seqs, cuda_graph_config)[0][-1]  # the largest graph, as captured
     prefill = prefill_graph_sizes(sched.max_num_batched_tokens, sched.max_model_len)

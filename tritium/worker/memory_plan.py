@@ -106,34 +106,52 @@ def plan_kv_blocks(model_config: ModelConfig, sched: ResolvedSchedulerConfig, kv
 
 
 @torch.inference_mode()
+def profile_step_lengths(num_tokens: int, max_model_len: int, max_num_seqs: int) -> list[int]:
+    """Prompt lengths of the largest step the scheduler can make with num_tokens tokens: prompts of
+    max_model_len (the longest attention) and one shorter remainder, at most max_num_seqs of them.
+    A step is not bounded by one sequence: with max_seq_len 256 and max_num_tokens 8192, 32
+    prompts share a step."""
+    count = max(1, min(-(-num_tokens // max_model_len), max_num_seqs))
+    total = min(num_tokens, count * max_model_len)
+    full, rest = divmod(total, max_model_len)
+    return [max_model_len] * full + ([rest] if rest else [])
+
+
 def profile_activation_bytes(model, model_config: ModelConfig, sched: ResolvedSchedulerConfig, device: torch.device,
                              backend=None, num_tokens: Optional[int] = None) -> int:
-    """Peak GPU memory of one forward pass of `num_tokens` tokens (default max_num_tokens; one
-    long prefill) plus the logits of up to max_batch_size rows, excluding the scratch KV cache it
-    writes into."""
+    """Peak GPU memory of one forward pass of `num_tokens` tokens (default max_num_tokens; the
+    largest prefill step, profile_step_lengths) plus the logits of up to max_batch_size rows,
+    excluding the scratch KV cache it writes into."""
     from tritium.attention.backend import ForwardContext, forward_context
     from tritium.attention.torch_backend import TorchAttentionBackend
     from tritium.worker.input_batch import BlockTable, CachedRequestState, StagingBuffers, build_step_inputs
     from tritium.sampling_params import SamplingParams
 
     block_size = 16
-    num_tokens = min(num_tokens or sched.max_num_batched_tokens, sched.max_model_len)
-    num_blocks = -(-num_tokens // block_size)
+    lengths = profile_step_lengths(num_tokens or sched.max_num_batched_tokens, sched.max_model_len, sched.max_num_seqs)
+    blocks_per_seq = -(-max(lengths) // block_size)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    caches = allocate_kv_caches(model_config, CacheConfig(block_size, num_blocks, dtype=model_config.dtype), device)
+    caches = allocate_kv_caches(model_config, CacheConfig(block_size, blocks_per_seq * len(lengths),
+                                                          dtype=model_config.dtype), device)
     scratch = sum(c.numel() * c.element_size() for c in caches)
-    state = CachedRequestState(req_id="profile", token_ids=[0] * num_tokens, num_prompt_tokens=num_tokens,
-                               sampling_params=SamplingParams(), block_ids=list(range(num_blocks)),
-                               num_computed_tokens=0)
-    table = BlockTable(1, num_blocks)
-    state.row = table.add(state.block_ids)
-    inputs = build_step_inputs([state], {"profile": num_tokens}, table, block_size, StagingBuffers(device))
+    table = BlockTable(len(lengths), blocks_per_seq)
+    states = []
+    for i, length in enumerate(lengths):
+        first = i * blocks_per_seq
+        state = CachedRequestState(req_id=f"profile-{i}", token_ids=[0] * length, num_prompt_tokens=length,
+                                   sampling_params=SamplingParams(),
+                                   block_ids=list(range(first, first + -(-length // block_size))),
+                                   num_computed_tokens=0)
+        state.row = table.add(state.block_ids)
+        states.append(state)
+    inputs = build_step_inputs(states, {s.req_id: len(s.token_ids) for s in states}, table, block_size,
+                               StagingBuffers(device))
     ctx = ForwardContext(attn_metadata=inputs.attn_metadata, kv_caches=caches, backend=backend or TorchAttentionBackend())
     with forward_context(ctx):
         hidden = model(inputs.input_ids, inputs.positions)
-    rows = min(sched.max_num_seqs, num_tokens)
+    rows = min(sched.max_num_seqs, sum(lengths))
     model.compute_logits(hidden[:rows])
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base - scratch
@@ -158,11 +176,16 @@ def memory_plan_summary(weights_bytes: int, plan: KvCachePlan, activation_bytes:
     return summary
 
 
+# bumped when the profiling passes change, so that a saved engine's figures from older passes are
+# measured again (2: a step of several prompts, not one capped at max_seq_len)
+PROFILE_METHOD = 2
+
+
 def profile_key(device: torch.device, sched, decode_graph_top: int, prefill_graph_sizes: list[int],
                 use_graphs: bool) -> dict:
     """What the profiled activation and CUDA-graph peaks depend on, besides the model itself (a
     saved engine's weights are fixed): the GPU model, torch, the step limits and the graphs."""
-    return {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+    return {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "method": PROFILE_METHOD,
             "max_num_batched_tokens": sched.max_num_batched_tokens, "max_num_seqs": sched.max_num_seqs,
             "max_model_len": sched.max_model_len, "cuda_graphs": use_graphs,
             "decode_graph_top": decode_graph_top if use_graphs else 0, "prefill_graph_sizes": list(prefill_graph_sizes)}
