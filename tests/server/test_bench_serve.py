@@ -23,7 +23,8 @@ def test_bench_serve_reports_what_the_server_did(start_tiny_server, tmp_path, ca
     before = _generation_tokens(srv.base_url)
     report_path = tmp_path / "report.json"
     code = main(["bench", "serve", "--base-url", srv.base_url, "--dataset", str(dataset), "--warmup", "0",
-                 "--request-rate", "50", "--max-concurrency", "3", "--result-json", str(report_path)])
+                 "--request-rate", "50", "--max-concurrency", "3", "--result-json", str(report_path),
+                 "--save-detailed"])
     out = capsys.readouterr().out
     assert code == 0 and "Serving Benchmark Result" in out and "Mean TTFT (ms)" in out
     report = json.loads(report_path.read_text())
@@ -33,6 +34,12 @@ def test_bench_serve_reports_what_the_server_did(start_tiny_server, tmp_path, ca
     for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_latency_ms"):
         assert 0 < report[key]["mean"] <= report[key]["max"]
     assert report["ttft_ms"]["mean"] < report["e2e_latency_ms"]["mean"]
+    rows = report["requests"]  # --save-detailed: one a request, in sending order
+    assert [(r["input_tokens"], r["output_tokens"], r["error"]) for r in rows] == [
+        (1 + i % 3, 5 + i, None) for i in range(6)]
+    assert rows[0]["sent_s"] == 0 and all(a["sent_s"] <= b["sent_s"] for a, b in zip(rows, rows[1:]))
+    assert max(r["ttft_ms"] for r in rows) == report["ttft_ms"]["max"]
+    assert all(0 < r["ttft_ms"] <= r["e2e_ms"] and r["tpot_ms"] > 0 for r in rows)
 
 
 def test_bench_serve_token_norm_dist_and_bad_input(start_tiny_server, capsys):
@@ -42,6 +49,8 @@ def test_bench_serve_token_norm_dist_and_bad_input(start_tiny_server, capsys):
     assert code == 0 and "Successful requests" in capsys.readouterr().out
     assert main(["bench", "serve", "--base-url", srv.base_url, "--dataset", "/no/such.jsonl"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "serve", "--base-url", srv.base_url, "--save-detailed"]) == 2
+    assert "--save-detailed needs --result-json" in capsys.readouterr().err
     # Out-of-vocabulary ids: every request fails with the server's 400, reported, exit 1.
     assert main(["bench", "serve", "--base-url", srv.base_url, "--num-prompts", "2", "--vocab-size", "100000",
                  "--input-mean", "50", "--warmup", "0"]) == 1

@@ -40,8 +40,9 @@ def test_small_launches_only_by_default_and_only_on_a_cuda_device(monkeypatch):
     assert launch_options(torch.device("cpu"), 1) == {"USE_PDL": False}  # no launch_pdl: the interpreter rejects it
     monkeypatch.setenv("TRITIUM_PDL", "0")
     assert launch_options(torch.device("cuda", 0), 1) == {"USE_PDL": False}  # no device query when off
-    # a Hopper device, without one here: the switch and the launch's size decide
+    # a Hopper device, without one here, and compiled kernels: the switch and the launch's size decide
     monkeypatch.setattr(pdl, "_device_supports", lambda index: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cuda = torch.device("cuda", 0)
     monkeypatch.delenv("TRITIUM_PDL")
     assert launch_options(cuda, 1) == {"USE_PDL": True, "launch_pdl": True}
@@ -50,6 +51,10 @@ def test_small_launches_only_by_default_and_only_on_a_cuda_device(monkeypatch):
     assert pdl_enabled(cuda, 4096)
     monkeypatch.setenv("TRITIUM_PDL", "0")
     assert not pdl_enabled(cuda, 1)
+    monkeypatch.setenv("TRITIUM_PDL", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not pdl_enabled(cuda, 1)  # the interpreter has no launch_pdl
+    monkeypatch.delenv("TRITON_INTERPRET")
     monkeypatch.setattr(pdl, "_device_supports", lambda index: False)  # before Hopper
     monkeypatch.setenv("TRITIUM_PDL", "1")
     assert not pdl_enabled(cuda, 1)

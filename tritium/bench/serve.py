@@ -184,6 +184,22 @@ def serving_report(results: list[RequestResult], duration_s: float, settings: Se
     }
 
 
+def request_rows(results: list[RequestResult]) -> list[dict[str, Any]]:
+    """One row a request, in sending order (--save-detailed): when it was sent (seconds after the
+    first), its tokens, TTFT / TPOT / end-to-end in ms, and its error; shows which requests make
+    a tail (arrivals close together, the first ones)."""
+    origin = min((r.start for r in results), default=0.0)
+    rows = []
+    for r in results:
+        row = {"sent_s": round(r.start - origin, 6), "input_tokens": r.num_input_tokens,
+               "output_tokens": r.num_output_tokens, "error": r.error}
+        if r.ok:
+            row.update(ttft_ms=r.ttft * 1e3, tpot_ms=r.tpot * 1e3 if r.tpot is not None else None,
+                       e2e_ms=r.e2e * 1e3)
+        rows.append(row)
+    return rows
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = ["{:=^60}".format(" Serving Benchmark Result ")]
     for key, label in (("successful_requests", "Successful requests"), ("failed_requests", "Failed requests"),
@@ -237,12 +253,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int, default=2, help="unmeasured requests first")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--result-json", "--result_json", default=None, help="also write the report as JSON here")
+    g.add_argument("--save-detailed", "--save_detailed", action="store_true",
+                   help="the JSON report also lists every request (sent at, tokens, TTFT, TPOT, end-to-end, error)")
 
 
 def run(args: argparse.Namespace) -> int:
     for name in ("num_prompts", "vocab_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.save_detailed and not args.result_json:
+        raise ValueError("--save-detailed needs --result-json (the rows go into that file)")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ValueError("--max-concurrency must be >= 1")
     if not args.request_rate > 0 or not args.burstiness > 0:
@@ -264,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
     results, duration = asyncio.run(run_load(settings, requests))
     report = serving_report(results, duration, settings)
     print(format_report(report))
+    if args.save_detailed:
+        report["requests"] = request_rows(results)
     if args.result_json:
         with open(args.result_json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
