@@ -223,7 +223,7 @@ for stage in "$@"; do
       start_server serve-rate2.log "${SERVE_TIMEOUT:-150}" --log-level info
       RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-120} tritium bench serve --ready-timeout 120 --num-prompts "${RATE_PROMPTS:-40}" \
         --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" --request-rate 2 \
-        --result-json "$LOGS/serve-rate2.json" 2>&1 | tee "$LOGS/serve-rate2-bench.log" \
+        --result-json "$LOGS/serve-rate2.json" --save-detailed 2>&1 | tee "$LOGS/serve-rate2-bench.log" \
         | grep -E "duration|Output token|(Mean|P50|P99) (TTFT|TPOT|ITL)|Failed"
       stop_server ;;
     late-schedule-ab)  # the 2 req/s run without and with late scheduling (the default)
