@@ -114,3 +114,26 @@ def test_dry_run_agrees_with_the_start_up_plan(algo, kv):
     assert estimate["kv_bytes_per_token"] == actual["kv_bytes_per_token"]
     assert estimate["kv_cache_tokens"] == pytest.approx(actual["kv_cache_tokens"], rel=0.1)
     assert estimate["sequences_at_max_seq_len"] == pytest.approx(actual["sequences_at_max_seq_len"], rel=0.1, abs=1)
+
+
+def test_the_activation_profile_covers_a_step_of_many_short_prompts():
+    """With max_seq_len far below max_num_tokens a step still carries max_num_tokens tokens (32
+    prompts of 256): the profiled activation peak is that of a full 8192-token step (as profiled
+    with one long prompt), not of one 256-token prompt, and the dry-run estimate agrees."""
+    from tritium import BuildConfig, KvCacheConfig
+    from tritium.bench.model_shapes import resolve_model_arg
+    from tritium.llm.llm import LLM
+    from tritium.worker.memory_estimate import estimate_memory
+
+    model = resolve_model_arg("qwen3-0.6b", "dummy")
+    peaks, estimates = {}, {}
+    for seq_len in (256, 8192):
+        build = BuildConfig(max_batch_size=64, max_num_tokens=8192, max_seq_len=seq_len)
+        torch.cuda.empty_cache()
+        free_before = torch.cuda.mem_get_info()[0]
+        with LLM(model, load_format="dummy", dtype="bfloat16", build_config=build) as llm:
+            peaks[seq_len] = llm._parts.memory_plan["activation_bytes"]
+            estimates[seq_len] = estimate_memory(llm.model_config, free_before, build, KvCacheConfig())["activation_bytes"]
+    assert peaks[256] == pytest.approx(peaks[8192], rel=0.25), peaks  # the same token count; attention differs
+    assert estimates[256] == pytest.approx(estimates[8192], rel=0.01), estimates
+    assert peaks[256] == pytest.approx(estimates[256], rel=0.5), (peaks, estimates)
