@@ -166,6 +166,9 @@ class EngineProcess:
         self._snapshot = SchedulerSnapshot(0, 0, 0.0, 0)
         self._stopping = False
         self._closed = False  # the child's end of the pipe closed (it exited)
+        # why the engine stopped, set once its in-flight requests have been failed with it (the
+        # server's watchdog fails what is left with the same error)
+        self.failure: Optional[BaseException] = None
         self._reader: Optional[threading.Thread] = None
 
     def wait_ready(self) -> EngineInfo:
@@ -310,3 +313,4 @@ class EngineProcess:
             self._handle_error(exc, failed)
         for future in calls:
             future.set_exception(exc)
+        self.failure = exc

@@ -14,6 +14,7 @@ import asyncio
 import enum
 import logging
 import signal
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -37,6 +38,7 @@ logger = logging.getLogger("tritium.serve")
 
 _PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 _ENGINE_WATCH_INTERVAL_S = 0.2
+_ENGINE_FAILURE_WAIT_S = 6.0  # an engine process reaps its child within 5 s (EngineProcess._fail_all)
 
 
 class Health(enum.Enum):
@@ -106,12 +108,24 @@ class ServerState:
     async def _watch_engine(self) -> None:
         while self.health in (Health.READY, Health.DRAINING):
             if not self.llm._engine.is_alive:
+                failure = await self._engine_failure()
                 logger.error("the engine has stopped; failing %d open requests and exiting",
                              self.tracker.num_in_flight)
-                self.tracker.fail_all(RuntimeError("the engine has stopped"))
+                self.tracker.fail_all(failure)
                 self.die()
                 return
             await asyncio.sleep(_ENGINE_WATCH_INTERVAL_S)
+
+    async def _engine_failure(self) -> BaseException:
+        """Why the engine stopped, as it tells its own requests: an engine process names its exit
+        code once it has reaped the child (it fails its requests with that first, and this must
+        not race it with a vaguer error); a generic error when the engine says nothing in time."""
+        engine = self.llm._engine
+        if hasattr(engine, "failure"):  # an engine process (an engine thread gives no account)
+            deadline = time.monotonic() + _ENGINE_FAILURE_WAIT_S
+            while engine.failure is None and time.monotonic() < deadline:
+                await asyncio.sleep(_ENGINE_WATCH_INTERVAL_S / 4)
+        return getattr(engine, "failure", None) or RuntimeError("the engine has stopped")
 
     def die(self) -> None:
         self.health = Health.DEAD
