@@ -55,6 +55,14 @@ def test_small_launches_only_by_default_and_only_on_a_cuda_device(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not pdl_enabled(cuda, 1)  # the interpreter has no launch_pdl
     monkeypatch.delenv("TRITON_INTERPRET")
-    monkeypatch.setattr(pdl, "_device_supports", lambda index: False)  # before Hopper
+    monkeypatch.setattr(pdl, "_device_supports", lambda index: False)  # before Hopper, or an older Triton
     monkeypatch.setenv("TRITIUM_PDL", "1")
     assert not pdl_enabled(cuda, 1)
+
+
+def test_this_triton_can_launch_with_it():
+    """The Triton the project runs (3.6 here and on the H200) has launch_pdl and the intrinsics;
+    without them PDL stays off instead of failing every launch."""
+    from tritium.kernels import pdl
+
+    assert pdl._triton_supports()

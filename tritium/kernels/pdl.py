@@ -29,9 +29,21 @@ from tritium.kernels import interpreting
 
 @functools.lru_cache(maxsize=None)
 def _device_supports(index: int) -> bool:
+    """Hopper or later, and a Triton that can launch with it (launch_pdl and the griddepcontrol
+    intrinsics: older releases the package allows have neither)."""
     import torch
 
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    return torch.cuda.get_device_capability(index)[0] >= 9 and _triton_supports()
+
+
+def _triton_supports() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    cuda = tl.extra.cuda
+    return ("launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+            and hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents"))
 
 
 # the weight-streaming regime (tritium.layers: the streaming GEMM runs up to 16 rows), where a
