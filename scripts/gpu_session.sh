@@ -219,9 +219,9 @@ for stage in "$@"; do
         | tee "$LOGS/serve-rate2.log" | tail -30
       stop_server
       tail -5 "$LOGS/serve.log" ;;
-    serve-rate2)  # only the server at 2 requests/s (TTFT / ITL targets)
+    serve-rate2)  # only the server at 2 requests/s (TTFT / ITL targets; 100 prompts: a few slow ones in 40 moved the mean ~1 ms)
       start_server serve-rate2.log "${SERVE_TIMEOUT:-150}" --log-level info
-      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-120} tritium bench serve --ready-timeout 120 --num-prompts "${RATE_PROMPTS:-40}" \
+      RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-120} tritium bench serve --ready-timeout 120 --num-prompts "${RATE_PROMPTS:-100}" \
         --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" --request-rate 2 \
         --result-json "$LOGS/serve-rate2.json" --save-detailed 2>&1 | tee "$LOGS/serve-rate2-bench.log" \
         | grep -E "duration|Output token|(Mean|P50|P99) (TTFT|TPOT|ITL)|Failed"
@@ -229,7 +229,7 @@ for stage in "$@"; do
     late-schedule-ab)  # the 2 req/s run without and with late scheduling (the default)
       for late in 0 1; do
         TRITIUM_LATE_SCHEDULE=$late start_server "serve-rate2-late$late.log" "${SERVE_TIMEOUT:-150}" --log-level info
-        RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-120} tritium bench serve --ready-timeout 120 --num-prompts "${RATE_PROMPTS:-40}" \
+        RUN_TIMEOUT=${BENCH_SERVE_TIMEOUT:-120} tritium bench serve --ready-timeout 120 --num-prompts "${RATE_PROMPTS:-100}" \
           --input-mean 467 --output-mean 256 --vocab-size "$VOCAB" --request-rate 2 \
           --result-json "$LOGS/serve-rate2-late$late.json" 2>&1 | tee "$LOGS/serve-rate2-late$late-bench.log" \
           | grep -E "(Mean|P50|P99) (TTFT|ITL)|Failed" | sed "s/^/late=$late /"
