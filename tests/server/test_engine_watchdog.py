@@ -1,6 +1,6 @@
 """The server's engine watchdog against fake engines: when an engine process dies, the open
 requests end with the engine's own account of it (its exit code), even when the watchdog notices
-first; an engine thread that stops gives no account and its requests end at once."""
+first; a dead engine thread's account is there at once, and so are its requests ended."""
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +43,16 @@ def test_a_dead_engine_process_fails_requests_with_its_own_account():
 
 
 def test_a_stopped_engine_thread_fails_requests_at_once():
-    state, tracker, seconds = _watch(SimpleNamespace(is_alive=False))
+    dead_thread = SimpleNamespace(is_alive=False, failure=RuntimeError("the engine has stopped"))
+    state, tracker, seconds = _watch(dead_thread)
     assert [str(e) for e in tracker.failed_with] == ["the engine has stopped"]
     assert state.health is Health.DEAD and state.exit_code == 1 and seconds < 0.5
+
+
+def test_an_engine_that_gives_no_account_in_time_gets_a_generic_error(monkeypatch):
+    from tritium.entrypoints.openai import api_server
+
+    monkeypatch.setattr(api_server, "_ENGINE_FAILURE_WAIT_S", 0.3)
+    state, tracker, seconds = _watch(SimpleNamespace(is_alive=False, failure=None))
+    assert [str(e) for e in tracker.failed_with] == ["the engine has stopped"]
+    assert state.health is Health.DEAD and 0.25 < seconds < 2

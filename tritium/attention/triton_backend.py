@@ -26,6 +26,7 @@ class TritonAttentionBackend(AttentionBackend):
         if num_sms is None and torch.cuda.is_available():
             num_sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
         self.num_sms = num_sms or 132
+        self.split_mixed_decodes = mixed_decode_split_enabled()  # read once: forward runs every layer
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float,
                 cos_sin: Optional[torch.Tensor] = None, kv_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -37,7 +38,7 @@ class TritonAttentionBackend(AttentionBackend):
                 splits = num_kv_splits(meta.num_reqs, kv_cache.shape[3], meta.max_seq_len, self.num_sms)
             return paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, scale, num_splits=splits,
                                           workspace=self._workspace(meta, q, splits), kv_scale=kv_scale)
-        num_decodes = meta.num_decodes if mixed_decode_split_enabled() else 0
+        num_decodes = meta.num_decodes if self.split_mixed_decodes else 0
         if not num_decodes:
             return paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
                                            meta.max_query_len, scale, kv_scale=kv_scale)

@@ -11,7 +11,7 @@ import gc
 import logging
 import queue
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -70,6 +70,7 @@ class BackgroundEngine:
         self._live: set[str] = set()  # request ids added and not yet finished
         self._stopped = threading.Event()
         self._running = True
+        self.failure: Optional[BaseException] = None  # why the loop died, when not by shutdown
         relax_gc()
         self._thread = threading.Thread(target=self._run, name="tritium-engine", daemon=True)
         self._thread.start()
@@ -135,7 +136,10 @@ class BackgroundEngine:
     def _run(self) -> None:
         try:
             self._loop()
-        finally:  # also when something not an Exception (SystemExit) ends the thread
+        except BaseException as e:  # also what is not an Exception (SystemExit) ends the thread
+            self.failure = RuntimeError(f"the engine has stopped ({type(e).__name__}: {e})")
+            raise
+        finally:
             self._running = False
 
     def _loop(self) -> None:

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 import triton.language.extra.cuda  # noqa: F401  (tl.extra.cuda in the jit functions)
 
-from tritium.kernels import interpreting
+from tritium.kernels import STREAMING_GEMM_MAX_ROWS, interpreting
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,9 +46,9 @@ def _triton_supports() -> bool:
             and hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents"))
 
 
-# the weight-streaming regime (tritium.layers: the streaming GEMM runs up to 16 rows), where a
-# decode step is short and its kernels' launch gaps and tails are a visible share of it
-PDL_AUTO_MAX_ROWS = 16
+# the weight-streaming regime, where a decode step is short and its kernels' launch gaps and
+# tails are a visible share of it
+PDL_AUTO_MAX_ROWS = STREAMING_GEMM_MAX_ROWS
 
 
 def pdl_enabled(device, rows: int) -> bool:

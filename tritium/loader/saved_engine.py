@@ -50,6 +50,7 @@ def is_engine_dir(path: str) -> bool:
 class EngineInfo:
     path: str
     config: dict[str, Any]  # tritium_engine.json
+    manifest: dict[str, Any]  # the files' sizes and CRC32s, read with the config
 
     @property
     def hf_config(self) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def read_engine(path: str, verify: bool = True) -> EngineInfo:
         raise _engine_error(path, f"{MANIFEST} is unreadable ({e})", config) from None
     if manifest.get("key") != {"format_version": FORMAT_VERSION}:
         raise _engine_error(path, f"{MANIFEST} belongs to another format", config)
-    info = EngineInfo(path, config)
+    info = EngineInfo(path, config, manifest)
     if verify:
         verify_engine_files(info)
     return info
@@ -104,7 +105,7 @@ def verify_engine_files(info: EngineInfo) -> None:
     """Every file of the folder against its manifest (sizes, CRC32s read through); EngineFormatError
     naming the first that differs."""
     start = time.perf_counter()
-    problem = check_files(info.path, read_manifest(info.path))
+    problem = check_files(info.path, info.manifest)
     if problem:
         raise _engine_error(info.path, problem, info.config)
     logger.info("saved engine files checked (sizes, CRC32) in %.1f s", time.perf_counter() - start)

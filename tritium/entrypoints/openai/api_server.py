@@ -117,15 +117,15 @@ class ServerState:
             await asyncio.sleep(_ENGINE_WATCH_INTERVAL_S)
 
     async def _engine_failure(self) -> BaseException:
-        """Why the engine stopped, as it tells its own requests: an engine process names its exit
-        code once it has reaped the child (it fails its requests with that first, and this must
-        not race it with a vaguer error); a generic error when the engine says nothing in time."""
+        """Why the engine stopped, as it tells its own requests (engine.failure): an engine thread
+        says so as it dies, an engine process once it has reaped the child and failed its requests
+        with the exit code (this must not race it with a vaguer error); a generic error when the
+        engine says nothing in time."""
         engine = self.llm._engine
-        if hasattr(engine, "failure"):  # an engine process (an engine thread gives no account)
-            deadline = time.monotonic() + _ENGINE_FAILURE_WAIT_S
-            while engine.failure is None and time.monotonic() < deadline:
-                await asyncio.sleep(_ENGINE_WATCH_INTERVAL_S / 4)
-        return getattr(engine, "failure", None) or RuntimeError("the engine has stopped")
+        deadline = time.monotonic() + _ENGINE_FAILURE_WAIT_S
+        while engine.failure is None and time.monotonic() < deadline:
+            await asyncio.sleep(_ENGINE_WATCH_INTERVAL_S / 4)
+        return engine.failure or RuntimeError("the engine has stopped")
 
     def die(self) -> None:
         self.health = Health.DEAD
