@@ -267,6 +267,100 @@ def prefill_loop(report: dict, prompt_len: int = 467, seconds: float = 30.0, tag
     llm.shutdown()
 
 
+def prefill_timeline(report: dict, prompt_len: int = 467, runs: int = 40, tag: str = "",
+                     decoding: int = 0) -> None:
+    """Where a lone prompt's time to first token goes, in-process (engine thread): host stamps of
+    its way (generate -> engine add -> step launch -> tokens on the host -> front) and the GPU time
+    of its prefill step (CUDA events). `decoding`: requests kept decoding meanwhile (as at 2 req/s)."""
+    from tritium import BuildConfig, SamplingParams
+    from tritium.engine.background import BackgroundEngine
+    from tritium.engine.engine_core import EngineCore
+    from tritium.llm.llm import LLM
+
+    folder = tempfile.mkdtemp()  # SPEED_CHECK_CONFIG: a small shape for a CPU smoke run of the script
+    shutil.copy(os.environ.get("SPEED_CHECK_CONFIG", LLAMA_8B), os.path.join(folder, "config.json"))
+    llm = LLM(folder, load_format="dummy", build_config=BuildConfig(max_batch_size=64, max_seq_len=4096))
+    runner = llm._parts.core.runner
+    runner.time_steps = True
+    marks: dict = {}
+    watched: dict = {}  # "timing" while a prompt is timed, and its request id once scheduled
+
+    def stamp(name):
+        if watched and name not in marks:
+            marks[name] = time.perf_counter()
+
+    orig_add, orig_core_add, orig_exec = BackgroundEngine.add_requests, EngineCore.add_request, runner.execute_model
+    orig_out = llm._on_outputs
+
+    def add_requests(self, requests):
+        stamp("front add")
+        return orig_add(self, requests)
+
+    def core_add(self, request):
+        stamp("engine add")
+        return orig_core_add(self, request)
+
+    def execute_model(so):
+        new = bool(watched) and bool(so.scheduled_new_reqs)  # only the timed request is new
+        if new:
+            watched.update((r.req_id, True) for r in so.scheduled_new_reqs)
+            marks["launch start"] = time.perf_counter()
+        handle = orig_exec(so)
+        if new:
+            marks["launch end"] = time.perf_counter()
+            marks["handle"] = handle
+            orig_result = handle.result
+
+            def result():
+                out = orig_result()
+                marks["tokens on host"] = time.perf_counter()
+                return out
+            handle.result = result
+        return handle
+
+    def on_outputs(outputs):
+        if watched and any(o.req_id in watched for o in outputs):
+            stamp("front outputs")
+        return orig_out(outputs)
+
+    BackgroundEngine.add_requests, EngineCore.add_request = add_requests, core_add
+    runner.execute_model = execute_model
+    llm._engine._handle_outputs = on_outputs
+    rng = np.random.default_rng(0)
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, detokenize=False)
+    background = SamplingParams(max_tokens=4000, temperature=0.0, ignore_eos=True, detokenize=False)
+    streams = [llm.generate_async(rng.integers(10, 30000, 64).tolist(), background) for _ in range(decoding)]
+    for _ in range(3):
+        llm.generate([rng.integers(10, 30000, prompt_len).tolist()], params, use_tqdm=False)
+    rows = []
+    for _ in range(runs):
+        time.sleep(0.0137)  # arrive at some point of a decode step
+        marks.clear()
+        prompt = rng.integers(10, 30000, prompt_len).tolist()
+        watched.clear()
+        watched["timing"] = True
+        t0 = time.perf_counter()
+        # generate's own request id is not known before submission: watch every new request
+        out = llm.generate([prompt], params, use_tqdm=False)[0]
+        t1 = time.perf_counter()
+        watched.clear()
+        handle = marks.pop("handle", None)
+        gpu = handle.gpu_seconds() if handle is not None else None
+        row = {k: (v - t0) * 1e3 for k, v in marks.items()}
+        row["generate returned"] = (t1 - t0) * 1e3
+        row["prefill step GPU"] = gpu * 1e3 if gpu is not None else float("nan")
+        rows.append(row)
+    for s in streams:
+        llm.abort(s.request_id)
+    keys = list(rows[-1])
+    med = {k: float(np.median([r.get(k, float("nan")) for r in rows])) for k in keys}
+    key = f"prefill-timeline {prompt_len} {tag}".strip()
+    report[key] = med
+    print(f"[{key}] {runs} prompts, {decoding} decoding meanwhile; medians in ms from generate(): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
+    llm.shutdown()
+
+
 def cold_start(report: dict) -> None:
     """Process start to the first token of an 8B dummy model (a fresh Python process)."""
     code = ("import time, tempfile, shutil, os; t0 = time.time();"
@@ -440,6 +534,14 @@ def main() -> None:
         profile_decode(report, 1, prompt_len=467, max_tokens=1)
     if "prefill-loop" in sections:  # 467-token prefills one after another (py-spy attaches: prefill-spy stage)
         prefill_loop(report)
+    if "prefill-timeline" in sections:  # a lone prompt's way to its first token, stamped; graph sizes A/B
+        import tritium.worker.prefill_graph as pg
+        finer = pg._TOKEN_SIZES
+        for decoding in (0, 2):
+            prefill_timeline(report, tag=f"{decoding} decoding", decoding=decoding)
+        pg._TOKEN_SIZES = (16, 32, 64, 128, 256, 384, 512, 768, 1024)  # the sizes before 2026-11-30 (8th)
+        prefill_timeline(report, tag="2 decoding, old graph sizes", decoding=2)
+        pg._TOKEN_SIZES = finer
     if "prefill-ab" in sections:  # the same with and without the prefill CUDA graphs
         prefill_loop(report, seconds=10.0, tag="prefill graphs")
         os.environ["TRITIUM_PREFILL_GRAPHS"] = "0"
