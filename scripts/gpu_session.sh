@@ -31,7 +31,8 @@
 #   prefill-spy    467-token prefills one at a time under py-spy (carry .tools): the prefill step's host time
 #   prefill-ab     467-token prefills one at a time, prefill CUDA graphs on and off (same process)
 #   prefill-timeline  a lone 467-token prompt's way to its first token, stamped (0 and 2 requests decoding
-#                  meanwhile), and with the prefill graph sizes of before 2026-11-30 (8th session)
+#                  meanwhile)
+#   diag-fp8       why a tiny FP8 engine's GPU logits differ from the CPU path's (parts swapped)
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
 #                  the saved memory profile, the fused split-K sum, exponent-trick int4 tiles
 #   dequant-tests  one-pass int4 / int8 weight dequantization (weight-only prefill), small and real sizes
@@ -243,6 +244,8 @@ for stage in "$@"; do
     prefill-timeline)
       timeout 300 python3 scripts/gpu_speed_check.py --sections prefill-timeline 2>&1 | tee "$LOGS/prefill-timeline.log" \
         | grep -E "^\[prefill|captured|Error|error" ;;
+    diag-fp8)  # the tiny FP8 engine's GPU vs CPU logits, with parts of the FP8 linear swapped
+      timeout 200 python3 scripts/diag_fp8_engine.py 2>&1 | tee "$LOGS/diag-fp8.log" | grep -E "^\[diag|Error|error" ;;
     prefill-graph-tests)  # the prefill graphs against Hugging Face and the eager step, on the GPU
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill_graph_replay.py \
         tests/kernels/test_act_quant.py tests/gpu/test_gpu_engine.py -k "prefill or graphs_overlap or quant or profile" \

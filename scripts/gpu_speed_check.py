@@ -534,14 +534,9 @@ def main() -> None:
         profile_decode(report, 1, prompt_len=467, max_tokens=1)
     if "prefill-loop" in sections:  # 467-token prefills one after another (py-spy attaches: prefill-spy stage)
         prefill_loop(report)
-    if "prefill-timeline" in sections:  # a lone prompt's way to its first token, stamped; graph sizes A/B
-        import tritium.worker.prefill_graph as pg
-        finer = pg._TOKEN_SIZES
+    if "prefill-timeline" in sections:  # a lone prompt's way to its first token, stamped
         for decoding in (0, 2):
             prefill_timeline(report, tag=f"{decoding} decoding", decoding=decoding)
-        pg._TOKEN_SIZES = (16, 32, 64, 128, 256, 384, 512, 768, 1024)  # the sizes before 2026-11-30 (8th)
-        prefill_timeline(report, tag="2 decoding, old graph sizes", decoding=2)
-        pg._TOKEN_SIZES = finer
     if "prefill-ab" in sections:  # the same with and without the prefill CUDA graphs
         prefill_loop(report, seconds=10.0, tag="prefill graphs")
         os.environ["TRITIUM_PREFILL_GRAPHS"] = "0"

@@ -45,8 +45,8 @@ def test_graph_sizes_sharing_kernels_are_captured_without_their_own_warm_up(monk
     from tritium.worker.prefill_graph import prefill_graph_sizes
 
     prefill = prefill_graph_sizes(8192, 4096)
-    # one run a class: >= 128 rows (row-wise FP8), 65..127, 17..64 (weight-only streaming), 16 (all streaming)
-    assert sizes_to_warm_up(prefill, warm_up_key) == {1024, 96, 64, 16}
+    # one run a class: >= 128 rows (row-wise FP8), 17..64 (weight-only streaming), 16 (all streaming)
+    assert sizes_to_warm_up(prefill, warm_up_key) == {1024, 64, 16}
     decode = capture_sizes(256)
     warm = sizes_to_warm_up(decode, lambda b: warm_up_key(b, num_kv_splits(b, 8, 4096)))
     # 65..127 rows have a class of their own; below 16 each size has its own KV split count

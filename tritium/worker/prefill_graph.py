@@ -29,11 +29,9 @@ from tritium.worker.input_batch import StepInputs
 
 logger = logging.getLogger(__name__)
 
-# Token counts captured: every 32 up to 512 and every 64 up to 1024, so a step pads by at most
-# ~1/8 of its tokens past 256 (a prefill step's GPU time grows with its tokens: a 467-token prompt
-# padded to 512 spent ~9% of its time to first token on padding). The multiples of 16 share one
-# warm-up class (cuda_graph.warm_up_key), so the extra sizes cost only their captures.
-_TOKEN_SIZES = (16, 32, 64, 96, 128, *range(160, 513, 32), *range(576, 1025, 64))
+# Token counts captured; past 256 the steps are 1.5x apart at most, so padding costs at most a
+# third of a step's GPU time while each extra graph costs start-up time.
+_TOKEN_SIZES = (16, 32, 64, 128, 256, 384, 512, 768, 1024)
 MAX_REQS = 32  # requests per step (the attention grid has this many rows, most exit at once)
 
 
