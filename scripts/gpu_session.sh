@@ -96,7 +96,7 @@ offline() {  # offline <tag> <dataset> [flags...]
   done
   wait $run
   tr '\r' '\n' < "$LOGS/off-$tag.log" \
-    | grep -iE "^(output token|total token|request) throughput|^(TTFT|TPOT)|KV cache cap|startup: engine|preemptions|error|Traceback|^Thread|^  File" \
+    | grep -iE "^(output token|total token|request) throughput|^(TTFT|TPOT)|KV cache cap|startup: engine|preemptions|Triton compiled|error|Traceback|^Thread|^  File" \
     | head -40
 }
 
@@ -189,7 +189,7 @@ for stage in "$@"; do
     fp8-batch)  # FP8 offline with more requests a step than 512 (the FP8 KV cache holds ~1M tokens)
       dataset /tmp/d128.jsonl 4096 128 128
       dataset /tmp/d1000.jsonl 1024 1000 1000
-      for mb in ${FP8_BATCHES:-1024 2048 4096}; do offline "128-fp8-mb$mb" /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8 \
+      for mb in ${FP8_BATCHES:-1024 2048 4096}; do offline "128-fp8-mb$mb-$SECONDS" /tmp/d128.jsonl --quantization FP8 --kv-cache-dtype fp8 \
         --max-batch-size $mb; done
       # 768 x 2000 tokens fit the ~1.9M-token FP8 cache (1024 preempted: 51 times on 2026-11-30)
       [ -n "${FP8_SKIP_1000:-}" ] || offline 1000-fp8-mb768 /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 --max-batch-size 768 ;;

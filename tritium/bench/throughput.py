@@ -17,6 +17,7 @@ from tritium.bench.dataset import read_jsonl
 from tritium.bench.report import engine_step_summary, performance, request_rows, summarize
 from tritium.bench.session import BACKENDS, BenchSession
 from tritium.bench.spec import EngineSpec
+from tritium.kernels import compile_log
 
 _WARMUP_SEED = 1_000_003
 _WARMUP_MAX_OUTPUT = 32
@@ -59,9 +60,11 @@ def run_throughput(spec: EngineSpec, settings: ThroughputSettings,
             session.run(session.random_prompts([s[0] for s in shapes], _WARMUP_SEED), [s[1] for s in shapes],
                         settings.concurrency, settings.streaming)
         session.backend.take_engine_stats()  # the warm-up's steps are not the run's
+        compiles_before = len(compile_log.compiled_while_serving)
         with tqdm(total=len(prompts), desc=f"{settings.backend} throughput", unit="req") as bar:
             records = session.run(prompts, output_lens, settings.concurrency, settings.streaming, bar)
         steps = session.backend.take_engine_stats()
+        compiles = compile_log.compiled_while_serving[compiles_before:]  # steps that waited for Triton
         report = session.report_header("throughput", {
             "concurrency": settings.concurrency or "all", "streaming": settings.streaming,
             "warmup_requests": settings.warmup, "timestamps": _timestamp_source(settings)})
@@ -71,6 +74,9 @@ def run_throughput(spec: EngineSpec, settings: ThroughputSettings,
         report["performance"] = performance(records)
         report["resources"] = session.resources()
         report["engine_steps"] = engine_step_summary(steps)
+        if report["engine_steps"] is not None:
+            report["engine_steps"]["triton_compiles"] = len(compiles)
+            report["engine_steps"]["triton_compile_s"] = sum(s for _, s in compiles)
         report["requests"] = request_rows(records)
         if publish is not None:
             publish(report)

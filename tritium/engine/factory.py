@@ -17,6 +17,7 @@ from tritium.config import (BuildConfig, CacheConfig, CudaGraphConfig, KvCacheCo
                             ResolvedSchedulerConfig, SchedulerConfig)
 from tritium.core.scheduler import Scheduler
 from tritium.engine.engine_core import EngineCore
+from tritium.kernels import compile_log
 from tritium.loader import load_model, load_tokenizer, model_config_from_source, resolve_model_source
 from tritium.loader.source import ModelSource
 from tritium.quantization import CalibConfig, ModelQuantization, QuantConfig
@@ -124,6 +125,9 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
                   scheduler_config: Optional[SchedulerConfig],
                   cuda_graph_config: Optional[CudaGraphConfig]) -> EngineParts:
     clock = _PhaseClock()
+    if dev.type == "cuda":  # Triton compilations logged; once the engine is ready, as warnings
+        compile_log.watch_compiles()
+        compile_log.serving(False)
     source = resolve_model_source(model, load_format, verify=False)
     with _engine_files_checked_meanwhile(source):
         quant = resolve_quantization(source, quant_config, dev)
@@ -200,6 +204,8 @@ def _build_engine(model: str, tokenizer: Optional[str], dtype: str, build_config
     core = EngineCore(Scheduler(sched, cache), runner)
     logger.info("engine ready in %.1f s (%s)", sum(clock.laps.values()),
                 ", ".join(f"{k} {v:.1f} s" for k, v in clock.laps.items()))
+    if dev.type == "cuda":
+        compile_log.serving()
     return EngineParts(core=core, source=source, model_config=model_config, scheduler_config=sched,
                        kv_plan=plan, tokenizer=tok, device=dev, grammar_backend=grammar,
                        startup_seconds=clock.laps, quant_config=quant.config if quant is not None else None,
