@@ -32,15 +32,29 @@ def _before(*, key, **_) -> bool:
     return False  # never skips the compilation
 
 
-def _after(*, key, repr, **_) -> None:
+def describe(fn, compile: dict) -> str:
+    """'kernel(constexprs and arguments specialised to a value; arguments divisible by 16)': what
+    tells one specialisation from another (Triton's own repr names no values)."""
+    names = fn.jit_function.arg_names
+    values = ", ".join(f"{names[k[0]]}={v}" for k, v in compile["constants"].items() if len(k) == 1)
+    aligned = [names[k[0]] for k, attrs in compile["configs"][0].items()
+               if len(k) == 1 and any(a[0] == "tt.divisibility" for a in attrs)]
+    return f"{fn.name}({values}; divisible by 16: {', '.join(aligned) or 'none'})"
+
+
+def _after(*, key, repr, fn=None, compile=None, **_) -> None:
     with _lock:
         start = _started.pop(_key(key), None)
     seconds = time.perf_counter() - start if start is not None else float("nan")
+    try:
+        what = describe(fn, compile)
+    except Exception:  # noqa: BLE001 - another Triton's hook arguments: its own repr
+        what = repr
     if _serving:
-        compiled_while_serving.append((repr, seconds))
-        logger.warning("Triton compiled %s while serving in %.2f s (a step waited for it)", repr, seconds)
+        compiled_while_serving.append((what, seconds))
+        logger.warning("Triton compiled %s while serving in %.2f s (a step waited for it)", what, seconds)
     else:
-        logger.debug("Triton compiled %s in %.2f s", repr, seconds)
+        logger.debug("Triton compiled %s in %.2f s", what, seconds)
 
 
 def watch_compiles() -> None:

@@ -19,14 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2
+from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2, step_metadata_jit
 from tritium.kernels.pdl import launch_options, let_next_kernel_launch, wait_for_previous_kernel
 from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
 
 BLOCK_N = 64  # keys per tile
 
 
-@triton.jit
+@step_metadata_jit(ints=("stride_bt",), pointers=("kv_scale_ptr", "block_tables_ptr", "seq_lens_ptr"))
 def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_o_ptr, part_lse_ptr,
                    scale_log2e,
                    stride_qs, stride_qh, stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt,
