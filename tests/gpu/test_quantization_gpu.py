@@ -22,6 +22,14 @@ from tests.quantization.engine_cases import (ENGINE_CASES, FLOAT_LOGITS_TOL, bui
 from tests.quantization.linear_cases import ALGOS, EMULATED_TOL, FLOAT_TOL, emulated_reference, quantized_linear, rel_error
 
 CUDA = torch.device("cuda")
+# GPU vs CPU context logits of the same saved engine. FP8 activations: Hopper's FP8 tensor cores
+# accumulate with less than float32's precision (the first layer's output 8e-5 apart from the CPU's
+# float32 product on an H200, 1.6e-7 through the weight-streaming kernel), which flips some FP8
+# roundings of the next layers' activations; the tiny random model amplifies them (its FP8 logits
+# are 0.13 from the float model's). Measured 2026-11-30: 0.039 (FP8), 0.032 (per token), 0.043
+# (with an FP8 KV cache); the same engine with the GEMMs emulated on the GPU: 0.0000 / 0.0018
+# (scripts/diag_fp8_engine.py).
+GPU_VS_CPU_TOL = {"FP8": 0.08, "FP8_PER_CHANNEL_PER_TOKEN": 0.08}
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]  # (N, K): q/o, gate (or up), down of Llama-3.1-8B
 
 
@@ -84,7 +92,7 @@ def test_quantized_engine_on_gpu_saves_loads_and_matches_the_cpu_path(tiny_llama
     run = build_save_reload(tiny_llama, "cuda", quant_config(algo, kv), engine)
     assert tokens(run.loaded) == tokens(run.built)  # the saved engine is the built one
     on_cpu = generate(engine, "cpu", prompts())  # same quantized tensors, the CPU's emulated arithmetic
-    assert logits_rel_error(run.built, on_cpu) <= 1e-2
+    assert logits_rel_error(run.built, on_cpu) <= GPU_VS_CPU_TOL.get(algo, 1e-2)
     assert logits_rel_error(run.built, float_reference) <= FLOAT_LOGITS_TOL[algo]
 
 
