@@ -97,15 +97,21 @@ def test_fused_split_sum_at_real_sizes_under_graph_replays(monkeypatch, gemv):
         assert torch.equal(out, want)
 
 
-@pytest.mark.parametrize("config", [wog.GemvConfig(64, 128, 4, gemv=True, int4_magic=True),
-                                    wog.GemvConfig(64, 128, 4, int4_magic=True)])
-def test_int4_exponent_trick_at_real_sizes(config):
-    """int4 nibbles turned into floats by the exponent trick give the dequantized product."""
+@pytest.mark.parametrize("config,dtype", [(wog.GemvConfig(64, 128, 4, gemv=True, int4_magic=True), torch.bfloat16),
+                                          (wog.GemvConfig(64, 128, 4, int4_magic=True), torch.bfloat16),
+                                          (wog.GemvConfig(64, 128, 4, int4_asm=True), torch.bfloat16),
+                                          (wog.GemvConfig(64, 256, 8, num_warps=8, int4_asm=True), torch.bfloat16),
+                                          (wog.GemvConfig(64, 128, 4, int4_asm=True), torch.float16)])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_int4_fast_nibble_conversions_at_real_sizes(config, dtype, rows):
+    """int4 nibbles turned into floats by the exponent trick, or into 16-bit (q - zero) pairs by
+    inline PTX, give the dequantized product."""
     n, k = 14336 * 2, 4096
     gen = torch.Generator(device=CUDA).manual_seed(5)
     w = torch.randn(n, k, device=CUDA, generator=gen) * 0.02
-    x = torch.randn(1 if config.gemv else 8, k, device=CUDA, generator=gen).to(torch.bfloat16)
-    p4, s4, z4 = quantize_int4(w, 128, scale_dtype=torch.bfloat16)
+    x = torch.randn(1 if config.gemv else rows, k, device=CUDA, generator=gen).to(dtype)
+    p4, s4, z4 = quantize_int4(w, 128, scale_dtype=dtype)
+    assert wog.asm_nibbles(config, wog.INT4, dtype) == config.int4_asm  # the PTX path is the one tested
     _close(wog.w4a16_gemm(x, p4, s4, z4, 128, config=config), x.float() @ dequantize_int4(p4, s4, z4, 128, k).t())
 
 

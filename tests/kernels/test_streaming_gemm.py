@@ -123,6 +123,11 @@ def test_candidate_tiles(weight, group):
     assert any(c.gemv for c in one)
     magic = weight == streaming_gemm.INT4  # the exponent-trick conversion: int4 only, both tile kinds
     assert any(c.int4_magic for c in many) == magic and any(c.int4_magic and c.gemv for c in one) == magic
+    # the inline-PTX conversion: int4 tensor-core tiles only, and a 16-bit model's compiled kernels
+    assert any(c.int4_asm for c in many) == magic and not any(c.int4_asm and c.gemv for c in one)
+    for c in (c for c in many if c.int4_asm):
+        assert not streaming_gemm.asm_nibbles(c, weight, torch.float32)  # float32 models: no 16-bit pairs
+        assert streaming_gemm.asm_nibbles(c, weight, torch.bfloat16) == (not streaming_gemm.interpreting())
     for c in one:
         rows = 1 if c.gemv else streaming_gemm.BLOCK_M
         stage = c.block_n * c.block_k * streaming_gemm._WEIGHT_BYTES[weight] + rows * c.block_k * 2

@@ -47,8 +47,9 @@ BLOCK_M = 16
 # it when the kernel or its candidates change (a choice timed against other candidates is stale).
 # 2: in-kernel split-K sum by default, exponent-trick int4 candidates; 3: FP8 activations through the
 # reciprocal scale, int4 one-row tiles centre nibbles before the product; 4: row blocks launch first,
-# the exponent trick takes the high nibble unshifted.
-KERNEL_VERSION = 4
+# the exponent trick takes the high nibble unshifted; 5: int4 tensor-core tiles converting nibbles in
+# inline PTX.
+KERNEL_VERSION = 5
 # weight kinds
 FP8, INT8, INT4, DENSE = 0, 1, 2, 3
 # activation handling
@@ -64,6 +65,7 @@ class GemvConfig:
     num_stages: int = 4
     gemv: bool = False  # one row per program, products summed on the CUDA cores (no tensor-core tile)
     int4_magic: bool = False  # int4: nibbles become floats by the exponent trick (_nibbles)
+    int4_asm: bool = False  # int4 tensor-core tile: nibbles -> 16-bit (q - zero) pairs in inline PTX (_nibbles_asm)
 
 
 CUBLAS = GemvConfig(0, 0, 0)  # dense_gemv's choice when cuBLAS timed faster than every tile
@@ -84,6 +86,49 @@ def _nibbles(packed, zero, MAGIC: tl.constexpr):
     return low, high
 
 
+# Four packed bytes (8 nibbles) -> (low nibble - zero, high nibble - zero) of each byte as two pairs
+# of 16-bit floats, in 12 instructions: bytes reordered b0 b2 b1 b3 (prmt) so that one mask
+# 0x000F000F takes a nibble of two bytes into the two halves, OR'd into MAGIC (1024.0 in float16,
+# 128.0 in bfloat16: there a mantissa unit is 1) by one lop3 ((a & b) | c = 0xEA), then one fma
+# by 1.0 adds -(MAGIC + zero): exact, since q - zero is a small integer. $4: the bytes; $5 / $6:
+# -(MAGIC + zero) for elements 0-1 / 2-3; $0 $1: the low nibbles' pairs, $2 $3: the high ones'.
+_NIBBLES_PTX = """{
+.reg .b32 t, s, u, w, one;
+prmt.b32 t, $4, 0, 0x3120;
+shr.b32 s, t, 8;
+shr.b32 u, t, 4;
+shr.b32 w, t, 12;
+mov.b32 one, ONE;
+lop3.b32 $0, t, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 $1, s, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 $2, u, 0x000F000F, MAGIC, 0xEA;
+lop3.b32 $3, w, 0x000F000F, MAGIC, 0xEA;
+fma.rn.TYPE $0, $0, one, $5;
+fma.rn.TYPE $1, $1, one, $6;
+fma.rn.TYPE $2, $2, one, $5;
+fma.rn.TYPE $3, $3, one, $6;
+}"""
+NIBBLES_F16_PTX = tl.constexpr(
+    _NIBBLES_PTX.replace("ONE", "0x3C003C00").replace("MAGIC", "0x64006400").replace("TYPE", "f16x2"))
+NIBBLES_BF16_PTX = tl.constexpr(
+    _NIBBLES_PTX.replace("ONE", "0x3F803F80").replace("MAGIC", "0x43004300").replace("TYPE", "bf16x2"))
+
+
+@triton.jit
+def _nibbles_asm(packed, zero, F16: tl.constexpr):
+    """Bytes (uint8) -> (low nibble - zero, high nibble - zero), exact, in float16 (F16) or bfloat16:
+    _NIBBLES_PTX on four bytes at a time, where _nibbles spends several instructions a nibble
+    (compiled for the GPU only: the interpreter runs no PTX)."""
+    if F16:
+        neg = (-(zero + 1024.0)).to(tl.float16)  # exact: 1024 + zero <= 1039 has 11 significant bits
+        return tl.inline_asm_elementwise(NIBBLES_F16_PTX, "=r,=r,=r,=r,r,r,r", [packed, neg],
+                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        neg = (-(zero + 128.0)).to(tl.bfloat16)  # exact: 128 + zero <= 143 has 8 significant bits
+        return tl.inline_asm_elementwise(NIBBLES_BF16_PTX, "=r,=r,=r,=r,r,r,r", [packed, neg],
+                                         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+
+
 @triton.jit
 def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr, y_ptr, part_ptr, arrivals_ptr,
                        M, N, K, KW, STEPS_PER_SPLIT, stride_xm, stride_wn, stride_sn, stride_ym,
@@ -91,7 +136,7 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_FP8: tl.constexpr,
                        GEMV: tl.constexpr, ACC_K: tl.constexpr, FUSED_SUM: tl.constexpr, MAGIC: tl.constexpr,
-                       USE_PDL: tl.constexpr):
+                       ASM: tl.constexpr, USE_PDL: tl.constexpr):
     """KW: weight columns (K for FP8 / int8, Kp/2 bytes for int4). GEMV (BLOCK_M 1): products
     accumulate element-wise in an [BLOCK_N, ACC_K] float32 tile, summed over K once at the end.
     FUSED_SUM: the last split program to finish an output tile (counted in arrivals_ptr, int32 per
@@ -131,7 +176,7 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                 j = g * HALF + tl.arange(0, HALF)  # byte index in the row
                 g_ok = g * HALF < KW
                 packed = tl.load(w_ptr + cols[:, None] * stride_wn + j[None, :], mask=c_mask[:, None] & g_ok,
-                                 other=0).to(tl.int32)  # [BLOCK_N, HALF]
+                                 other=0)  # [BLOCK_N, HALF] uint8
                 scale = tl.load(scale_ptr + cols * stride_sn + g, mask=c_mask & g_ok, other=0.0).to(tl.float32)
                 zero = tl.load(zero_ptr + cols * stride_sn + g, mask=c_mask & g_ok, other=0).to(tl.float32)
                 scale, zero = scale[:, None], zero[:, None]  # [BLOCK_N, 1]
@@ -140,12 +185,18 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                                mask=r_mask[:, None] & (k_lo < K)[None, :], other=0.0)  # [BLOCK_M, HALF]
                 x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
                                mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
-                if GEMV:  # x_lo, x_hi [1, HALF] broadcast over the channels: sum (q - zero) x, times the
+                if ASM:  # (q - zero) exact in x's 16-bit type: the group's dots, then its scales
+                    q_lo, q_hi = _nibbles_asm(packed, tl.broadcast_to(zero, packed.shape), x_lo.dtype == tl.float16)
+                    part = tl.dot(x_lo, tl.trans(q_lo), input_precision=PRECISION)
+                    part = tl.dot(x_hi, tl.trans(q_hi), part, input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
+                    acc += part * tl.trans(scale)
+                elif GEMV:  # x_lo, x_hi [1, HALF] broadcast over the channels: sum (q - zero) x, times the
+                    packed = packed.to(tl.int32)
                     q_lo, q_hi = _nibbles(packed, zero, MAGIC)  # group's scale once a pair; [BLOCK_N, HALF]
                     acc2 += (q_lo * x_lo.to(tl.float32) + q_hi * x_hi.to(tl.float32)) * scale
                 else:  # w = q scale - zero scale: one multiply-add a weight on the way to the dot
                     zs = zero * scale
-                    q_lo, q_hi = _nibbles(packed, 0.0, MAGIC)
+                    q_lo, q_hi = _nibbles(packed.to(tl.int32), 0.0, MAGIC)
                     w_lo = (q_lo * scale - zs).to(x_lo.dtype)
                     w_hi = (q_hi * scale - zs).to(x_lo.dtype)
                     if DOT_F32:
@@ -258,25 +309,27 @@ def _candidates(weight: int, n: int, k: int, group: int, sms: int, one_row: bool
     # Few candidates: each is a compiled variant, and compiling counts in a cold start-up. The three
     # tensor-core tiles won on an H200 across Llama-3.1-8B's layer shapes (BENCHMARKS.md,
     # scripts/bench_quant_gemv.py); a single row also tries CUDA-core GEMV tiles, and int4 the
-    # exponent-trick conversion (int4_magic) beside the plain one (neither measured per layer yet).
+    # exponent-trick conversion (int4_magic) and the PTX one (int4_asm, tensor-core tiles) beside
+    # the plain one (the PTX one not measured on a GPU yet).
     out = []
     base = 128 if weight != INT4 else max(128, group)
-    tiles = [(64, base, 4, False, False), (32, 2 * base, 4, False, False), (64, 2 * base, 8, False, False)]
+    # (block_n, block_k, warps, gemv, int4 nibble conversion: "plain", "magic" or "asm")
+    tiles = [(64, base, 4, False, "plain"), (32, 2 * base, 4, False, "plain"), (64, 2 * base, 8, False, "plain")]
     if weight == INT4:
-        tiles += [(64, base, 4, False, True)]
+        tiles += [(64, base, 4, False, "magic"), (64, base, 4, False, "asm"), (64, 2 * base, 8, False, "asm")]
     if one_row:
         gemv_tiles = ([(64, base, 4), (64, 2 * base, 4), (128, base, 8)] if weight == INT4 else
                       [(32, 256, 4), (64, 128, 4), (16, 512, 4)])
-        tiles += [(bn, bk, warps, True, False) for bn, bk, warps in gemv_tiles]
+        tiles += [(bn, bk, warps, True, "plain") for bn, bk, warps in gemv_tiles]
         if weight == INT4:
-            tiles += [(bn, bk, warps, True, True) for bn, bk, warps in gemv_tiles]
-    for block_n, block_k, warps, gemv, magic in tiles:
+            tiles += [(bn, bk, warps, True, "magic") for bn, bk, warps in gemv_tiles]
+    for block_n, block_k, warps, gemv, convert in tiles:
         stage_bytes = block_n * block_k * _WEIGHT_BYTES[weight] + (1 if gemv else BLOCK_M) * block_k * 2
         stages = int(min(4 if not gemv else 3, _SMEM_BUDGET // stage_bytes))
         if stages >= 2:
             split = _split_for(n, triton.cdiv(k, block_k), block_n, sms)
             out.append(GemvConfig(block_n, block_k, split, num_warps=warps, num_stages=stages, gemv=gemv,
-                                  int4_magic=magic))
+                                  int4_magic=convert == "magic", int4_asm=convert == "asm"))
     return list(dict.fromkeys(out))
 
 
@@ -378,7 +431,14 @@ def kernel_constants(weight_kind: int, act: int, group_size: int, cfg: GemvConfi
                 BLOCK_M=1 if cfg.gemv else BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, DOT_F32=interpreting(),
                 PRECISION=dot_precision(dtype), ROUND_FP8=interpreting(), GEMV=cfg.gemv,
                 ACC_K=max(group_size, 2) // 2 if weight_kind == INT4 else cfg.block_k, FUSED_SUM=fused_sum,
-                MAGIC=cfg.int4_magic and weight_kind == INT4)
+                MAGIC=cfg.int4_magic and weight_kind == INT4, ASM=asm_nibbles(cfg, weight_kind, dtype))
+
+
+def asm_nibbles(cfg: GemvConfig, weight_kind: int, dtype: torch.dtype) -> bool:
+    """Whether a launch converts int4 nibbles in PTX (_nibbles_asm): tensor-core int4 tiles of a
+    16-bit model, compiled (the interpreter runs no PTX; there the tile converts as _nibbles)."""
+    return (cfg.int4_asm and weight_kind == INT4 and not cfg.gemv and dtype in (torch.float16, torch.bfloat16)
+            and not interpreting())
 
 
 def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Optional[torch.Tensor],
