@@ -32,6 +32,9 @@
 #   prefill-ab     467-token prefills one at a time, prefill CUDA graphs on and off (same process)
 #   prefill-timeline  a lone 467-token prompt's way to its first token, stamped (0 and 2 requests decoding
 #                  meanwhile)
+#   fp8-pairs-ab   TRITIUM_FP8_KV_PAIRS=1 (the FP8 cache read in 16-bit pairs): its GPU tests, decode attention
+#                  microbenchmark off / on, batch-1 decode at 8000 tokens bf16 / FP8 KV off / on, FP8 1000/1000 off / on
+#   int4-asm       int4 tensor-core tiles converting nibbles in PTX: GPU tests, GEMV microbenchmark, W4A16 batch 1
 #   diag-fp8       why a tiny FP8 engine's GPU logits differ from the CPU path's (parts swapped)
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
 #                  the saved memory profile, the fused split-K sum, exponent-trick int4 tiles
@@ -244,6 +247,27 @@ for stage in "$@"; do
     prefill-timeline)
       timeout 300 python3 scripts/gpu_speed_check.py --sections prefill-timeline 2>&1 | tee "$LOGS/prefill-timeline.log" \
         | grep -E "^\[prefill|captured|Error|error" ;;
+    fp8-pairs-ab)
+      TRITIUM_FP8_KV_PAIRS=1 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_kv_quant_kernels.py \
+        tests/kernels/test_mixed_step_attention.py tests/gpu/test_quantization_gpu.py -k "kv or mixed or pairs" 2>&1 \
+        | tee "$LOGS/pytest-fp8-pairs.log" | tail -4
+      for pairs in 0 1; do
+        TRITIUM_FP8_KV_PAIRS=$pairs timeout 200 python3 scripts/bench_decode_attention.py --kv fp8 --json "$LOGS/attn-pairs$pairs.json" 2>&1 \
+          | tee "$LOGS/attn-pairs$pairs.log" | grep -iE "fp8" | sed "s/^/pairs=$pairs /" | head -12
+      done
+      latency bf16-8k --input-len 8000 --iterations 3
+      for pairs in 0 1; do TRITIUM_FP8_KV_PAIRS=$pairs latency "kvfp8-8k-pairs$pairs" --kv-cache-dtype fp8 --input-len 8000 \
+        --iterations 3; done
+      dataset /tmp/d1000.jsonl 1024 1000 1000
+      for pairs in 0 1; do TRITIUM_FP8_KV_PAIRS=$pairs offline "1000-fp8-pairs$pairs" /tmp/d1000.jsonl --quantization FP8 \
+        --kv-cache-dtype fp8 --max-batch-size 768; done ;;
+    int4-asm)
+      timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_weight_streaming_gpu.py -k "nibble or int4 or quantized" \
+        2>&1 | tee "$LOGS/pytest-int4-asm.log" | tail -4
+      timeout ${GEMV_TIMEOUT:-200} python3 scripts/bench_quant_gemv.py --rows 1 16 --candidates 2>&1 | tee "$LOGS/gemv.log" \
+        | grep -iE "int4|asm" | head -40
+      latency bf16
+      latency W4A16 --quantization W4A16 ;;
     diag-fp8)  # the tiny FP8 engine's GPU vs CPU logits, with parts of the FP8 linear swapped
       timeout 200 python3 scripts/diag_fp8_engine.py 2>&1 | tee "$LOGS/diag-fp8.log" | grep -E "^\[diag|Error|error" ;;
     prefill-graph-tests)  # the prefill graphs against Hugging Face and the eager step, on the GPU

@@ -1,5 +1,5 @@
 """Compile the paged decode attention kernel for Hopper (sm_90) without a GPU and report, for a
-bf16 and an FP8 cache, what ptxas made of it: registers, loads, and the instructions of one key
+bf16 and an FP8 cache (read as bytes, or as 16-bit pairs), what ptxas made of it: registers, loads, and the instructions of one key
 tile (its loop), per cache byte a tile reads. A planning aid between device calls, as
 scripts/inspect_gemv_sass.py is for the weight-streaming GEMM.
 
@@ -24,7 +24,8 @@ from inspect_gemv_sass import describe  # noqa: E402
 
 from tritium.kernels import decode_attention as da  # noqa: E402
 
-_CACHES = {"bf16": ("*bf16", 0, 2), "fp8": ("*fp8e4nv", 1, 1)}  # pointer type, QUANT, bytes an element
+# pointer type, QUANT, bytes an element ("fp8-pairs": read as 16-bit pairs, TRITIUM_FP8_KV_PAIRS=1)
+_CACHES = {"bf16": ("*bf16", 0, 2), "fp8": ("*fp8e4nv", 1, 1), "fp8-pairs": ("*fp8e4nv", 3, 1)}
 _ALIGNED = ("q_ptr", "kv_ptr", "out_ptr", "part_o_ptr", "part_lse_ptr", "stride_qs", "stride_qh", "stride_kv",
             "stride_blk", "stride_tok", "stride_kvh", "stride_os", "stride_oh")
 

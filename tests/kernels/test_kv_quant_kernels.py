@@ -109,3 +109,24 @@ def test_decode_over_quantized_cache(device, kv_dtype, num_splits, heads_fastest
 @pytest.mark.parametrize("kv_dtype", KV_DTYPES)
 def test_prefill_over_quantized_cache(device, kv_dtype):
     check_prefill(device, kv_dtype)
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_head_dim_below_the_tile_over_quantized_cache(device, kv_dtype):
+    """A head dim that is not a power of two (80: tiles of 128 columns) in decode and prefill."""
+    check_decode(device, kv_dtype, 2, d=80)
+    check_prefill(device, kv_dtype, d=80)
+
+
+@pytest.mark.parametrize("d", [64, 80])
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_fp8_cache_read_in_pairs(device, monkeypatch, d, num_splits):
+    """TRITIUM_FP8_KV_PAIRS=1: the FP8 cache read as 16-bit pairs, converted, and put back in place
+    (paged_kv._load_e4m3_pairs; in the interpreter by bit moves, compiled by one PTX conversion a
+    pair), pairs past a head dim below the tile masked: the same attention."""
+    from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode
+
+    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
+    assert attention_kv_mode(torch.float8_e4m3fn) == FP8_PAIRS.value and attention_kv_mode(torch.int8) == 2
+    check_decode(device, torch.float8_e4m3fn, num_splits, d=d)
+    check_prefill(device, torch.float8_e4m3fn, d=d)

@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2, step_metadata_jit
+from tritium.kernels import dot_precision, interpreting, next_pow2, step_metadata_jit
 from tritium.kernels.pdl import launch_options, let_next_kernel_launch, wait_for_previous_kernel
-from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
+from tritium.kernels.paged_kv import attention_kv_mode, load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
 
 BLOCK_N = 64  # keys per tile
 
@@ -66,7 +66,8 @@ def _decode_stage1(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, seq_lens_ptr, 
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
         t_mask = toks < end
         k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
-                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32, q.dtype)
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, HEAD_DIM, QUANT,
+                            DOT_F32, q.dtype)
         m, l, acc = online_softmax_step(q, k, v, t_mask[None, :], m, l, acc, score_scale, PRECISION)
 
     let_next_kernel_launch(USE_PDL)
@@ -141,7 +142,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     assert kv_dim == head_dim and num_heads % num_kv_heads == 0, (q.shape, kv_cache.shape)
     assert q.stride(2) == 1 and kv_cache.stride(4) == 1 and block_tables.shape[0] >= num_seqs
     group = num_heads // num_kv_heads
-    quant = kv_quant_mode(kv_cache.dtype)
+    quant = attention_kv_mode(kv_cache.dtype)
     assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     block_d = max(next_pow2(head_dim), 16)
     if num_warps is None:

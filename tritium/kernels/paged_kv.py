@@ -1,28 +1,79 @@
 """Building blocks shared by the paged attention kernels (inlined into them by Triton)."""
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+from tritium.kernels import kv_quant_mode
+
+FP8_PAIRS = tl.constexpr(3)  # the attention kernels' QUANT for an FP8 cache read in 16-bit pairs (_load_e4m3_pairs)
+
+
+def attention_kv_mode(dtype) -> int:
+    """The attention kernels' QUANT for a cache of `dtype`: kv_quant_mode's, except an FP8 cache
+    read in pairs under TRITIUM_FP8_KV_PAIRS=1 (fewer instructions a tile when compiled for sm_90,
+    not yet run on a GPU: off until it is)."""
+    mode = kv_quant_mode(dtype)
+    return FP8_PAIRS.value if mode == 1 and os.environ.get("TRITIUM_FP8_KV_PAIRS", "0") == "1" else mode
 
 
 @triton.jit
 def load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
                  stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt,
-                 BLOCK_SIZE: tl.constexpr, DOT_F32: tl.constexpr, OUT_TY: tl.constexpr = tl.float32):
+                 BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, QUANT: tl.constexpr, DOT_F32: tl.constexpr,
+                 OUT_TY: tl.constexpr = tl.float32):
     """k and v ([BLOCK_N, BLOCK_D]) of sequence `seq` at key positions `toks`, read through its
     block-table row; masked positions read as 0. A quantized cache's values come back unscaled
     in OUT_TY (FP8 e4m3 and int8 are exact in float16): the callers fold the KV head's scales
     into the scores and the output (two multiplies a row, not two per element)."""
     blocks = tl.load(block_tables_ptr + seq * stride_bt + toks // BLOCK_SIZE, mask=t_mask, other=0)
     offs = blocks.to(tl.int64) * stride_blk + (toks % BLOCK_SIZE) * stride_tok + kv_head * stride_kvh
-    kv_mask = t_mask[:, None] & d_mask[None, :]
-    k = tl.load(kv_ptr + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(kv_ptr + stride_kv + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    if QUANT == FP8_PAIRS:
+        k = _load_e4m3_pairs(kv_ptr, offs, t_mask, HEAD_DIM, d.shape[0], DOT_F32)
+        v = _load_e4m3_pairs(kv_ptr + stride_kv, offs, t_mask, HEAD_DIM, d.shape[0], DOT_F32)
+    else:
+        kv_mask = t_mask[:, None] & d_mask[None, :]
+        k = tl.load(kv_ptr + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(kv_ptr + stride_kv + offs[:, None] + d[None, :], mask=kv_mask, other=0.0)
     if DOT_F32:  # Triton's interpreter computes bf16 dots wrongly: give it float32
         k, v = k.to(tl.float32), v.to(tl.float32)
     else:
         k, v = k.to(OUT_TY), v.to(OUT_TY)
     return k, v
+
+
+@triton.jit
+def _load_e4m3_pairs(ptr, offs, t_mask, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRETED: tl.constexpr):
+    """An FP8 e4m3 tile [BLOCK_N, BLOCK_D] read as 16-bit pairs and converted to float16 pair by pair
+    before Triton lays it out for the dots. Loaded as bytes, Triton stages the tile in shared memory
+    as bytes and reads each thread's operand bytes back with scalar loads (712 instructions a
+    64-key tile for sm_90, where a bf16 tile takes 425); as pairs, 520
+    (scripts/inspect_attention_sass.py). Row offsets are in elements and even (head dims are)."""
+    HALF_D: tl.constexpr = BLOCK_D // 2
+    pairs = tl.arange(0, HALF_D)
+    mask = t_mask[:, None] & (pairs < HEAD_DIM // 2)[None, :]
+    words = tl.load(ptr.to(tl.pointer_type(tl.int16)) + (offs // 2)[:, None] + pairs[None, :], mask=mask,
+                    other=0)  # [BLOCK_N, HALF_D]: elements 2j (low byte) and 2j + 1
+    if INTERPRETED:
+        lo, hi = _e4m3_pair_bits(words)
+    else:
+        lo, hi = tl.inline_asm_elementwise("{ .reg .b32 t; cvt.rn.f16x2.e4m3x2 t, $2; mov.b32 {$0, $1}, t; }",
+                                           "=h,=h,h", [words], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+    return tl.reshape(tl.join(lo, hi), [offs.shape[0], BLOCK_D])  # pairs back in place: [BLOCK_N, BLOCK_D]
+
+
+@triton.jit
+def _e4m3_pair_bits(words):
+    """The interpreter's _load_e4m3_pairs conversion (it runs no PTX): each byte's sign, exponent
+    and mantissa moved into float16's fields (a value 2^-8 of the e4m3 one: the exponent biases
+    differ by 8), then times 256, exactly."""
+    w = words.to(tl.int32) & 0xFFFF
+    lo = ((w & 0x80) << 8) | ((w & 0x7F) << 7)
+    hi = (w & 0x8000) | ((w & 0x7F00) >> 1)
+    return (lo.to(tl.int16).to(tl.float16, bitcast=True) * 256.0,
+            hi.to(tl.int16).to(tl.float16, bitcast=True) * 256.0)
 
 
 @triton.jit

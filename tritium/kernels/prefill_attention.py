@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tritium.kernels import dot_precision, interpreting, kv_quant_mode, next_pow2, step_metadata_jit
-from tritium.kernels.paged_kv import load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
+from tritium.kernels import dot_precision, interpreting, next_pow2, step_metadata_jit
+from tritium.kernels.paged_kv import attention_kv_mode, load_kv_scales, load_kv_tile, online_softmax_step, query_for_dot
 
 
 @step_metadata_jit(ints=("stride_bt",),
@@ -56,7 +56,8 @@ def _prefill_kernel(q_ptr, kv_ptr, kv_scale_ptr, block_tables_ptr, query_start_l
         toks = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] key positions
         t_mask = toks < end
         k, v = load_kv_tile(kv_ptr, block_tables_ptr, seq, toks, t_mask, d, d_mask, kv_head,
-                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, DOT_F32, q.dtype)
+                            stride_kv, stride_blk, stride_tok, stride_kvh, stride_bt, BLOCK_SIZE, HEAD_DIM, QUANT,
+                            DOT_F32, q.dtype)
         visible = (toks[None, :] <= q_pos[:, None]) & t_mask[None, :]  # causal; key 0 is visible to every row
         m, l, acc = online_softmax_step(q, k, v, visible, m, l, acc, score_scale, PRECISION)
 
@@ -76,7 +77,7 @@ def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_table
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     assert q.stride(2) == 1 and kv_cache.stride(4) == 1 and num_heads % num_kv_heads == 0
     num_seqs = seq_lens.shape[0]
-    quant = kv_quant_mode(kv_cache.dtype)
+    quant = attention_kv_mode(kv_cache.dtype)
     assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
