@@ -33,13 +33,15 @@ _WEIGHTS = {"fp8": (sg.FP8, "*fp8e4nv", sg.ACT_FP8_STATIC), "int8": (sg.INT8, "*
 _MULTIPLES_OF_16 = ("N", "K", "KW", "stride_xm", "stride_wn", "stride_sn", "stride_ym")
 
 
-def compile_candidate(weight: str, cfg: sg.GemvConfig, group: int, pdl: bool = False):
+def compile_candidate(weight: str, cfg: sg.GemvConfig, group: int, pdl: bool = False, one_row: bool = False):
     kind, w_type, act = _WEIGHTS[weight]
     kernel = sg._quant_gemv_kernel
     names = kernel.arg_names
     constants = sg.kernel_constants(kind, act, group if kind == sg.INT4 else 0, cfg, cfg.split_k, has_bias=False,
                                     fused_sum=cfg.split_k > 1, dtype=torch.bfloat16)
     constants["USE_PDL"] = pdl
+    if one_row:  # Triton's JIT specialises an integer argument equal to 1 into a constant
+        constants["M"] = 1
     pointers = {"x_ptr": "*bf16", "w_ptr": w_type, "scale_ptr": "*bf16" if kind == sg.INT4 else "*fp32",
                 "zero_ptr": "*u8", "x_scale_ptr": "*fp32", "bias_ptr": "*bf16", "y_ptr": "*bf16",
                 "part_ptr": "*fp32", "arrivals_ptr": "*i32"}
@@ -93,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     kind = _WEIGHTS[args.weight][0]
     for cfg in sg._candidates(kind, args.n, args.k, args.group, args.sms, one_row=args.rows == "one"):
-        compiled = compile_candidate(args.weight, cfg, args.group, args.pdl)
+        compiled = compile_candidate(args.weight, cfg, args.group, args.pdl, one_row=args.rows == "one")
         print(f"{cfg}: {describe(compiled.asm['cubin'])}", flush=True)
 
 

@@ -316,7 +316,9 @@ def _candidates(weight: int, n: int, k: int, group: int, sms: int, one_row: bool
     # (block_n, block_k, warps, gemv, int4 nibble conversion: "plain", "magic" or "asm")
     tiles = [(64, base, 4, False, "plain"), (32, 2 * base, 4, False, "plain"), (64, 2 * base, 8, False, "plain")]
     if weight == INT4:
-        tiles += [(64, base, 4, False, "magic"), (64, base, 4, False, "asm"), (64, 2 * base, 8, False, "asm")]
+        # PTX tiles: the two with the fewest instructions a weight byte compiled for sm_90 (0.295 and
+        # 0.234 warp-instructions; scripts/inspect_gemv_sass.py)
+        tiles += [(64, base, 4, False, "magic"), (64, base, 4, False, "asm"), (128, base, 4, False, "asm")]
     if one_row:
         gemv_tiles = ([(64, base, 4), (64, 2 * base, 4), (128, base, 8)] if weight == INT4 else
                       [(32, 256, 4), (64, 128, 4), (16, 512, 4)])
