@@ -116,15 +116,15 @@ NIBBLES_BF16_PTX = tl.constexpr(
 
 @triton.jit
 def _nibbles_asm(packed, zero, F16: tl.constexpr):
-    """Bytes (uint8) -> (low nibble - zero, high nibble - zero), exact, in float16 (F16) or bfloat16:
-    _NIBBLES_PTX on four bytes at a time, where _nibbles spends several instructions a nibble
-    (compiled for the GPU only: the interpreter runs no PTX)."""
+    """Bytes (uint8) [BLOCK_N, HALF] and zero points [BLOCK_N, 1] -> (low nibble - zero, high nibble
+    - zero), exact, in float16 (F16) or bfloat16: _NIBBLES_PTX on four bytes at a time, where _nibbles
+    spends several instructions a nibble (compiled for the GPU only: the interpreter runs no PTX)."""
     if F16:
-        neg = (-(zero + 1024.0)).to(tl.float16)  # exact: 1024 + zero <= 1039 has 11 significant bits
+        neg = tl.broadcast_to((-(zero + 1024.0)).to(tl.float16), packed.shape)  # exact: 1024 + zero <= 1039
         return tl.inline_asm_elementwise(NIBBLES_F16_PTX, "=r,=r,=r,=r,r,r,r", [packed, neg],
                                          dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
     else:
-        neg = (-(zero + 128.0)).to(tl.bfloat16)  # exact: 128 + zero <= 143 has 8 significant bits
+        neg = tl.broadcast_to((-(zero + 128.0)).to(tl.bfloat16), packed.shape)  # exact: 128 + zero <= 143
         return tl.inline_asm_elementwise(NIBBLES_BF16_PTX, "=r,=r,=r,=r,r,r,r", [packed, neg],
                                          dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
 
@@ -186,7 +186,7 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                 x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
                                mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
                 if ASM:  # (q - zero) exact in x's 16-bit type: the group's dots, then its scales
-                    q_lo, q_hi = _nibbles_asm(packed, tl.broadcast_to(zero, packed.shape), x_lo.dtype == tl.float16)
+                    q_lo, q_hi = _nibbles_asm(packed, zero, x_lo.dtype == tl.float16)
                     part = tl.dot(x_lo, tl.trans(q_lo), input_precision=PRECISION)
                     part = tl.dot(x_hi, tl.trans(q_hi), part, input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
                     acc += part * tl.trans(scale)
