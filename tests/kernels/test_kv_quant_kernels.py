@@ -127,6 +127,7 @@ def test_fp8_cache_read_in_pairs(device, monkeypatch, d, num_splits):
     from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode
 
     monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
-    assert attention_kv_mode(torch.float8_e4m3fn) == FP8_PAIRS.value and attention_kv_mode(torch.int8) == 2
+    assert attention_kv_mode(torch.empty(1, dtype=torch.float8_e4m3fn)) == FP8_PAIRS.value
+    assert attention_kv_mode(torch.empty(1, dtype=torch.int8)) == 2
     check_decode(device, torch.float8_e4m3fn, num_splits, d=d)
     check_prefill(device, torch.float8_e4m3fn, d=d)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -11,12 +12,16 @@ from tritium.kernels import kv_quant_mode
 FP8_PAIRS = tl.constexpr(3)  # the attention kernels' QUANT for an FP8 cache read in 16-bit pairs (_load_e4m3_pairs)
 
 
-def attention_kv_mode(dtype) -> int:
-    """The attention kernels' QUANT for a cache of `dtype`: kv_quant_mode's, except an FP8 cache
-    read in pairs under TRITIUM_FP8_KV_PAIRS=1 (fewer instructions a tile when compiled for sm_90,
-    not yet run on a GPU: off until it is)."""
-    mode = kv_quant_mode(dtype)
-    return FP8_PAIRS.value if mode == 1 and os.environ.get("TRITIUM_FP8_KV_PAIRS", "0") == "1" else mode
+def attention_kv_mode(cache) -> int:
+    """The attention kernels' QUANT for a KV cache tensor: kv_quant_mode's, except an FP8 cache read
+    in pairs under TRITIUM_FP8_KV_PAIRS=1 (fewer instructions a tile when compiled for sm_90, not
+    yet run on a GPU: off until it is; its conversion instruction needs compute capability 8.9)."""
+    mode = kv_quant_mode(cache.dtype)
+    if mode != 1 or os.environ.get("TRITIUM_FP8_KV_PAIRS", "0") != "1":
+        return mode
+    if cache.is_cuda and torch.cuda.get_device_capability(cache.device) < (8, 9):
+        return mode
+    return FP8_PAIRS.value
 
 
 @triton.jit

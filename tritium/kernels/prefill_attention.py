@@ -77,7 +77,7 @@ def paged_prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_table
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     assert q.stride(2) == 1 and kv_cache.stride(4) == 1 and num_heads % num_kv_heads == 0
     num_seqs = seq_lens.shape[0]
-    quant = attention_kv_mode(kv_cache.dtype)
+    quant = attention_kv_mode(kv_cache)
     assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
