@@ -68,7 +68,9 @@ class EngineCore:
         paced = self.pacer is not None and overlap and _is_small_pure_decode(sched_out)
         if overlap:
             outputs = self._finish_in_flight()
-        self._in_flight = (sched_out, handle, probe, paced)
+        # An empty step is not kept in flight: were it, an idle engine would never look idle and
+        # its loop would spin through empty steps (93,000 a second, a core and the GIL held).
+        self._in_flight = None if sched_out.is_empty else (sched_out, handle, probe, paced)
         if not overlap:
             outputs += self._finish_in_flight()  # nothing is left in flight between steps
         if self.pacer is not None:  # a decode step in flight started on the GPU as its predecessor's tokens came
