@@ -33,7 +33,8 @@
 #   prefill-timeline  a lone 467-token prompt's way to its first token, stamped (0 and 2 requests decoding
 #                  meanwhile)
 #   fp8-pairs-ab   TRITIUM_FP8_KV_PAIRS=1 (the FP8 cache read in 16-bit pairs): its GPU tests, decode attention
-#                  microbenchmark off / on, batch-1 decode at 8000 tokens bf16 / FP8 KV off / on, FP8 1000/1000 off / on
+#                  microbenchmark off / on, batch-1 decode at 8000 tokens bf16 / FP8 KV off / on
+#   fp8-pairs-offline  FP8 1000/1000 with the FP8 cache read as bytes, then as pairs
 #   int4-asm       int4 tensor-core tiles converting nibbles in PTX: GPU tests, GEMV microbenchmark, W4A16 batch 1
 #   diag-fp8       why a tiny FP8 engine's GPU logits differ from the CPU path's (parts swapped)
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
@@ -257,7 +258,8 @@ for stage in "$@"; do
       done
       latency bf16-8k --input-len 8000 --iterations 3
       for pairs in 0 1; do TRITIUM_FP8_KV_PAIRS=$pairs latency "kvfp8-8k-pairs$pairs" --kv-cache-dtype fp8 --input-len 8000 \
-        --iterations 3; done
+        --iterations 3; done ;;
+    fp8-pairs-offline)  # FP8 + FP8 KV 1000/1000 at max batch 768, the cache read as bytes, then as pairs
       dataset /tmp/d1000.jsonl 1024 1000 1000
       for pairs in 0 1; do TRITIUM_FP8_KV_PAIRS=$pairs offline "1000-fp8-pairs$pairs" /tmp/d1000.jsonl --quantization FP8 \
         --kv-cache-dtype fp8 --max-batch-size 768; done ;;
