@@ -73,6 +73,7 @@ def test_throughput_with_a_concurrency_limit(tmp_path, tiny_model, dataset):
     steps, perf = report["engine_steps"], report["performance"]
     # The engine never held more than 3 requests (running or queued), and it was kept at 3.
     assert steps["max_in_flight"] == 3 and steps["max_batch_size"] == 3
+    assert steps["triton_compiles"] == 0 and steps["triton_compile_s"] == 0  # the CPU path compiles no kernel
     _check_stats(steps["step_ms"])
     busy_s = steps["step_ms"]["mean"] * steps["num_steps"] / 1e3  # the engine's steps fit in the run's wall time
     assert 0 < busy_s <= report["performance"]["wall_time_s"]
