@@ -115,11 +115,16 @@ NIBBLES_BF16_PTX = tl.constexpr(
 
 
 @triton.jit
-def _nibbles_asm(packed, zero, F16: tl.constexpr):
+def _nibbles_asm(packed, zero, F16: tl.constexpr, INTERPRETED: tl.constexpr):
     """Bytes (uint8) [BLOCK_N, HALF] and zero points [BLOCK_N, 1] -> (low nibble - zero, high nibble
     - zero), exact, in float16 (F16) or bfloat16: _NIBBLES_PTX on four bytes at a time, where _nibbles
-    spends several instructions a nibble (compiled for the GPU only: the interpreter runs no PTX)."""
-    if F16:
+    spends several instructions a nibble. The interpreter runs no PTX: there the same values come
+    from Triton's own operations (the PTX text is run by tests/kernels/test_nibbles_ptx.py)."""
+    ty: tl.constexpr = tl.float16 if F16 else tl.bfloat16
+    if INTERPRETED:
+        p = packed.to(tl.int32)
+        return ((p & 0xF).to(tl.float32) - zero).to(ty), ((p >> 4).to(tl.float32) - zero).to(ty)
+    elif F16:
         neg = tl.broadcast_to((-(zero + 1024.0)).to(tl.float16), packed.shape)  # exact: 1024 + zero <= 1039
         return tl.inline_asm_elementwise(NIBBLES_F16_PTX, "=r,=r,=r,=r,r,r,r", [packed, neg],
                                          dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
@@ -186,7 +191,10 @@ def _quant_gemv_kernel(x_ptr, w_ptr, scale_ptr, zero_ptr, x_scale_ptr, bias_ptr,
                 x_hi = tl.load(x_ptr + rows[:, None] * stride_xm + (k_lo + HALF)[None, :],
                                mask=r_mask[:, None] & (k_lo + HALF < K)[None, :], other=0.0)
                 if ASM:  # (q - zero) exact in x's 16-bit type: the group's dots, then its scales
-                    q_lo, q_hi = _nibbles_asm(packed, zero, x_lo.dtype == tl.float16)
+                    q_lo, q_hi = _nibbles_asm(packed, zero, x_lo.dtype == tl.float16, DOT_F32)
+                    if DOT_F32:
+                        x_lo, x_hi = x_lo.to(tl.float32), x_hi.to(tl.float32)
+                        q_lo, q_hi = q_lo.to(tl.float32), q_hi.to(tl.float32)
                     part = tl.dot(x_lo, tl.trans(q_lo), input_precision=PRECISION)
                     part = tl.dot(x_hi, tl.trans(q_hi), part, input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
                     acc += part * tl.trans(scale)
@@ -438,9 +446,8 @@ def kernel_constants(weight_kind: int, act: int, group_size: int, cfg: GemvConfi
 
 def asm_nibbles(cfg: GemvConfig, weight_kind: int, dtype: torch.dtype) -> bool:
     """Whether a launch converts int4 nibbles in PTX (_nibbles_asm): tensor-core int4 tiles of a
-    16-bit model, compiled (the interpreter runs no PTX; there the tile converts as _nibbles)."""
-    return (cfg.int4_asm and weight_kind == INT4 and not cfg.gemv and dtype in (torch.float16, torch.bfloat16)
-            and not interpreting())
+    16-bit model (in the interpreter the same branch with Triton's operations for the PTX)."""
+    return cfg.int4_asm and weight_kind == INT4 and not cfg.gemv and dtype in (torch.float16, torch.bfloat16)
 
 
 def _launch(x: torch.Tensor, weight_kind: int, weight: torch.Tensor, scale: Optional[torch.Tensor],
