@@ -122,8 +122,8 @@ def test_head_dim_below_the_tile_over_quantized_cache(device, kv_dtype):
 @pytest.mark.parametrize("num_splits", [1, 2])
 def test_fp8_cache_read_in_pairs(device, monkeypatch, d, num_splits):
     """TRITIUM_FP8_KV_PAIRS=1: the FP8 cache read as 16-bit pairs, converted, and put back in place
-    (paged_kv._load_e4m3_pairs; in the interpreter by bit moves, compiled by one PTX conversion a
-    pair), pairs past a head dim below the tile masked: the same attention."""
+    (paged_kv._load_e4m3_pairs; in the interpreter by Triton's byte conversion, compiled by one PTX
+    conversion a pair), pairs past a head dim below the tile masked: the same attention."""
     from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode
 
     monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
@@ -131,3 +131,18 @@ def test_fp8_cache_read_in_pairs(device, monkeypatch, d, num_splits):
     assert attention_kv_mode(torch.empty(1, dtype=torch.int8)) == 2
     check_decode(device, torch.float8_e4m3fn, num_splits, d=d)
     check_prefill(device, torch.float8_e4m3fn, d=d)
+
+
+def test_fp8_pairs_only_where_the_gpu_has_the_conversion(monkeypatch):
+    """The pair read's PTX conversion needs compute capability 8.9: older GPUs read bytes."""
+    from types import SimpleNamespace
+
+    from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode
+
+    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
+    cache = SimpleNamespace(dtype=torch.float8_e4m3fn, is_cuda=True, device="cuda:0")
+    for capability, mode in (((8, 0), 1), ((8, 9), FP8_PAIRS.value), ((9, 0), FP8_PAIRS.value)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert attention_kv_mode(cache) == mode
+    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "0")
+    assert attention_kv_mode(cache) == 1

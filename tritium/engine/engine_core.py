@@ -69,7 +69,8 @@ class EngineCore:
         if overlap:
             outputs = self._finish_in_flight()
         # An empty step is not kept in flight: were it, an idle engine would never look idle and
-        # its loop would spin through empty steps (93,000 a second, a core and the GIL held).
+        # its loop would spin through empty steps (93,000 a second with the CPU runner overlapped,
+        # a core and the GIL held).
         self._in_flight = None if sched_out.is_empty else (sched_out, handle, probe, paced)
         if not overlap:
             outputs += self._finish_in_flight()  # nothing is left in flight between steps

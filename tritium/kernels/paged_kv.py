@@ -71,14 +71,11 @@ def _load_e4m3_pairs(ptr, offs, t_mask, HEAD_DIM: tl.constexpr, BLOCK_D: tl.cons
 
 @triton.jit
 def _e4m3_pair_bits(words):
-    """The interpreter's _load_e4m3_pairs conversion (it runs no PTX): each byte's sign, exponent
-    and mantissa moved into float16's fields (a value 2^-8 of the e4m3 one: the exponent biases
-    differ by 8), then times 256, exactly."""
-    w = words.to(tl.int32) & 0xFFFF
-    lo = ((w & 0x80) << 8) | ((w & 0x7F) << 7)
-    hi = (w & 0x8000) | ((w & 0x7F00) >> 1)
-    return (lo.to(tl.int16).to(tl.float16, bitcast=True) * 256.0,
-            hi.to(tl.int16).to(tl.float16, bitcast=True) * 256.0)
+    """The interpreter's _load_e4m3_pairs conversion (it runs no PTX): each byte of the word
+    reinterpreted as e4m3 and converted by Triton."""
+    lo = (words & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+    hi = ((words >> 8) & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+    return lo.to(tl.float16), hi.to(tl.float16)
 
 
 @triton.jit

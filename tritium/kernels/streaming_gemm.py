@@ -120,10 +120,10 @@ def _nibbles_asm(packed, zero, F16: tl.constexpr, INTERPRETED: tl.constexpr):
     - zero), exact, in float16 (F16) or bfloat16: _NIBBLES_PTX on four bytes at a time, where _nibbles
     spends several instructions a nibble. The interpreter runs no PTX: there the same values come
     from Triton's own operations (the PTX text is run by tests/kernels/test_nibbles_ptx.py)."""
-    ty: tl.constexpr = tl.float16 if F16 else tl.bfloat16
     if INTERPRETED:
-        p = packed.to(tl.int32)
-        return ((p & 0xF).to(tl.float32) - zero).to(ty), ((p >> 4).to(tl.float32) - zero).to(ty)
+        low, high = _nibbles(packed.to(tl.int32), zero, False)
+        ty: tl.constexpr = tl.float16 if F16 else tl.bfloat16
+        return low.to(ty), high.to(ty)
     elif F16:
         neg = tl.broadcast_to((-(zero + 1024.0)).to(tl.float16), packed.shape)  # exact: 1024 + zero <= 1039
         return tl.inline_asm_elementwise(NIBBLES_F16_PTX, "=r,=r,=r,=r,r,r,r", [packed, neg],
