@@ -35,6 +35,8 @@
 #   fp8-pairs-ab   TRITIUM_FP8_KV_PAIRS=1 (the FP8 cache read in 16-bit pairs): its GPU tests, decode attention
 #                  microbenchmark off / on, batch-1 decode at 8000 tokens bf16 / FP8 KV off / on
 #   fp8-pairs-offline  FP8 1000/1000 with the FP8 cache read as bytes, then as pairs
+#   fp8-pairs-auto the default pair policy: batch 1 at 8,000 tokens (bf16, FP8 KV), FP8 + FP8 KV 1000/1000
+#   kv128          batch-1 decode 128/128 with a bf16 and an FP8 KV cache
 #   int4-asm       int4 tensor-core tiles converting nibbles in PTX: GPU tests, GEMV microbenchmark, W4A16 batch 1
 #   diag-fp8       why a tiny FP8 engine's GPU logits differ from the CPU path's (parts swapped)
 #   prefill-graph-tests  the prefill graphs vs Hugging Face and the eager step, activation quantization,
@@ -171,6 +173,9 @@ for stage in "$@"; do
         --json "$LOGS/attn-bench.json" 2>&1 | tee "$LOGS/attn-bench.log" | grep -vE "^\s*$" | tail -80 ;;
     gemv)
       timeout ${GEMV_TIMEOUT:-200} python3 scripts/bench_quant_gemv.py --rows 1 16 --candidates 2>&1 | tee "$LOGS/gemv.log" ;;
+    kv128)  # batch 1 at 128 tokens, bf16 cache and FP8 cache
+      latency bf16-128
+      latency kvfp8-128 --kv-cache-dtype fp8 ;;
     latency-short)  # bf16 baseline, FP8, W4A16
       latency bf16
       for q in FP8 W4A16 W8A16; do latency "$q" --quantization "$q"; done ;;
@@ -263,6 +268,11 @@ for stage in "$@"; do
       dataset /tmp/d1000.jsonl 1024 1000 1000
       for pairs in 0 1; do TRITIUM_FP8_KV_PAIRS=$pairs offline "1000-fp8-pairs$pairs" /tmp/d1000.jsonl --quantization FP8 \
         --kv-cache-dtype fp8 --max-batch-size 768; done ;;
+    fp8-pairs-auto)  # the default (pairs only in split decodes): batch 1 at 8,000 tokens bf16 / FP8 KV, FP8 1000/1000
+      latency bf16-8k --input-len 8000 --iterations 3
+      latency kvfp8-8k-auto --kv-cache-dtype fp8 --input-len 8000 --iterations 3
+      dataset /tmp/d1000.jsonl 1024 1000 1000
+      offline 1000-fp8-auto /tmp/d1000.jsonl --quantization FP8 --kv-cache-dtype fp8 --max-batch-size 768 ;;
     int4-asm)
       timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_weight_streaming_gpu.py -k "nibble or int4 or quantized" \
         2>&1 | tee "$LOGS/pytest-int4-asm.log" | tail -4

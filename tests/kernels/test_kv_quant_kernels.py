@@ -121,7 +121,8 @@ def test_head_dim_below_the_tile_over_quantized_cache(device, kv_dtype):
 @pytest.mark.parametrize("d", [64, 80])
 @pytest.mark.parametrize("num_splits", [1, 2])
 def test_fp8_cache_read_in_pairs(device, monkeypatch, d, num_splits):
-    """TRITIUM_FP8_KV_PAIRS=1: the FP8 cache read as 16-bit pairs, converted, and put back in place
+    """TRITIUM_FP8_KV_PAIRS=1 (pairs everywhere; by default only split decodes read pairs, as
+    test_decode_over_quantized_cache's do): the FP8 cache read as 16-bit pairs, converted, and put back in place
     (paged_kv._load_e4m3_pairs; in the interpreter by Triton's byte conversion, compiled by one PTX
     conversion a pair), pairs past a head dim below the tile masked: the same attention."""
     from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode
@@ -133,16 +134,29 @@ def test_fp8_cache_read_in_pairs(device, monkeypatch, d, num_splits):
     check_prefill(device, torch.float8_e4m3fn, d=d)
 
 
-def test_fp8_pairs_only_where_the_gpu_has_the_conversion(monkeypatch):
-    """The pair read's PTX conversion needs compute capability 8.9: older GPUs read bytes."""
+def test_fp8_pair_policy(monkeypatch):
+    """By default ("auto") only a decode split over the keys reads an FP8 cache in pairs (faster at
+    batch 1, slower in large batches' two-warp programs on an H200); 1 everywhere, 0 never; the
+    pairs' PTX conversion needs compute capability 8.9, older GPUs read bytes; other values are an
+    error naming the variable."""
     from types import SimpleNamespace
 
     from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode
 
-    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
+    pairs = FP8_PAIRS.value
     cache = SimpleNamespace(dtype=torch.float8_e4m3fn, is_cuda=True, device="cuda:0")
-    for capability, mode in (((8, 0), 1), ((8, 9), FP8_PAIRS.value), ((9, 0), FP8_PAIRS.value)):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.delenv("TRITIUM_FP8_KV_PAIRS", raising=False)
+    assert [attention_kv_mode(cache, split_decode=s) for s in (False, True)] == [1, pairs]
+    assert attention_kv_mode(torch.empty(1, dtype=torch.int8), split_decode=True) == 2
+    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
+    assert [attention_kv_mode(cache, split_decode=s) for s in (False, True)] == [pairs, pairs]
+    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "0")
+    assert [attention_kv_mode(cache, split_decode=s) for s in (False, True)] == [1, 1]
+    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
+    for capability, mode in (((8, 0), 1), ((8, 9), pairs), ((9, 0), pairs)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
         assert attention_kv_mode(cache) == mode
-    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "0")
-    assert attention_kv_mode(cache) == 1
+    monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "yes")
+    with pytest.raises(ValueError, match="TRITIUM_FP8_KV_PAIRS"):
+        attention_kv_mode(cache)

@@ -142,7 +142,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     assert kv_dim == head_dim and num_heads % num_kv_heads == 0, (q.shape, kv_cache.shape)
     assert q.stride(2) == 1 and kv_cache.stride(4) == 1 and block_tables.shape[0] >= num_seqs
     group = num_heads // num_kv_heads
-    quant = attention_kv_mode(kv_cache)
+    quant = attention_kv_mode(kv_cache, split_decode=num_splits > 1)
     assert quant == 0 or (kv_scale is not None and kv_scale.shape == (2, num_kv_heads))
     block_d = max(next_pow2(head_dim), 16)
     if num_warps is None:
