@@ -50,3 +50,30 @@ def test_fp8_needs_fp8_tensor_cores_on_a_gpu():
     assert device_support_error(fp8, "cuda", (9, 0)) is None
     assert device_support_error(fp8, "cpu") is None  # emulated
     assert device_support_error(QuantConfig(quant_algo="W4A16"), "cuda", (8, 0)) is None
+
+
+class _WordTokenizer:
+    """One id a whitespace-separated word: enough to count calibration tokens."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [len(w) for w in text.split()]
+
+
+def test_calibration_says_when_the_text_is_shorter_than_asked(tmp_path, caplog):
+    """--calib-size asks for samples of --calib-max-seq-len tokens; a text too short for them gives
+    what it holds, and a warning that says so and how to get more (never silently fewer)."""
+    from tritium.quantization import CalibConfig
+    from tritium.quantization.calibration import calibration_samples
+
+    text = tmp_path / "calib.txt"
+    text.write_text("word " * 1000)
+    with caplog.at_level("INFO", logger="tritium.quantization.calibration"):
+        samples = calibration_samples(_WordTokenizer(), CalibConfig(calib_dataset=str(text), calib_batches=8,
+                                                                    calib_max_seq_length=300), 100)
+    assert [len(s) for s in samples] == [300, 300, 300, 100]
+    assert "4 samples of up to 300 tokens (8 asked for)" in caplog.text and "--calib-file" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tritium.quantization.calibration"):
+        samples = calibration_samples(_WordTokenizer(), CalibConfig(calib_dataset=str(text), calib_batches=2,
+                                                                    calib_max_seq_length=300), 100)
+    assert len(samples) == 2 and "WARNING" not in caplog.text and "2 samples of up to 300 tokens" in caplog.text

@@ -99,7 +99,8 @@ def add_quantization_args(p: argparse.ArgumentParser) -> None:
     _opt(g, "--quant-group-size", type=int, default=128, help="input channels per int4 scale (default 128)")
     _opt(g, "--calib-file", default=None, help="calibration text (.txt, or .jsonl with a \"text\" field); "
                                                "default: tritium's own English text")
-    _opt(g, "--calib-size", type=int, default=64, help="calibration samples (default 64)")
+    _opt(g, "--calib-size", type=int, default=64,
+         help="calibration samples (default 64; at most what the text holds: tritium's own gives 4 of 512 tokens)")
     _opt(g, "--calib-max-seq-len", type=int, default=512, help="tokens per calibration sample (default 512)")
 
 

@@ -70,7 +70,14 @@ def calibration_samples(tokenizer, calib: CalibConfig, vocab_size: int) -> list[
         raise ValueError(f"calibration file {path} holds no text")
     size = calib.calib_max_seq_length
     samples = [ids[i:i + size] for i in range(0, len(ids), size)][:calib.calib_batches]
-    return [s for s in samples if len(s) >= min(16, size)] or samples[:1]
+    samples = [s for s in samples if len(s) >= min(16, size)] or samples[:1]
+    where = calib.calib_dataset or "tritium's own calibration text"
+    if len(samples) < calib.calib_batches:
+        logger.warning("calibration: %d samples of up to %d tokens (%d asked for): %s holds only %d tokens; "
+                       "give a longer --calib-file for more", len(samples), size, calib.calib_batches, where, len(ids))
+    else:
+        logger.info("calibration: %d samples of up to %d tokens from %s", len(samples), size, where)
+    return samples
 
 
 @dataclass
