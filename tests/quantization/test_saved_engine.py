@@ -201,3 +201,24 @@ def test_save_never_overwrites_a_folder_that_is_not_an_engine(tiny_llama, tmp_pa
         with pytest.raises(ValueError, match="exists and is not a saved engine; choose a new or empty folder"):
             llm.save(str(keep))
     assert (keep / "todo.txt").read_text() == "mine"
+
+
+def test_saved_engine_is_readable_as_the_umask_allows(tiny_llama, tmp_path):
+    """An engine built by one user is served by another: its folder and files get the permissions
+    a plain mkdir / open would (here umask 027: 750 and 640), not the temporary folder's 700 and
+    safetensors' 600."""
+    import os
+    import stat
+
+    from tritium.llm.llm import LLM
+
+    dst = tmp_path / "engine"
+    previous = os.umask(0o027)
+    try:
+        with LLM(tiny_llama, device="cpu", dtype="float32", max_seq_len=64) as llm:
+            llm.save(str(dst))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o750
+    modes = {name: stat.S_IMODE(os.stat(dst / name).st_mode) for name in os.listdir(dst)}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes

@@ -139,6 +139,7 @@ def write_folder_atomically(dest: str, writer: Callable[[str], None], key: Any,
     try:
         writer(tmp)
         write_manifest(tmp, key, extra)
+        _open_as_umask_allows(tmp)
         old = None
         if os.path.exists(dest):  # a stale or concurrent entry: move it aside, then drop it
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)
@@ -150,6 +151,30 @@ def write_folder_atomically(dest: str, writer: Callable[[str], None], key: Any,
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for every thread a
+    moment): Linux's /proc/self/status; 0o022 where that is not there."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _open_as_umask_allows(folder: str) -> None:
+    """The permissions a plain mkdir / open would have given: mkdtemp makes its folder 0700 and
+    safetensors writes 0600, which would keep an engine built by one user from a server run by
+    another."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 class CacheSlot:
