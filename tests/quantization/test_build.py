@@ -53,6 +53,18 @@ def test_dry_run_of_llama_8b_for_every_quantization(capsys):
     assert fp8_kv["sequences"] == fp8_kv["kv_tokens"] // 8192
 
 
+@pytest.mark.parametrize("memory,message", [
+    ("80", "a memory size of '80' would be 80 bytes; give a unit, e.g. 80GiB"),
+    ("8GiB", r"the weights \(14.96 GiB\) do not fit in a GPU of 8.00 GiB: quantize them"),
+    ("15.5GiB", r"budget \(0.0 MiB: 90% of 0.0 GiB free GPU memory after weights .*\) holds no block of 16 tokens"),
+])
+def test_dry_run_says_why_a_gpu_is_too_small(capsys, memory, message):
+    """A size without a unit, weights larger than the GPU, and no room left for one KV block are
+    each named (not a bare 'budget 0.0 MiB')."""
+    assert main(["build", "--dry-run", "llama-3.1-8b", "--gpu-memory", memory]) != 0
+    assert re.search(message, capsys.readouterr().err)
+
+
 def test_dry_run_of_a_config_folder_is_capped_by_what_sequences_can_use(capsys, tiny_llama):
     plan = dry_run(capsys, tiny_llama, "--gpu-memory", "2GiB", "--max-seq-len", "128", "--max-batch-size", "4")
     assert plan["kv_tokens"] == 4 * 128 and plan["sequences"] == 4

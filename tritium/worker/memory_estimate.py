@@ -29,7 +29,8 @@ from tritium.quantization.quant_utils import padded_k
 from tritium.worker.memory_plan import gpu_kv_budget, memory_plan_summary, plan_kv_blocks, profile_step_lengths
 
 def parse_size(text: str) -> int:
-    """'80GiB', '141GB', '512MiB', '1e9' -> bytes."""
+    """'80GiB', '141GB', '512MiB', '1e9' -> bytes. A bare number below 1 MiB is refused: '80' was
+    surely meant as GiB, not 80 bytes."""
     units = {"tib": 2**40, "gib": 2**30, "mib": 2**20, "kib": 2**10, "tb": 10**12, "gb": 10**9, "mb": 10**6,
              "kb": 10**3, "b": 1}
     t = text.strip().lower().replace(" ", "")
@@ -40,9 +41,12 @@ def parse_size(text: str) -> int:
             except ValueError:
                 break
     try:
-        return int(float(t))
+        size = int(float(t))
     except ValueError:
         raise ValueError(f"cannot read a memory size from {text!r}; write e.g. 80GiB, 141GB or 512MiB") from None
+    if size < 2**20:
+        raise ValueError(f"a memory size of {text!r} would be {size} bytes; give a unit, e.g. {text.strip()}GiB")
+    return size
 
 
 def _linear_bytes(n: int, k: int, quant: Optional[QuantConfig], dtype_bytes: int) -> int:
@@ -89,6 +93,9 @@ def estimate_memory(model: ModelConfig, gpu_memory: int, build: BuildConfig, kv:
 
     sched = ResolvedSchedulerConfig.from_build(build, model)
     weights = estimate_weight_bytes(model, quant)
+    if weights >= gpu_memory:
+        raise ValueError(f"the weights ({weights / 2**30:.2f} GiB) do not fit in a GPU of {gpu_memory / 2**30:.2f} GiB: "
+                         "quantize them (--quantization FP8, W8A16, W4A16) or take a larger GPU")
     tokens = sum(profile_step_lengths(sched.max_num_batched_tokens, sched.max_model_len, sched.max_num_seqs))
     activations = _step_bytes(model, tokens, min(sched.max_num_seqs, tokens))
     top = decode_graph_sizes(sched.max_num_seqs, cuda_graph_config)[0][-1]  # the largest graph, as captured

@@ -99,8 +99,9 @@ def plan_kv_blocks(model_config: ModelConfig, sched: ResolvedSchedulerConfig, kv
         reason = "all max_batch_size sequences at max_seq_len fit"
     if num_blocks < 1:
         raise ValueError(
-            f"the KV cache budget ({budget / 2**20:.1f} MiB) holds no block of {block_size} tokens "
-            f"({per_block / 2**20:.2f} MiB each): raise free_gpu_memory_fraction / cpu_memory_budget_gib or max_tokens")
+            f"the KV cache budget ({budget / 2**20:.1f} MiB: {reason}) holds no block of {block_size} tokens "
+            f"({per_block / 2**20:.2f} MiB each): raise free_gpu_memory_fraction / cpu_memory_budget_gib or max_tokens, "
+            "or leave the cache more memory (quantized weights, a lower max_num_tokens)")
     return KvCachePlan(num_blocks=num_blocks, block_size=block_size, bytes_per_block=per_block,
                        budget_bytes=budget, reason=reason)
 
