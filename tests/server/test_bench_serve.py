@@ -39,7 +39,9 @@ def test_bench_serve_reports_what_the_server_did(start_tiny_server, tmp_path, ca
         (1 + i % 3, 5 + i, None) for i in range(6)]
     assert rows[0]["sent_s"] == 0 and all(a["sent_s"] <= b["sent_s"] for a, b in zip(rows, rows[1:]))
     assert max(r["ttft_ms"] for r in rows) == report["ttft_ms"]["max"]
-    assert all(0 < r["ttft_ms"] <= r["e2e_ms"] and r["tpot_ms"] > 0 for r in rows)
+    # >= 0, not > 0: a stream the client fell behind on arrives as one chunk (the server merges
+    # snapshots the client has not taken yet), and its tokens after the first took no time apart
+    assert all(0 < r["ttft_ms"] <= r["e2e_ms"] and r["tpot_ms"] >= 0 for r in rows)
 
 
 def test_bench_serve_token_norm_dist_and_bad_input(start_tiny_server, capsys):
