@@ -5,6 +5,12 @@
 #
 #   bash scripts/gpu_session.sh tests quant-latency serve
 #
+# The wheels (what the H200 image lacks, at the versions installed here; 2026-12-01): gguf, llguidance,
+# fastapi, starlette, uvicorn, pydantic, pydantic_core, annotated-types, typing-inspection and
+# opentelemetry-api (fastapi >= 0.16x imports it). For each NAME==VERSION, from the repository root:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_31_x86_64 -d .whl NAME==VERSION
+#
 # Each engine run is under RUN_TIMEOUT seconds (default 150) so one stuck run cannot eat a call;
 # keep a whole call under the device tool's 10 minutes (`timeout 580 bash scripts/gpu_session.sh ...`).
 # CPU smoke run of the script itself (small shape, few prompts, installed packages):
