@@ -77,3 +77,11 @@ def test_calibration_says_when_the_text_is_shorter_than_asked(tmp_path, caplog):
         samples = calibration_samples(_WordTokenizer(), CalibConfig(calib_dataset=str(text), calib_batches=2,
                                                                     calib_max_seq_length=300), 100)
     assert len(samples) == 2 and "WARNING" not in caplog.text and "2 samples of up to 300 tokens" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["--calib-size", "--calib-max-seq-len"])
+def test_cli_names_the_calibration_flag_it_refuses(capsys, flag):
+    from tritium.entrypoints.cli import main
+
+    assert main(["build", "--quantization", "FP8", flag, "0", "--output", "unused"]) != 0
+    assert f"({flag}) must be a positive integer, got 0" in capsys.readouterr().err

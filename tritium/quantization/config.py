@@ -158,10 +158,10 @@ class CalibConfig:
     random_seed: int = 1234
 
     def __post_init__(self):
-        for name in ("calib_batches", "calib_max_seq_length"):
+        for name, flag in (("calib_batches", "--calib-size"), ("calib_max_seq_length", "--calib-max-seq-len")):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise ValueError(f"{name} ({flag}) must be a positive integer, got {v!r}")
 
 
 def device_support_error(config: QuantConfig, device_type: str,
