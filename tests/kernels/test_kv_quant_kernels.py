@@ -134,15 +134,17 @@ def test_fp8_cache_read_in_pairs(device, monkeypatch, d, num_splits):
     check_prefill(device, torch.float8_e4m3fn, d=d)
 
 
-def test_fp8_pair_policy(monkeypatch):
+def test_fp8_pair_policy(monkeypatch, request):
     """By default ("auto") only a decode split over the keys reads an FP8 cache in pairs (faster at
     batch 1, slower in large batches' two-warp programs on an H200); 1 everywhere, 0 never; the
     pairs' PTX conversion needs compute capability 8.9, older GPUs read bytes; other values are an
     error naming the variable."""
     from types import SimpleNamespace
 
-    from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode
+    from tritium.kernels.paged_kv import FP8_PAIRS, attention_kv_mode, converts_e4m3_pairs
 
+    converts_e4m3_pairs.cache_clear()  # the capabilities below are made up: none may outlive the test
+    request.addfinalizer(converts_e4m3_pairs.cache_clear)
     pairs = FP8_PAIRS.value
     cache = SimpleNamespace(dtype=torch.float8_e4m3fn, is_cuda=True, device="cuda:0")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
@@ -156,6 +158,7 @@ def test_fp8_pair_policy(monkeypatch):
     monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "1")
     for capability, mode in (((8, 0), 1), ((8, 9), pairs), ((9, 0), pairs)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        converts_e4m3_pairs.cache_clear()  # asked once a device: another GPU here
         assert attention_kv_mode(cache) == mode
     monkeypatch.setenv("TRITIUM_FP8_KV_PAIRS", "yes")
     with pytest.raises(ValueError, match="TRITIUM_FP8_KV_PAIRS"):

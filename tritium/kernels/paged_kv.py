@@ -1,6 +1,7 @@
 """Building blocks shared by the paged attention kernels (inlined into them by Triton)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -24,9 +25,16 @@ def attention_kv_mode(cache, split_decode: bool = False) -> int:
         raise ValueError(f"TRITIUM_FP8_KV_PAIRS={setting!r}: expected auto, 0 or 1")
     if mode != 1 or setting == "0" or (setting != "1" and not split_decode):
         return mode
-    if cache.is_cuda and torch.cuda.get_device_capability(cache.device) < (8, 9):
+    if cache.is_cuda and not converts_e4m3_pairs(torch.device(cache.device).index or 0):
         return mode
     return FP8_PAIRS.value
+
+
+@functools.lru_cache(maxsize=None)
+def converts_e4m3_pairs(index: int) -> bool:
+    """Whether GPU `index` has cvt.rn.f16x2.e4m3x2 (compute capability 8.9): asked once a device,
+    not at every attention launch."""
+    return torch.cuda.get_device_capability(index) >= (8, 9)
 
 
 @triton.jit

@@ -171,7 +171,7 @@ def _open_as_umask_allows(folder: str) -> None:
     safetensors writes 0600, which would keep an engine built by one user from a server run by
     another."""
     mask = _umask()
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
